@@ -1,0 +1,44 @@
+# keras-topomap: the two commands a newcomer runs.
+#   make demo   - set up and run the main demo on the bundled data
+#   make test   - set up and run the test suite on the TensorFlow, JAX and PyTorch backends
+# Both create (or reuse) a local virtual environment in $(VENV) and install what they need.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On these machines torch==2.13.0 is a local CPU wheel; any other spec downloads a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_BACKEND ?= jax
+ARGS ?=
+
+.PHONY: demo test lint venv clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Stamp files: reinstall only when the project's metadata changes.
+$(VENV)/.test-deps: pyproject.toml setup.cfg | $(PY)
+	$(PY) -m pip install --quiet -e ".[all,dev]" "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.demo-deps: pyproject.toml setup.cfg | $(PY)
+	$(PY) -m pip install --quiet -e ".[jax,audio]"
+	touch $@
+
+venv: $(VENV)/.test-deps
+
+lint: $(VENV)/.test-deps
+	$(PY) -m ruff check .
+
+test: $(VENV)/.test-deps
+	$(PY) -m ruff check .
+	KERAS_BACKEND=tensorflow $(PY) -m pytest
+	KERAS_BACKEND=jax $(PY) -m pytest -m backend
+	KERAS_BACKEND=torch $(PY) -m pytest -m backend
+
+demo: $(VENV)/.demo-deps
+	KERAS_BACKEND=$(DEMO_BACKEND) $(PY) -m keras_topomap.demo $(ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,26 @@
+"""keras-topomap: topographic filter maps for Keras 3.
+
+Lay a layer's filters out on a 2D grid, make neighbouring filters similar with
+:class:`TopographicRegularizer`, and read activations as smooth topographic maps.
+"""
+
+from keras_topomap import grid, metrics
+from keras_topomap.metrics import topography_score, topography_test
+from keras_topomap.regularizers import (
+    TopographicRegularizer,
+    topographic_layers,
+    topographic_penalty,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TopographicRegularizer",
+    "grid",
+    "metrics",
+    "topographic_layers",
+    "topographic_penalty",
+    "topography_score",
+    "topography_test",
+    "__version__",
+]

@@ -1,0 +1,28 @@
+"""Shared test configuration.
+
+The suite runs once per Keras backend (``KERAS_BACKEND`` = tensorflow, jax, torch; see the
+Makefile). Tests marked ``backend`` exercise backend-agnostic tensor code and run on all three;
+the rest are backend-independent and run once (under TensorFlow).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+    np.random.seed(1234)
+    yield
+    keras.backend.clear_session()
+
+
+@pytest.fixture
+def backend():
+    return keras.backend.backend()
