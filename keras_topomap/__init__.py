@@ -6,6 +6,7 @@ Lay a layer's filters out on a 2D grid, make neighbouring filters similar with
 
 from keras_topomap import grid, metrics
 from keras_topomap.metrics import topography_score, topography_test
+from keras_topomap.receptive_field import LayerTiming, receptive_fields
 from keras_topomap.regularizers import (
     TopographicRegularizer,
     topographic_layers,
@@ -15,6 +16,8 @@ from keras_topomap.regularizers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "LayerTiming",
+    "receptive_fields",
     "TopographicRegularizer",
     "grid",
     "metrics",
