@@ -117,7 +117,12 @@ def _suggest_grid(n_filters):
 
 def validate_neighborhood(size, grid=None, what="neighborhood"):
     """Checks an ``n x n`` neighbourhood size: an odd integer >= 3, no larger than the grid."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 3 or size % 2 == 0:
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, (int, np.integer))
+        or size < 3
+        or size % 2 == 0
+    ):
         raise ValueError(
             f"{what} must be an odd integer >= 3 (the side of an n x n block around each filter). "
             f"Received: {what}={size!r}"
@@ -197,7 +202,7 @@ def position_to_index(row, col, grid):
     return int(index) if index.ndim == 0 else index
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _offsets(size):
     r = size // 2
     dy, dx = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
@@ -338,9 +343,7 @@ def from_grid(maps, grid=None):
     if grid is not None:
         h, w = validate_grid(grid)
         if maps.shape[-2:] != (h, w):
-            raise ValueError(
-                f"Maps of shape {maps.shape} do not end in the grid {(h, w)}."
-            )
+            raise ValueError(f"Maps of shape {maps.shape} do not end in the grid {(h, w)}.")
     return maps.reshape(maps.shape[:-2] + (-1,))
 
 
@@ -387,7 +390,12 @@ def smooth(maps, size=3):
 def region_filters(center, size, grid):
     """Indices of the filters in the ``size x size`` block centred at ``center`` (in-grid only)."""
     h, w = validate_grid(grid)
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, (int, np.integer))
+        or size < 1
+        or size % 2 == 0
+    ):
         raise ValueError(f"Region size must be a positive odd integer. Received: size={size!r}")
     row, col = (int(v) for v in center)
     if not (0 <= row < h and 0 <= col < w):

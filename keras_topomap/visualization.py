@@ -110,8 +110,15 @@ def outline_region(ax, region, color="black", linewidth=1.5):
 
 
 def plot_grid_maps(
-    maps, titles=None, ncols=None, diverging=True, shared_scale=True, suptitle=None, label=None,
-    regions=None, panel_size=2.2,
+    maps,
+    titles=None,
+    ncols=None,
+    diverging=True,
+    shared_scale=True,
+    suptitle=None,
+    label=None,
+    regions=None,
+    panel_size=2.2,
 ):
     """Several ``(H, W)`` maps side by side with a shared colour scale.
 
