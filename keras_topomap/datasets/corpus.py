@@ -1,0 +1,350 @@
+"""The utterance type shared by every corpus, and the bundled phone-aligned TTS corpus.
+
+Every reader in :mod:`keras_topomap.datasets` returns a list of :class:`Utterance`: mono float32
+audio, its sample rate, the spoken words, and (where the corpus has them) time-aligned phones.
+Everything downstream (features, frame labels, batches) only sees this type, so it does not care
+which corpus the speech came from.
+
+The package ships a small corpus synthesised with Festival's free English voices (see
+``keras_topomap/datasets/data/tts_corpus/README.md`` for its provenance and licence, and
+:mod:`keras_topomap.datasets.build_tts_corpus` for the script that made it). Load it with
+:func:`load_tts_corpus`; it needs no network and no Festival.
+
+Example:
+
+>>> from keras_topomap.datasets import load_tts_corpus
+>>> train = load_tts_corpus("train")
+>>> utt = train[0]
+>>> utt.sample_rate, utt.audio.dtype, utt.phones[1].phone, utt.phones[1].folded
+(16000, dtype('float32'), 'dh', 'dh')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import json
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from keras_topomap.datasets import phones as phones_lib
+
+__all__ = [
+    "PhoneSegment",
+    "Utterance",
+    "SPLITS",
+    "HELD_OUT_VOICE",
+    "load_tts_corpus",
+    "tts_corpus_dir",
+    "tts_corpus_info",
+    "read_audio",
+    "check_alignment",
+    "check_transcript",
+    "SkipLog",
+]
+
+#: Split names of the bundled corpus (see :func:`load_tts_corpus`).
+SPLITS = ("train", "test", "train_voices", "test_voice", "all")
+
+#: The voice the ``"train_voices"`` / ``"test_voice"`` split holds out.
+HELD_OUT_VOICE = "ked_diphone"
+
+
+@dataclasses.dataclass(frozen=True)
+class PhoneSegment:
+    """One aligned phone: ``[start, end)`` in seconds, its symbol, and the word it belongs to.
+
+    Attributes:
+        start: start time in seconds.
+        end: end time in seconds (``end >= start``).
+        phone: the symbol as the source wrote it, lower-cased (``"ax"``, ``"pau"``, ``"aa1"``).
+        word: the word (lower case) this phone is part of, or ``None`` for pauses/silence.
+    """
+
+    start: float
+    end: float
+    phone: str
+    word: str | None = None
+
+    @property
+    def folded(self):
+        """The phone folded to the 39-class set (``None`` for an ignored symbol)."""
+        return phones_lib.fold_phone(self.phone)
+
+    @property
+    def index(self):
+        """Class id of :attr:`folded` in ``0..38``, or ``-1`` for an ignored symbol."""
+        return phones_lib.phone_to_index(self.phone)
+
+    @property
+    def duration(self):
+        return self.end - self.start
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Utterance:
+    """One spoken utterance with its words and (optionally) time-aligned phones.
+
+    Attributes:
+        id: identifier, unique within its corpus.
+        audio: mono waveform, float32 in ``[-1, 1]``, shape ``(n_samples,)``.
+        sample_rate: samples per second.
+        transcript: the spoken words, lower case, separated by single spaces.
+        phones: tuple of :class:`PhoneSegment` in time order (empty when the corpus has no
+            alignments, e.g. plain LibriSpeech).
+        speaker: speaker (or synthetic voice) name.
+        text: the original sentence (may equal ``transcript``).
+        path: the audio file it was read from, or ``None``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> utt = Utterance("u1", np.zeros(1600, "float32"), 16000, "hi",
+    ...                 (PhoneSegment(0.0, 0.05, "hh", "hi"), PhoneSegment(0.05, 0.1, "ay", "hi")),
+    ...                 speaker="me")
+    >>> utt.duration, [s.folded for s in utt.phones]
+    (0.1, ['hh', 'ay'])
+    """
+
+    id: str
+    audio: np.ndarray
+    sample_rate: int
+    transcript: str
+    phones: tuple = ()
+    speaker: str = ""
+    text: str = ""
+    path: str | None = None
+
+    def __post_init__(self):
+        audio = np.asarray(self.audio)
+        if audio.ndim != 1:
+            raise ValueError(
+                f"Utterance {self.id!r}: audio must be mono with shape (n_samples,). "
+                f"Received shape: {audio.shape}"
+            )
+        if audio.dtype != np.float32:
+            audio = audio.astype(np.float32)
+        object.__setattr__(self, "audio", audio)
+        if int(self.sample_rate) <= 0:
+            raise ValueError(
+                f"Utterance {self.id!r}: sample_rate must be positive. Received: {self.sample_rate}"
+            )
+        object.__setattr__(self, "sample_rate", int(self.sample_rate))
+        object.__setattr__(self, "phones", tuple(self.phones))
+        if not self.text:
+            object.__setattr__(self, "text", self.transcript)
+
+    @property
+    def duration(self):
+        """Length of the audio in seconds."""
+        return self.audio.shape[0] / self.sample_rate
+
+    @property
+    def folded_phones(self):
+        """The phone symbols folded to the 39-class set, in order (``None`` for ignored ones)."""
+        return [s.folded for s in self.phones]
+
+    def __repr__(self):
+        return (
+            f"Utterance(id={self.id!r}, speaker={self.speaker!r}, duration={self.duration:.2f}s, "
+            f"sample_rate={self.sample_rate}, n_phones={len(self.phones)}, "
+            f"transcript={self.transcript!r})"
+        )
+
+
+class SkipLog:
+    """Collects what a reader skipped with ``on_error="skip"`` and warns once with the counts."""
+
+    def __init__(self, what, on_error):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip'. Received: {on_error!r}")
+        self.what = what
+        self.on_error = on_error
+        self.reasons = Counter()
+        self.first = None
+
+    def fail(self, reason, error):
+        """Raise ``error`` (``on_error="raise"``) or record it under ``reason``."""
+        if self.on_error == "raise":
+            raise error
+        self.reasons[reason] += 1
+        if self.first is None:
+            self.first = str(error)
+
+    def warn(self, n_read):
+        if not self.reasons:
+            return
+        total = sum(self.reasons.values())
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items()))
+        warnings.warn(
+            f"{self.what}: skipped {total} of {total + n_read} utterances ({counts}). "
+            f"First problem: {self.first}",
+            stacklevel=3,
+        )
+
+
+def read_audio(path, mono=True):
+    """Read an audio file as float32 with soundfile; errors name the file.
+
+    Returns:
+        ``(audio, sample_rate)`` with ``audio`` of shape ``(n_samples,)``; multi-channel audio is
+        averaged to mono.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is unreadable, corrupt, or empty.
+    """
+    import soundfile as sf
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Audio file not found: {path}")
+    try:
+        audio, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+        raise ValueError(
+            f"Cannot read audio file {path}: it is unreadable or corrupt. Received error: {exc}"
+        ) from exc
+    if audio.shape[0] == 0:
+        raise ValueError(f"Audio file {path} contains no samples.")
+    audio = audio.mean(axis=1) if mono else audio
+    return np.ascontiguousarray(audio, dtype=np.float32), int(sample_rate)
+
+
+def check_transcript(transcript, source):
+    """Raise a ValueError naming ``source`` if the transcript is empty."""
+    if not transcript or not transcript.strip():
+        raise ValueError(f"Empty transcript in {source}.")
+
+
+def check_alignment(segments, duration, source, tolerance=0.01):
+    """Check aligned phones against the audio; raise a ValueError naming ``source`` if wrong.
+
+    Checks: every symbol is a known phone (:func:`~keras_topomap.datasets.phones.fold_phone`),
+    ``0 <= start <= end``, segments are in time order, and no segment ends more than
+    ``tolerance`` seconds after the end of the audio (``duration`` seconds).
+    """
+    previous_end = 0.0
+    for i, seg in enumerate(segments):
+        where = f"{source}, segment {i + 1}"
+        phones_lib.fold_phone(seg.phone, source=where)
+        if not (0.0 <= seg.start <= seg.end):
+            raise ValueError(
+                f"Bad phone times in {where}: need 0 <= start <= end. "
+                f"Received: start={seg.start}, end={seg.end}"
+            )
+        if seg.start < previous_end - 1e-6:
+            raise ValueError(
+                f"Phones out of time order in {where}: starts at {seg.start} s, before the "
+                f"previous phone ends ({previous_end} s)."
+            )
+        previous_end = seg.end
+        if seg.end > duration + tolerance:
+            raise ValueError(
+                f"Alignment past the end of the audio in {where}: phone {seg.phone!r} ends at "
+                f"{seg.end:.3f} s but the audio lasts {duration:.3f} s."
+            )
+
+
+def tts_corpus_dir():
+    """Directory of the bundled corpus inside the installed package."""
+    return Path(str(importlib.resources.files("keras_topomap.datasets") / "data" / "tts_corpus"))
+
+
+def _corpus_root(root):
+    root = tts_corpus_dir() if root is None else Path(root)
+    if not (root / "utterances.jsonl").is_file():
+        raise FileNotFoundError(
+            f"No corpus found in {root}: expected utterances.jsonl, splits.json and audio/. "
+            "Build one with 'keras-topomap build-corpus --out DIR' or omit root= to use the "
+            "bundled corpus."
+        )
+    return root
+
+
+def tts_corpus_info(root=None):
+    """The corpus manifest (voices, counts, seed, sentence source) as a dict."""
+    with open(_corpus_root(root) / "manifest.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _read_records(root):
+    records = []
+    with open(root / "utterances.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                records.append(json.loads(line))
+    return records
+
+
+@functools.lru_cache(maxsize=4)
+def _load_all(root_str):
+    """Decode every utterance of a corpus once per process (audio arrays are read-only)."""
+    root = Path(root_str)
+    utterances = {}
+    for line_no, rec in enumerate(_read_records(root), start=1):
+        source = f"{root / 'utterances.jsonl'}, line {line_no} ({rec.get('id')})"
+        audio, sample_rate = read_audio(root / rec["audio"])
+        if sample_rate != rec["sample_rate"] or audio.shape[0] != rec["n_samples"]:
+            raise ValueError(
+                f"Audio of {source} does not match its record: expected {rec['n_samples']} "
+                f"samples at {rec['sample_rate']} Hz. Received: {audio.shape[0]} samples at "
+                f"{sample_rate} Hz"
+            )
+        audio.flags.writeable = False
+        segments = tuple(PhoneSegment(float(s), float(e), p, w) for s, e, p, w in rec["phones"])
+        check_alignment(segments, audio.shape[0] / sample_rate, source, tolerance=0.1)
+        check_transcript(rec["transcript"], source)
+        utterances[rec["id"]] = Utterance(
+            id=rec["id"],
+            audio=audio,
+            sample_rate=sample_rate,
+            transcript=rec["transcript"],
+            phones=segments,
+            speaker=rec["voice"],
+            text=rec["text"],
+            path=str(root / rec["audio"]),
+        )
+    with open(root / "splits.json", encoding="utf-8") as f:
+        splits = json.load(f)
+    splits["all"] = list(utterances)
+    return utterances, splits
+
+
+def load_tts_corpus(split="train", root=None):
+    """Load the bundled phone-aligned corpus (or one built with ``keras-topomap build-corpus``).
+
+    Splits:
+
+    * ``"train"`` / ``"test"``: all voices; the test sentences are never spoken in train
+      (a sentence-level hold-out, about 10 % of the utterances of every voice).
+    * ``"train_voices"`` / ``"test_voice"``: a speaker-level hold-out; ``"test_voice"`` is every
+      utterance of :data:`HELD_OUT_VOICE` (``ked_diphone``), ``"train_voices"`` every utterance of
+      the other voices. Use it to test generalisation to an unseen voice.
+    * ``"all"``: every utterance.
+
+    Args:
+        split: one of :data:`SPLITS`.
+        root: a corpus directory written by the builder; ``None`` loads the bundled corpus from
+            the installed package (offline, any OS).
+
+    Returns:
+        list of :class:`Utterance`, in a fixed order. Audio arrays are shared between calls in
+        one process and read-only.
+
+    Example:
+
+    >>> test = load_tts_corpus("test")
+    >>> sorted({u.speaker for u in test})
+    ['cmu_us_slt_arctic_hts', 'kal_diphone', 'ked_diphone']
+    """
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split: expected one of {SPLITS}. Received: {split!r}")
+    root = _corpus_root(root)
+    utterances, splits = _load_all(str(root.resolve()))
+    return [utterances[i] for i in splits[split]]
