@@ -5,6 +5,7 @@ Lay a layer's filters out on a 2D grid, make neighbouring filters similar with
 """
 
 from keras_topomap import grid, metrics
+from keras_topomap.callbacks import TopoMapCallback
 from keras_topomap.metrics import topography_score, topography_test
 from keras_topomap.receptive_field import LayerTiming, receptive_fields
 from keras_topomap.regularizers import (
@@ -16,6 +17,7 @@ from keras_topomap.regularizers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "TopoMapCallback",
     "LayerTiming",
     "receptive_fields",
     "TopographicRegularizer",

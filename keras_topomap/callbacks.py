@@ -1,0 +1,985 @@
+"""Watch topography emerge while a model trains: :class:`TopoMapCallback`.
+
+Every few epochs the callback runs a fixed probe (a batch of inputs, or a small dataset) through
+the model, averages each watched layer's activations over the probe's frames, lays the averages
+out on the layer's filter grid and smooths them (:func:`keras_topomap.grid.smooth`). The maps
+go to TensorBoard, to PNG files and an animated GIF, and to ``callback.history_``; the
+topography score of each kernel (:func:`keras_topomap.metrics.topography_score`) goes to the
+epoch logs, so it shows in the progress bar and in ``model.fit(...).history``.
+
+With frame labels (``groups``, e.g. the phone of every input frame) the callback also draws one
+map per group: the group's mean activation minus the mean over groups, the neuron activation
+profile (NAP) of Krug & Stober. A layer frame carries the label of the input frame at its
+centre (:func:`keras_topomap.receptive_field.input_frames_to_layer`).
+
+Example:
+
+```python
+import keras_topomap
+
+callback = keras_topomap.TopoMapCallback(
+    probe=features[:16],            # (16, T, 40) input frames
+    log_dir="logs/topomaps",        # TensorBoard images and scalars
+    out_dir="topomaps",             # PNG per layer per epoch, topomaps.npz, GIF at the end
+    groups=phone_labels[:16],       # (16, T) int, -1 where no label
+    group_names=phone_set,
+)
+model.fit(dataset, epochs=20, callbacks=[callback])
+callback.history_["conv_3"].shape   # (20, 8, 8)
+```
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from keras_topomap import grid as grid_lib
+from keras_topomap.metrics import topography_score
+from keras_topomap.receptive_field import input_frames_to_layer, receptive_fields
+from keras_topomap.regularizers import _walk_layers, topographic_layers
+from keras_topomap.visualization import plot_grid_maps
+
+__all__ = ["TopoMapCallback"]
+
+# The "no TensorFlow" warning is given once per process, not once per callback or epoch.
+_warned_no_tensorflow = False
+
+
+class TopoMapCallback(keras.callbacks.Callback):
+    """Logs smoothed topographic activation maps of a fixed probe every ``every`` epochs.
+
+    At train begin the callback builds one feature-extraction model
+    ``keras.Model(model.inputs, [layer.output, ...])`` over the watched layers (sharing the
+    model's weights) and runs the probe through it once, so shape problems surface before the
+    first epoch and the compiled predict function is traced once. At the end of every
+    ``every``-th epoch (and of the last one) it:
+
+    1. runs the probe through the extractor (``predict_on_batch`` per probe batch);
+    2. averages each layer's activations over all (valid) frames of the probe -- one value per
+       filter -- and, with ``groups``, over the frames of each group; a group's map is its
+       mean minus the mean over groups (NAP);
+    3. places the values on the layer's grid (row-major) and smooths them with a non-strided
+       ``smooth x smooth`` average (:func:`keras_topomap.grid.smooth`);
+    4. computes the kernel's topography score and, for regularized layers, the penalty
+       ``layer.kernel_regularizer(layer.kernel)``;
+    5. writes the outputs below.
+
+    Outputs:
+
+    - ``logs["topo_score/<layer>"]`` for every watched layer with a kernel (shown by the
+      progress bar, kept by ``History``).
+    - ``log_dir`` (TensorBoard, whenever TensorFlow is importable, whatever the Keras
+      backend): images ``topomap/<layer>`` and ``nap/<layer>/<group>``, scalars
+      ``topo_score/<layer>`` and ``penalty/<layer>``, at step = epoch index (0-based, like
+      ``keras.callbacks.TensorBoard``'s epoch summaries). Without TensorFlow: one warning,
+      and only the file outputs.
+    - ``out_dir``: ``<layer>/epoch_001.png`` (and ``<layer>/groups_epoch_001.png``) per layer
+      per logged epoch, numbered from 1 like the progress bar; ``topomaps.npz`` with the whole
+      history (rewritten each logged epoch); at train end ``<layer>.gif`` (and
+      ``<layer>_groups.gif``), one frame per logged epoch.
+
+    Colour scales: a layer's PNGs and TensorBoard images share one scale across epochs, the
+    running range -- the smallest and largest map value seen so far (groups: the largest
+    absolute value, symmetric around 0). An epoch's image therefore only changes scale when
+    its map leaves the range of every earlier epoch. The GIF, written when all epochs are
+    known, uses the range over all logged epochs. The ``.npz`` file keeps the values.
+
+    Args:
+        probe: the inputs to watch: one batch (an array, a tensor, a dict or list for
+            multi-input models, or a tuple ``(x, y[, sample_weight])`` of which ``x`` is
+            used), or a small dataset: a ``keras.utils.PyDataset``, a ``tf.data.Dataset`` or
+            any iterable of such batches (read once, at construction).
+        layers: names (or layer objects) of the layers to watch. ``None``: every layer
+            with a :class:`~keras_topomap.TopographicRegularizer`. Other layers need a grid in
+            ``grids``.
+        log_dir: TensorBoard log directory (may be the same as ``keras.callbacks.TensorBoard``
+            's; the summaries go to its top level).
+        out_dir: directory for PNGs, the ``.npz`` history and the GIFs; created if missing.
+        smooth: odd side of the smoothing window (1 = no smoothing).
+        groups: frame labels of the probe, int ``(batch, T_in)`` with ``-1`` for "no label"
+            (for a dataset probe: one array for all batches, or a list with one array per
+            batch). Gives the per-group maps.
+        group_names: names of the labels (``group_names[label]``); default ``"group_<label>"``.
+        every: log every ``every`` epochs (the last epoch is always logged). Scores are only
+            added to the logs of logged epochs.
+        grids: ``{layer_name: (H, W)}`` for watched layers without a TopographicRegularizer
+            (``H * W`` = the layer's number of output features); also overrides the grid of a
+            regularized layer.
+        probe_lengths: valid input frames of each probe sequence, ``(batch,)`` ints (or a
+            list per batch), for zero-padded probes: frames past the length are left out of
+            every average.
+        probe_steps: read at most this many batches from a dataset probe.
+        cmap: colormap of the overall maps (default ``"viridis"``; group maps use
+            ``"RdBu_r"`` centred at 0).
+        interpolation: ``imshow`` interpolation of the PNGs and GIFs (``"bicubic"`` gives an
+            EEG-like look; the default ``"nearest"`` shows the grid cells).
+        image_size: TensorBoard images are enlarged (pixel repetition) to at least this many
+            pixels on their longer side.
+        fps: frames per second of the GIFs.
+
+    Attributes (filled during ``fit``; several fits append):
+        layers_: names of the watched layers.
+        grids_: ``{layer: (H, W)}``.
+        epochs_: int array of the logged epoch indices (0-based, as Keras passes them).
+        history_: ``{layer: array (epochs, H, W)}``, the smoothed overall maps.
+        group_history_: ``{layer: array (epochs, G, H, W)}``, the smoothed per-group maps.
+        raw_history_, raw_group_history_: the same before smoothing.
+        scores_: ``{layer: array (epochs,)}``, topography scores (layers with a kernel).
+        penalties_: ``{layer: array (epochs,)}``, regularizer penalties (regularized layers).
+        group_labels_: int array of the labels that got a map (those present in the probe
+            and kept by every watched layer's frames), ``group_names_`` their names.
+        log_seconds_: seconds spent by each logged epoch's work (the callback's overhead).
+
+    Raises:
+        ValueError: at construction for a bad argument (naming it) or an ``out_dir`` /
+            ``log_dir`` that cannot be written; at train begin for unknown layer names
+            (listing the available ones), a layer without a grid, a grid that does not fit a
+            layer, or a probe that does not fit the model.
+
+    Example:
+
+    ```python
+    callback = TopoMapCallback(x_probe, out_dir="maps", every=2)
+    history = model.fit(x, y, epochs=10, callbacks=[callback])
+    history.history["topo_score/conv_2"]      # one score per logged epoch
+    callback.history_["conv_2"].shape          # (5, 8, 8)
+    ```
+    """
+
+    def __init__(
+        self,
+        probe,
+        layers=None,
+        log_dir=None,
+        out_dir=None,
+        smooth=3,
+        groups=None,
+        group_names=None,
+        every=1,
+        *,
+        grids=None,
+        probe_lengths=None,
+        probe_steps=None,
+        cmap=None,
+        interpolation="nearest",
+        image_size=128,
+        fps=2,
+    ):
+        super().__init__()
+        if isinstance(smooth, bool) or not isinstance(smooth, (int, np.integer)):
+            raise ValueError(f"smooth must be an odd integer. Received: smooth={smooth!r}")
+        if smooth != 1:
+            grid_lib.validate_neighborhood(smooth, what="smooth")
+        self.smooth = int(smooth)
+        self.every = _positive_int(every, "every")
+        self.image_size = _positive_int(image_size, "image_size")
+        self.fps = float(fps)
+        if not self.fps > 0:
+            raise ValueError(f"fps must be > 0. Received: fps={fps!r}")
+        self.cmap = cmap or "viridis"
+        self.interpolation = interpolation
+        if probe_steps is not None:
+            probe_steps = _positive_int(probe_steps, "probe_steps")
+
+        self._batches = _read_probe(probe, probe_steps)
+        self._batch_sizes = [_leading_shape(x, i)[0] for i, x in enumerate(self._batches)]
+        self._lengths = _per_batch(probe_lengths, self._batches, "probe_lengths", ndim=1)
+        self._groups = _per_batch(groups, self._batches, "groups", ndim=2)
+        self._check_lengths()
+        self._check_groups(group_names)
+        self.group_names = None if group_names is None else [str(n) for n in group_names]
+
+        self.layers = _layer_names(layers)
+        self.grids = {}
+        for name, value in dict(grids or {}).items():
+            self.grids[str(name)] = grid_lib.validate_grid(value, what=f"grids['{name}']")
+
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.out_dir = None if out_dir is None else os.fspath(out_dir)
+        for what, path in (("out_dir", self.out_dir), ("log_dir", self.log_dir)):
+            if path is not None:
+                _ensure_writable_dir(path, what)
+
+        self._reset_history()
+        self._extractor = None
+        self._writer = None
+        self._figures = {}
+
+    # ------------------------------------------------------------------------------------------
+    # Construction-time checks
+
+    def _check_lengths(self):
+        if self._lengths is None:
+            return
+        for i, (x, lengths) in enumerate(zip(self._batches, self._lengths)):
+            shape = _leading_shape(x, i)
+            if len(shape) < 2:
+                raise ValueError(
+                    f"probe_lengths needs a probe with a time axis (batch, T, ...). Received: "
+                    f"probe batch {i} of shape {shape}"
+                )
+            if not np.issubdtype(lengths.dtype, np.integer) or lengths.shape != shape[:1]:
+                raise ValueError(
+                    f"probe_lengths for probe batch {i} must be {shape[0]} integers (one per "
+                    f"sequence). Received: dtype={lengths.dtype}, shape={lengths.shape}"
+                )
+            if lengths.size and (lengths.min() < 1 or lengths.max() > shape[1]):
+                raise ValueError(
+                    f"probe_lengths for probe batch {i} must lie in [1, {shape[1]}] (its "
+                    f"frames). Received: min={lengths.min()}, max={lengths.max()}"
+                )
+
+    def _check_groups(self, group_names):
+        if self._groups is None:
+            if group_names is not None:
+                raise ValueError("group_names was given without groups (the frame labels).")
+            return
+        top = -1
+        for i, (x, labels) in enumerate(zip(self._batches, self._groups)):
+            shape = _leading_shape(x, i)
+            if len(shape) < 2 or labels.shape != shape[:2]:
+                raise ValueError(
+                    f"groups for probe batch {i} must have shape (batch, T_in) = {shape[:2]}, "
+                    f"one label per input frame. Received: shape={labels.shape}"
+                )
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(
+                    f"groups must hold integer labels (-1 = no label). Received: "
+                    f"dtype={labels.dtype} for probe batch {i}"
+                )
+            if labels.size and labels.min() < -1:
+                raise ValueError(
+                    f"groups labels must be >= -1 (-1 = no label). Received: min "
+                    f"{labels.min()} in probe batch {i}"
+                )
+            top = max(top, int(labels.max()) if labels.size else -1)
+        if top < 0:
+            raise ValueError("groups holds no label >= 0: every probe frame is marked -1.")
+        if group_names is not None and len(group_names) <= top:
+            raise ValueError(
+                f"group_names must name every label up to {top}. Received: "
+                f"{len(group_names)} names"
+            )
+
+    def _reset_history(self):
+        self.layers_ = []
+        self.grids_ = {}
+        self._epochs = []
+        self._maps = {}
+        self._raw = {}
+        self._group_maps = {}
+        self._group_raw = {}
+        self._scores = {}
+        self._penalties = {}
+        self._range = {}
+        self._group_range = {}
+        self.group_labels_ = np.zeros((0,), dtype=np.int64)
+        self.group_names_ = []
+        self.log_seconds_ = []
+
+    # ------------------------------------------------------------------------------------------
+    # Train begin: resolve layers, build the extractor, check the probe, precompute weights
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        watched = self._resolve_layers(model)
+        if self.layers_ and list(watched) != self.layers_:
+            self._reset_history()  # another set of layers: an earlier history does not continue
+        self.layers_ = list(watched)
+        self._layer_objects = {name: info[0] for name, info in watched.items()}
+        self.grids_ = {name: info[1] for name, info in watched.items()}
+        self._regularized = {
+            name: info[2] for name, info in watched.items() if info[2] is not None
+        }
+        self._extractor = self._build_extractor(model)
+        self._check_probe_shapes(model)
+        outputs = [self._extract(x, i) for i, x in enumerate(self._batches)]
+        self._check_outputs(outputs)
+        self._prepare_weights(model, outputs)
+        self._open_writer()
+
+    def _resolve_layers(self, model):
+        """{name: (layer, grid, regularizer or None)} in the order requested (or model order)."""
+        regularized = topographic_layers(model)
+        by_name = {
+            layer.name: layer
+            for layer in _walk_layers(model)
+            if layer is not model and not isinstance(layer, keras.layers.InputLayer)
+        }
+        names = self.layers if self.layers is not None else list(regularized)
+        if not names:
+            raise ValueError(
+                f"Model '{model.name}' has no layer with a TopographicRegularizer, so "
+                "TopoMapCallback has nothing to watch by default. Pass layers=[...] and "
+                "grids={layer_name: (H, W)}. Available layers: " + ", ".join(by_name)
+            )
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ValueError(
+                f"TopoMapCallback: model '{model.name}' has no layer named {unknown}. "
+                f"Available layers: {', '.join(by_name)}. Received: layers={names}"
+            )
+        for name in self.grids:
+            if name not in names:
+                raise ValueError(
+                    f"TopoMapCallback: grids names layer '{name}', which is not watched. "
+                    f"Watched layers: {names}"
+                )
+        watched = {}
+        for name in names:
+            info = regularized.get(name)
+            reg = info["regularizer"] if info is not None else None
+            if name in self.grids:
+                grid = self.grids[name]
+            elif info is not None:
+                grid = info["grid"]
+            else:
+                raise ValueError(
+                    f"TopoMapCallback: layer '{name}' has no grid: it carries no "
+                    "TopographicRegularizer. Pass grids={'" + name + "': (H, W)} with H * W "
+                    "equal to its number of output features."
+                )
+            watched[name] = (by_name[name], grid, reg)
+        return watched
+
+    def _build_extractor(self, model):
+        layers = [self._layer_objects[name] for name in self.layers_]
+        try:
+            outputs = [layer.output for layer in layers]
+            return keras.Model(model.input, outputs, name=f"{model.name}_topomap_probe")
+        except Exception as e:  # Keras raises several types for graphs it cannot cut
+            raise ValueError(
+                "TopoMapCallback needs a Functional or Sequential model (built on keras.Input) "
+                "whose watched layers are part of its graph, to read their outputs. Could not "
+                f"build a feature extractor for layers {self.layers_} of model "
+                f"'{model.name}': {e}"
+            ) from e
+
+    def _check_probe_shapes(self, model):
+        inputs = model.inputs
+        if len(inputs) != 1:
+            return  # multi-input models: the forward pass below names the problem
+        expected = tuple(inputs[0].shape)
+        for i, x in enumerate(self._batches):
+            leaves = keras.tree.flatten(x)
+            if len(leaves) != 1:
+                raise ValueError(
+                    f"Model '{model.name}' takes one input of shape {expected}, but probe "
+                    f"batch {i} holds {len(leaves)} arrays."
+                )
+            shape = tuple(np.shape(leaves[0]))
+            fits = len(shape) == len(expected) and all(
+                e is None or e == s for s, e in zip(shape, expected)
+            )
+            if not fits:
+                raise ValueError(
+                    f"The probe does not fit model '{model.name}': its input has shape "
+                    f"{expected} (None = any size). Received: probe batch {i} of shape {shape}"
+                )
+
+    def _extract(self, x, index):
+        """The watched layers' outputs for one probe batch, as a list of float arrays."""
+        try:
+            outputs = self._extractor.predict_on_batch(x)
+        except Exception as e:
+            if self._extractor is None or index is None:
+                raise
+            shapes = keras.tree.map_structure(np.shape, x)
+            raise ValueError(
+                f"The probe does not fit model '{self.model.name}' (inputs "
+                f"{[tuple(t.shape) for t in self.model.inputs]}). Received: probe batch "
+                f"{index} of shape {shapes}. The forward pass failed with: {e}"
+            ) from e
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return [np.asarray(out, dtype=np.float32) for out in outputs]
+
+    def _check_outputs(self, outputs):
+        timed = self._groups is not None or self._lengths is not None
+        for name, out in zip(self.layers_, outputs[0]):
+            h, w = self.grids_[name]
+            if out.shape[-1] != h * w:
+                raise ValueError(
+                    f"TopoMapCallback: the {h}x{w} grid of layer '{name}' holds {h * w} "
+                    f"filters, but the layer has {out.shape[-1]} output features. Received: "
+                    f"grid={(h, w)}, output shape {out.shape}"
+                )
+            if timed and out.ndim != 3:
+                raise ValueError(
+                    f"TopoMapCallback: groups and probe_lengths need layers with outputs "
+                    f"(batch, time, features); layer '{name}' gives shape {out.shape}."
+                )
+
+    def _prepare_weights(self, model, outputs):
+        """Per batch and layer, frame weights whose weighted sum gives the probe means.
+
+        ``self._weights[i][l]``: ``(b, T_l)``, summing to 1 over all batches (the overall
+        mean); ``self._group_weights[i][l]``: ``(G, b, T_l)``, each group's row summing to 1.
+        Precomputed once, so each epoch is a handful of tensor contractions.
+        """
+        timed = self._groups is not None or self._lengths is not None
+        valid, labels = [], []
+        timings = {}
+        for i, (x, outs) in enumerate(zip(self._batches, outputs)):
+            shape = _leading_shape(x, i)
+            b = shape[0]
+            batch_valid, batch_labels = [], []
+            for name, out in zip(self.layers_, outs):
+                n_frames = int(np.prod(out.shape[1:-1], dtype=np.int64))
+                if not timed:
+                    batch_valid.append(np.ones((b, n_frames), dtype=bool))
+                    continue
+                key = shape[1]
+                if key not in timings:
+                    timings[key] = _timings(model, shape[1], self.layers_)
+                timing = timings[key][name]
+                if self._lengths is not None:
+                    inside = np.arange(shape[1])[None, :] < self._lengths[i][:, None]
+                    layer_valid = input_frames_to_layer(inside, timing, n_frames, fill=False)
+                else:
+                    layer_valid = np.ones((b, n_frames), dtype=bool)
+                batch_valid.append(layer_valid)
+                if self._groups is not None:
+                    layer_labels = input_frames_to_layer(self._groups[i], timing, n_frames)
+                    batch_labels.append(np.where(layer_valid, layer_labels, -1))
+            valid.append(batch_valid)
+            labels.append(batch_labels)
+
+        self._weights = []
+        totals = [sum(float(v[j].sum()) for v in valid) for j in range(len(self.layers_))]
+        for j, name in enumerate(self.layers_):
+            if totals[j] == 0:
+                raise ValueError(
+                    f"TopoMapCallback: no frame of layer '{name}' lies within probe_lengths."
+                )
+        for batch_valid in valid:
+            self._weights.append(
+                [v.astype(np.float32) / np.float32(totals[j]) for j, v in enumerate(batch_valid)]
+            )
+
+        self._group_weights = None
+        if self._groups is None:
+            return
+        present = np.unique(np.concatenate([g[g >= 0] for g in self._groups]))
+        counts = np.zeros((len(self.layers_), len(present)))
+        for batch_labels in labels:
+            for j, layer_labels in enumerate(batch_labels):
+                counts[j] += (layer_labels[..., None] == present).sum(axis=(0, 1))
+        kept = counts.min(axis=0) > 0
+        if not kept.all():
+            lost = {
+                self._group_name(int(g)): [
+                    self.layers_[j] for j in np.flatnonzero(counts[:, k] == 0)
+                ]
+                for k, g in enumerate(present)
+                if not kept[k]
+            }
+            warnings.warn(
+                "TopoMapCallback: these groups have no frame in some watched layers (their "
+                "frames fall between the strided layers' frame centres) and get no map: "
+                f"{lost}",
+                stacklevel=2,
+            )
+        if kept.sum() < 2:
+            raise ValueError(
+                "TopoMapCallback: per-group maps (group mean minus mean over groups) need at "
+                f"least two groups present in every watched layer. Received: groups present "
+                f"{[self._group_name(int(g)) for g in present[kept]]}"
+            )
+        new_labels = present[kept]
+        if len(self.group_labels_) and not np.array_equal(new_labels, self.group_labels_):
+            self._group_maps, self._group_raw = {}, {}
+            self._group_range = {}
+        self.group_labels_ = new_labels
+        self.group_names_ = [self._group_name(int(g)) for g in new_labels]
+        group_counts = counts[:, kept]
+        self._group_weights = []
+        for batch_labels in labels:
+            per_layer = []
+            for j, layer_labels in enumerate(batch_labels):
+                onehot = (layer_labels[None] == new_labels[:, None, None]).astype(np.float32)
+                per_layer.append(onehot / group_counts[j][:, None, None].astype(np.float32))
+            self._group_weights.append(per_layer)
+
+    def _group_name(self, label):
+        if self.group_names is not None:
+            return self.group_names[label]
+        return f"group_{label}"
+
+    def _open_writer(self):
+        self._writer = None
+        if self.log_dir is None:
+            return
+        tf = _import_tensorflow()
+        if tf is None:
+            return
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    # ------------------------------------------------------------------------------------------
+    # Every logged epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.params.get("epochs") if self.params else None
+        if (epoch + 1) % self.every and (last is None or epoch + 1 != last):
+            return
+        start = time.perf_counter()
+        means, group_means = self._probe_means()
+        self._epochs.append(int(epoch))
+        for j, name in enumerate(self.layers_):
+            grid = self.grids_[name]
+            raw = grid_lib.to_grid(means[j], grid)
+            self._raw.setdefault(name, []).append(raw)
+            smoothed = grid_lib.smooth(raw, self.smooth)
+            self._maps.setdefault(name, []).append(smoothed)
+            lo, hi = self._range.get(name, (np.inf, -np.inf))
+            self._range[name] = (min(lo, float(smoothed.min())), max(hi, float(smoothed.max())))
+            if group_means is not None:
+                raw_groups = grid_lib.to_grid(group_means[j], grid)
+                self._group_raw.setdefault(name, []).append(raw_groups)
+                smoothed_groups = grid_lib.smooth(raw_groups, self.smooth)
+                self._group_maps.setdefault(name, []).append(smoothed_groups)
+                limit = max(self._group_range.get(name, 0.0), float(np.abs(smoothed_groups).max()))
+                self._group_range[name] = limit
+            self._score_layer(name, logs)
+        self._write_summaries(epoch)
+        if self.out_dir is not None:
+            self._write_pngs(epoch)
+            self._write_npz()
+        self.log_seconds_.append(time.perf_counter() - start)
+
+    def _probe_means(self):
+        """Overall means ``[(F,)] per layer`` and group NAPs ``[(G, F)]`` (or None)."""
+        n = len(self.layers_)
+        means = [0.0] * n
+        sums = [0.0] * n if self._group_weights is not None else None
+        for i, x in enumerate(self._batches):
+            outputs = self._extract(x, None)
+            for j, out in enumerate(outputs):
+                out = out.reshape(out.shape[0], -1, out.shape[-1])
+                means[j] = means[j] + np.tensordot(self._weights[i][j], out, axes=([0, 1], [0, 1]))
+                if sums is not None:
+                    sums[j] = sums[j] + np.tensordot(
+                        self._group_weights[i][j], out, axes=([1, 2], [0, 1])
+                    )
+        means = [np.asarray(m, dtype=np.float64) for m in means]
+        if sums is None:
+            return means, None
+        naps = []
+        for group_mean in sums:
+            group_mean = np.asarray(group_mean, dtype=np.float64)
+            naps.append(group_mean - group_mean.mean(axis=0, keepdims=True))
+        return means, naps
+
+    def _score_layer(self, name, logs):
+        layer = self._layer_objects[name]
+        kernel = getattr(layer, "kernel", None)
+        grid = self.grids_[name]
+        if kernel is not None and tuple(kernel.shape)[-1] == grid[0] * grid[1]:
+            reg = self._regularized.get(name)
+            score = topography_score(
+                keras.ops.convert_to_numpy(kernel),
+                grid,
+                neighborhood=reg.neighborhood if reg is not None else 3,
+                wrap=reg.wrap if reg is not None else False,
+            )
+            self._scores.setdefault(name, []).append(score)
+            if logs is not None:
+                logs[f"topo_score/{name}"] = score
+        if name in self._regularized:
+            penalty = keras.ops.convert_to_numpy(layer.kernel_regularizer(layer.kernel))
+            self._penalties.setdefault(name, []).append(float(penalty))
+
+    # ------------------------------------------------------------------------------------------
+    # Outputs
+
+    def _write_summaries(self, epoch):
+        if self._writer is None:
+            return
+        tf = self._tf
+        with self._writer.as_default(), tf.device("/CPU:0"):
+            for name in self.layers_:
+                lo, hi = self._range[name]
+                image = _colorize(self._maps[name][-1], self.cmap, lo, hi, self.image_size)
+                tf.summary.image(f"topomap/{name}", image[None], step=epoch)
+                if name in self._group_maps:
+                    limit = self._group_range[name]
+                    for g, group in enumerate(self.group_names_):
+                        image = _colorize(
+                            self._group_maps[name][-1][g], "RdBu_r", -limit, limit,
+                            self.image_size,
+                        )
+                        tf.summary.image(f"nap/{name}/{group}", image[None], step=epoch)
+                if name in self._scores:
+                    tf.summary.scalar(f"topo_score/{name}", self._scores[name][-1], step=epoch)
+                if name in self._penalties:
+                    tf.summary.scalar(f"penalty/{name}", self._penalties[name][-1], step=epoch)
+        self._writer.flush()
+
+    def _figure(self, key, maps, titles, diverging, suptitle):
+        """A figure per (layer, kind), built once and updated in place every epoch."""
+        entry = self._figures.get(key)
+        if entry is None:
+            fig = plot_grid_maps(
+                maps,
+                titles=titles,
+                ncols=min(len(maps), 8),
+                diverging=diverging,
+                suptitle=suptitle,
+                label="NAP" if diverging else "mean activation",
+                panel_size=3.0 if len(maps) == 1 else 1.6,
+            )
+            images = [ax.images[0] for ax in fig.axes if ax.images]
+            for image in images:
+                image.set_interpolation(self.interpolation)
+                if not diverging:
+                    image.set_cmap(self.cmap)
+            entry = self._figures[key] = {"figure": fig, "images": images, "laid_out": False}
+        return entry
+
+    def _render(self, key, maps, titles, limits, diverging, suptitle, path=None, writer=None):
+        entry = self._figure(key, maps, titles, diverging, suptitle)
+        fig = entry["figure"]
+        for image, grid_map in zip(entry["images"], maps):
+            image.set_data(grid_map)
+            image.set_clim(*limits)
+        fig.suptitle(suptitle)
+        if writer is not None:
+            writer.grab_frame()
+        else:
+            fig.savefig(path, dpi=80)
+        if not entry["laid_out"]:
+            # Freeze the constrained layout computed by the first save: re-solving it on
+            # every later save would cost more than drawing the maps.
+            fig.set_layout_engine("none")
+            entry["laid_out"] = True
+
+    def _write_pngs(self, epoch):
+        number = epoch + 1
+        for name in self.layers_:
+            folder = os.path.join(self.out_dir, _safe_name(name))
+            os.makedirs(folder, exist_ok=True)
+            lo, hi = _nonempty(*self._range[name])
+            self._render(
+                ("map", name),
+                [self._maps[name][-1]],
+                None,
+                (lo, hi),
+                False,
+                f"{name} - epoch {number}",
+                path=os.path.join(folder, f"epoch_{number:03d}.png"),
+            )
+            if name in self._group_maps:
+                limit = self._group_range[name] or 1.0
+                self._render(
+                    ("groups", name),
+                    list(self._group_maps[name][-1]),
+                    self.group_names_,
+                    (-limit, limit),
+                    True,
+                    f"{name} - epoch {number}: group mean - mean over groups",
+                    path=os.path.join(folder, f"groups_epoch_{number:03d}.png"),
+                )
+
+    def _write_npz(self):
+        arrays = {"epochs": np.asarray(self._epochs, dtype=np.int64)}
+        history = self.history_
+        raw = self.raw_history_
+        for name in self.layers_:
+            arrays[f"map/{name}"] = history[name]
+            arrays[f"raw/{name}"] = raw[name]
+            arrays[f"grid/{name}"] = np.asarray(self.grids_[name], dtype=np.int64)
+        for name, values in self.group_history_.items():
+            arrays[f"group_map/{name}"] = values
+            arrays[f"group_raw/{name}"] = self.raw_group_history_[name]
+        for name, values in self.scores_.items():
+            arrays[f"topo_score/{name}"] = values
+        for name, values in self.penalties_.items():
+            arrays[f"penalty/{name}"] = values
+        if self._group_maps:
+            arrays["group_labels"] = np.asarray(self.group_labels_, dtype=np.int64)
+            arrays["group_names"] = np.asarray(self.group_names_, dtype=str)
+        arrays["layers"] = np.asarray(self.layers_, dtype=str)
+        path = os.path.join(self.out_dir, "topomaps.npz")
+        # Write beside, then rename: a crash mid-write never leaves a broken history behind.
+        tmp = path + ".tmp.npz"
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+
+    def on_train_end(self, logs=None):
+        try:
+            if self.out_dir is not None and self._epochs:
+                self._write_gifs()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._figures = {}
+
+    def _write_gifs(self):
+        from matplotlib.animation import PillowWriter
+
+        numbers = [e + 1 for e in self._epochs]
+        for name in self.layers_:
+            maps = self.history_[name]
+            jobs = [("map", [m[None] for m in maps], None, _nonempty(maps.min(), maps.max()),
+                     False, "", f"{_safe_name(name)}.gif")]
+            if name in self._group_maps:
+                groups = self.group_history_[name]
+                limit = float(np.abs(groups).max()) or 1.0
+                jobs.append(("groups", list(groups), self.group_names_, (-limit, limit), True,
+                             ": group mean - mean over groups", f"{_safe_name(name)}_groups.gif"))
+            for kind, frames, titles, limits, diverging, suffix, filename in jobs:
+                first = list(frames[0])
+                entry = self._figure((kind, name), first, titles, diverging, name)
+                writer = PillowWriter(fps=self.fps)
+                with writer.saving(entry["figure"], os.path.join(self.out_dir, filename), 80):
+                    for number, frame in zip(numbers, frames):
+                        self._render(
+                            (kind, name), list(frame), titles, limits, diverging,
+                            f"{name} - epoch {number}{suffix}", writer=writer,
+                        )
+
+    # ------------------------------------------------------------------------------------------
+    # Results
+
+    @property
+    def epochs_(self):
+        return np.asarray(self._epochs, dtype=np.int64)
+
+    @property
+    def history_(self):
+        return _stacked(self._maps)
+
+    @property
+    def raw_history_(self):
+        return _stacked(self._raw)
+
+    @property
+    def group_history_(self):
+        return _stacked(self._group_maps)
+
+    @property
+    def raw_group_history_(self):
+        return _stacked(self._group_raw)
+
+    @property
+    def scores_(self):
+        return _stacked(self._scores)
+
+    @property
+    def penalties_(self):
+        return _stacked(self._penalties)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _positive_int(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer. Received: {what}={value!r}")
+    return int(value)
+
+
+def _layer_names(layers):
+    if layers is None:
+        return None
+    if isinstance(layers, (str, keras.layers.Layer)):
+        layers = [layers]
+    names = []
+    for layer in layers:
+        name = layer.name if isinstance(layer, keras.layers.Layer) else layer
+        if not isinstance(name, str):
+            raise ValueError(
+                f"layers must be layer names or layers. Received: {layer!r} in layers"
+            )
+        names.append(name)
+    if not names:
+        raise ValueError("layers is empty; pass None to watch every regularized layer.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"layers names a layer twice. Received: layers={names}")
+    return names
+
+
+def _to_numpy(value):
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # torch tensors, possibly on an accelerator or with grad
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _is_single_batch(probe):
+    return (
+        isinstance(probe, (np.ndarray, dict, list, tuple))
+        or (hasattr(probe, "shape") and hasattr(probe, "dtype"))
+    )
+
+
+def _read_probe(probe, steps):
+    """The probe as a list of input batches (numpy structures)."""
+    if probe is None:
+        raise ValueError("TopoMapCallback needs a probe (a batch of inputs or a small dataset).")
+    if _is_single_batch(probe):
+        items = [probe]
+    elif isinstance(probe, keras.utils.PyDataset):
+        n = len(probe) if steps is None else min(steps, len(probe))
+        items = (probe[i] for i in range(n))
+    elif hasattr(probe, "as_numpy_iterator"):  # tf.data.Dataset
+        items = probe.as_numpy_iterator()
+    elif hasattr(probe, "__iter__"):
+        items = iter(probe)
+    else:
+        raise ValueError(
+            "probe must be an array/tensor (or a dict/list of them), a tuple (x, y), a "
+            f"keras.utils.PyDataset or an iterable of batches. Received: {type(probe).__name__}"
+        )
+    batches = []
+    for item in items:
+        if steps is not None and len(batches) >= steps:
+            break
+        if isinstance(item, tuple):
+            item = keras.utils.unpack_x_y_sample_weight(item)[0]
+        batches.append(keras.tree.map_structure(_to_numpy, item))
+    if not batches:
+        raise ValueError("The probe dataset yielded no batch.")
+    for i, x in enumerate(batches):
+        _leading_shape(x, i)
+    return batches
+
+
+def _leading_shape(x, index):
+    """Shape of the first array of a probe batch (all must share the batch size)."""
+    leaves = keras.tree.flatten(x)
+    if not leaves or any(np.ndim(leaf) < 1 for leaf in leaves):
+        raise ValueError(
+            f"Probe batch {index} must hold arrays with a batch axis. Received: "
+            f"{keras.tree.map_structure(np.shape, x)}"
+        )
+    sizes = {np.shape(leaf)[0] for leaf in leaves}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(
+            f"The arrays of probe batch {index} must share one non-zero batch size. Received: "
+            f"shapes {[np.shape(leaf) for leaf in leaves]}"
+        )
+    return tuple(np.shape(leaves[0]))
+
+
+def _per_batch(values, batches, what, ndim):
+    """Splits per-sequence ``values`` into one array per probe batch."""
+    if values is None:
+        return None
+    sizes = [_leading_shape(x, i)[0] for i, x in enumerate(batches)]
+    if (
+        isinstance(values, (list, tuple))
+        and len(values) == len(batches)
+        and all(np.ndim(v) == ndim for v in values)
+    ):
+        return [np.asarray(_to_numpy(v)) for v in values]
+    values = np.asarray(_to_numpy(values))
+    if values.ndim != ndim or values.shape[0] != sum(sizes):
+        raise ValueError(
+            f"{what} must have {ndim} dimension(s) and one row per probe sequence "
+            f"({sum(sizes)} in {len(batches)} batch(es)), or be a list with one array per "
+            f"batch. Received: shape={values.shape}"
+        )
+    if ndim == 2:
+        widths = {_leading_shape(x, i)[1:2] for i, x in enumerate(batches)}
+        if len(widths) > 1:
+            raise ValueError(
+                f"The probe batches have different lengths {sorted(widths)}; give {what} as a "
+                "list with one array per batch."
+            )
+    return np.split(values, np.cumsum(sizes)[:-1])
+
+
+def _timings(model, n_frames, names):
+    try:
+        timing = receptive_fields(model, n_frames=n_frames)
+    except ValueError as e:
+        raise ValueError(
+            "TopoMapCallback maps groups / probe_lengths onto layer frames through the "
+            f"model's receptive fields, which failed: {e}"
+        ) from e
+    missing = [n for n in names if n not in timing]
+    if missing:
+        raise ValueError(
+            f"TopoMapCallback: layers {missing} have no frame timing on the input's time "
+            f"axis, so groups / probe_lengths cannot be mapped onto their frames. Layers with "
+            f"a time axis: {list(timing)}"
+        )
+    return timing
+
+
+def _ensure_writable_dir(path, what):
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"TopoMapCallback cannot write to {what}: {e.strerror or e}. Received: "
+            f"{what}={path!r}"
+        ) from None
+
+
+def _import_tensorflow():
+    global _warned_no_tensorflow
+    try:
+        import tensorboard  # noqa: F401  (tf.summary's image and scalar ops live here)
+        import tensorflow as tf
+    except ImportError:
+        if not _warned_no_tensorflow:
+            warnings.warn(
+                "TopoMapCallback: TensorFlow or TensorBoard is not installed, so nothing is "
+                "written to log_dir (the summaries are written with tf.summary); the out_dir "
+                "files and callback.history_ are still produced. `pip install tensorflow "
+                "tensorboard` to get them.",
+                stacklevel=3,
+            )
+            _warned_no_tensorflow = True
+        return None
+    if keras.backend.backend() != "tensorflow":
+        # TensorFlow is only used to write files here: keep it off accelerators that the
+        # training backend (JAX, torch) owns. Fails harmlessly once TF is initialised.
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except (RuntimeError, ValueError):
+            pass
+    return tf
+
+
+def _colorize(grid_map, cmap, lo, hi, image_size):
+    """An ``(H, W)`` map as an RGB uint8 image, enlarged by pixel repetition."""
+    from matplotlib import colormaps
+
+    lo, hi = _nonempty(lo, hi)
+    scaled = np.clip((np.asarray(grid_map, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    colormap = colormaps[cmap] if isinstance(cmap, str) else cmap
+    rgb = colormap(scaled, bytes=True)[..., :3]
+    factor = max(1, -(-image_size // max(grid_map.shape)))
+    return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+
+
+def _nonempty(lo, hi):
+    lo, hi = float(lo), float(hi)
+    if hi > lo:
+        return lo, hi
+    pad = max(abs(lo) * 1e-3, 1e-6)
+    return lo - pad, hi + pad
+
+
+def _safe_name(name):
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _stacked(lists):
+    return {name: np.stack(values) for name, values in lists.items() if values}
