@@ -1,0 +1,442 @@
+"""Gradients of a scalar target w.r.t. intermediate activations (and the input), compiled once.
+
+This is the one backend-specific module of keras-topomap. Everything else (GradNAP, optimal
+inputs) describes *what* to differentiate with backend-agnostic ``keras.ops`` code; this module
+says *how*, per backend:
+
+- **TensorFlow**: a ``tf.function`` around a ``tf.GradientTape``. The tape watches the input,
+  so every activation is on the tape and ``tape.gradient(target, activations)`` returns
+  ``d target / d activation`` for all requested layers from one backward pass; weight gradients
+  are never requested (and graph pruning drops them). The function is traced once with every
+  axis but the last of each argument left dynamic (``None``), so batches of any size and length
+  reuse one graph.
+- **JAX**: activations are not differentiable inputs of a pure function, so the model graph is
+  replayed with a zero "probe" tensor added to each requested layer's output:
+  ``d target / d probe == d target / d activation`` (the probe enters additively, with weight 1),
+  and ``jax.value_and_grad`` w.r.t. all probes (and the input) gives every layer in one backward
+  pass. Weights go in as arguments of ``model.stateless_call`` (not as baked-in constants) and
+  the step is ``jax.jit``-compiled. XLA compiles once per distinct argument *shape*; callers keep
+  that number small by padding batches to a few bucketed shapes (GradNAP pads the time axis to a
+  multiple of ``time_bucket`` and the batch to a fixed size).
+- **PyTorch**: eager autograd; ``torch.autograd.grad(target, activations)`` computes only what
+  the requested activations (and the input) need -- no ``.grad`` fields are touched.
+
+On all backends the model graph is first *flattened*: a new Functional model sharing the
+original layers (and weights) is built whose outputs are the requested layers' activations plus
+the model output; nested Functional/Sequential models are inlined, so layers inside them can be
+addressed by name too.
+
+Example:
+
+>>> from keras import ops
+>>> def target(output, activations):
+...     return ops.sum(ops.max(output, axis=-1))
+>>> fn = ActivationGradients(model, ["conv_1", "conv_2"], target)
+>>> result = fn(x)
+>>> result.gradients["conv_1"].shape == result.activations["conv_1"].shape
+True
+
+A ``reduce`` function (``keras.ops``, runs inside the compiled step) shrinks what comes back to
+the host, e.g. per-group sums instead of full ``(batch, time, filters)`` arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import keras
+from keras import ops, tree
+
+__all__ = ["GradientResult", "ActivationGradients", "flatten_model", "find_layer"]
+
+
+class GradientResult(NamedTuple):
+    """What one step computes (tensors inside ``reduce``, numpy arrays when returned).
+
+    Attributes:
+        value: the target (scalar; per-sample targets are summed).
+        output: the model output (None when ``include_output=False``).
+        activations: ``{layer_name: activation}``.
+        gradients: ``{layer_name: d value / d activation}`` (empty with ``layer_gradients=False``).
+        input_gradient: ``d value / d input`` (None unless ``input_gradient=True``).
+    """
+
+    value: Any
+    output: Any
+    activations: dict
+    gradients: dict
+    input_gradient: Any
+
+
+# ----------------------------------------------------------------------------------------------
+# Model flattening
+
+
+def _is_graph_model(layer):
+    if not isinstance(layer, keras.Model):
+        return False
+    graph = getattr(layer, "_functional", None) or layer
+    return getattr(graph, "_nodes_by_depth", None) is not None and bool(
+        getattr(graph, "inputs", None)
+    )
+
+
+def _all_layers(model):
+    """Every non-model layer reachable in ``model``'s graph (nested models inlined), in order."""
+    found = []
+    graph = getattr(model, "_functional", None) or model
+    for op in getattr(graph, "operations", getattr(model, "layers", [])):
+        if isinstance(op, keras.layers.InputLayer):
+            continue
+        if isinstance(op, keras.Model):
+            found.append(op)
+            found.extend(_all_layers(op))
+        else:
+            found.append(op)
+    return found
+
+
+def find_layer(model, name):
+    """The layer called ``name`` anywhere in ``model`` (nested models searched).
+
+    Raises:
+        ValueError: naming the available layers when there is none.
+    """
+    for layer in _all_layers(model):
+        if layer.name == name:
+            return layer
+    raise ValueError(
+        f"Layer '{name}' is not in model '{model.name}'. Available layers: "
+        f"{[layer.name for layer in _all_layers(model)]}"
+    )
+
+
+def flatten_model(model, layers, probes=False, include_output=True):
+    """A Functional model sharing ``model``'s layers whose outputs are the requested activations.
+
+    Args:
+        model: a Functional or Sequential model built on ``keras.Input`` with one input and one
+            output (nested models are inlined).
+        layers: layer names to tap.
+        probes: if True, the model gets one extra input per tapped layer (shaped like that
+            layer's output) that is *added* to the layer's output before the rest of the graph
+            uses it. Feeding zeros changes nothing; differentiating w.r.t. the probes gives the
+            gradients w.r.t. the activations (used on JAX).
+        include_output: append the model output to the outputs.
+
+    Returns:
+        ``keras.Model`` with inputs ``[x, probe_1, ...]`` (or ``x``) and outputs
+        ``[activation_1, ..., output]``.
+    """
+    if not _is_graph_model(model):
+        raise ValueError(
+            "Gradients need a Functional or Sequential model built on keras.Input (so its graph "
+            f"is known). Received: {type(model).__name__} '{getattr(model, 'name', model)}'"
+        )
+    layers = list(layers)
+    for name in layers:
+        find_layer(model, name)  # clear error for unknown names
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"Layer names must be unique. Received: layers={layers}")
+    graph = getattr(model, "_functional", None) or model
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ValueError(
+            f"Model '{model.name}' has {len(graph.inputs)} inputs and {len(graph.outputs)} "
+            "outputs; the gradient adapter handles models with one input and one output."
+        )
+    source = graph.inputs[0]
+    x = keras.Input(shape=source.shape[1:], batch_size=source.shape[0], dtype=source.dtype,
+                    name="x")
+    taps, probe_inputs = {}, []
+
+    def tap(layer, value):
+        if layer.name not in layers:
+            return value
+        if layer.name in taps:
+            raise ValueError(
+                f"Layer '{layer.name}' is called more than once in the model; its activation is "
+                "ambiguous. Tap a layer that is used once."
+            )
+        if not isinstance(value, keras.KerasTensor):
+            raise ValueError(
+                f"Layer '{layer.name}' has several outputs; tap a single-output layer."
+            )
+        taps[layer.name] = value
+        if not probes:
+            return value
+        probe = keras.Input(shape=value.shape[1:], batch_size=value.shape[0], dtype=value.dtype,
+                            name=f"probe_{len(probe_inputs)}")
+        probe_inputs.append(probe)
+        return keras.layers.Add(name=f"{layer.name}_probe")([value, probe])
+
+    (out,) = _replay(model, [x], tap)
+    missing = [name for name in layers if name not in taps]
+    if missing:
+        raise ValueError(
+            f"Layers {missing} are not on the path from the input to the output of model "
+            f"'{model.name}'."
+        )
+    outputs = [taps[name] for name in layers] + ([out] if include_output else [])
+    # Keep the probe inputs in the order of `layers`.
+    if probes:
+        order = [list(taps).index(name) for name in layers]
+        probe_inputs = [probe_inputs[i] for i in order]
+    inputs = [x, *probe_inputs] if probes else x
+    return keras.Model(inputs, outputs, name=f"{model.name}_taps")
+
+
+def _replay(model, inputs, tap):
+    """Re-applies ``model``'s layers to new symbolic ``inputs``; ``tap(layer, out)`` may replace
+    a layer's output."""
+    graph = getattr(model, "_functional", None) or model
+    values = {id(t): v for t, v in zip(graph.inputs, inputs)}
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.is_input or not node.operation:
+                continue
+            if any(id(t) not in values for t in node.input_tensors):
+                continue
+            op = node.operation
+            args, kwargs = node.arguments.fill_in(values)
+            if _is_graph_model(op):
+                outs = _replay(op, tree.flatten((args, kwargs)), tap)
+                outs = outs[0] if len(outs) == 1 else outs
+            else:
+                outs = op(*args, **kwargs)
+            outs = tap(op, outs)
+            for ref, new in zip(node.outputs, tree.flatten(outs)):
+                values[id(ref)] = new
+    return [values[id(t)] for t in graph.outputs]
+
+
+# ----------------------------------------------------------------------------------------------
+# The adapter
+
+
+def _identity_reduce(result, *extras):
+    return result
+
+
+def _scalar(value):
+    value = ops.convert_to_tensor(value)
+    return ops.sum(value) if len(value.shape) else value
+
+
+class ActivationGradients:
+    """A compiled function ``x, *extras -> GradientResult`` for one model, layer set and target.
+
+    Args:
+        model: Functional or Sequential Keras model (one input, one output).
+        layers: names of the layers whose activations (and gradients) are wanted.
+        target: ``target(output, activations, *extras) -> scalar`` in ``keras.ops``; ``output``
+            is the model output (None with ``include_output=False``), ``activations`` a dict
+            ``{layer: tensor}``, ``extras`` the extra arguments of the call (masks, labels...).
+            A per-sample vector is summed.
+        reduce: optional ``reduce(result, *extras)`` in ``keras.ops``, run inside the compiled
+            step on the :class:`GradientResult` of tensors; whatever it returns (any nest of
+            tensors) is converted to numpy. Default: the full result.
+        layer_gradients: compute ``d target / d activation`` (False: activations only, e.g. when
+            only the input gradient is wanted).
+        input_gradient: also compute ``d target / d input``.
+        include_output: run the model to its output (False stops at the deepest tapped layer).
+        jit: compile (``tf.function`` / ``jax.jit``); False runs eagerly (debugging).
+
+    Attributes:
+        trace_count: how many times the step was traced (TensorFlow: 1 for any shapes; JAX: one
+            per distinct argument shape; PyTorch: 0, eager).
+        flat_model: the flattened model (see :func:`flatten_model`).
+    """
+
+    def __init__(self, model, layers, target, reduce=None, layer_gradients=True,
+                 input_gradient=False, include_output=True, jit=True):
+        if not callable(target):
+            raise ValueError(f"target must be callable. Received: target={target!r}")
+        self.model = model
+        self.layers = list(layers)
+        self.target = target
+        self.reduce = reduce or _identity_reduce
+        self.layer_gradients = bool(layer_gradients)
+        self.input_gradient = bool(input_gradient)
+        self.include_output = bool(include_output)
+        if not self.layers and not self.include_output:
+            raise ValueError("Nothing to compute: give layers or include_output=True.")
+        self.jit = bool(jit)
+        self.backend = keras.backend.backend()
+        self.trace_count = 0
+        use_probes = self.backend == "jax" and self.layer_gradients and bool(self.layers)
+        self.flat_model = flatten_model(model, self.layers, probes=use_probes,
+                                        include_output=self.include_output)
+        builders = {
+            "tensorflow": self._build_tf, "jax": self._build_jax, "torch": self._build_torch
+        }
+        if self.backend not in builders:
+            raise ValueError(
+                f"ActivationGradients supports the tensorflow, jax and torch backends. "
+                f"Received: backend={self.backend!r}"
+            )
+        self._step = builders[self.backend]()
+
+    # -- shared pieces (backend tensors in, GradientResult out) --------------------------------
+
+    def _split(self, outputs):
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        acts = dict(zip(self.layers, outputs[: len(self.layers)]))
+        out = outputs[len(self.layers)] if self.include_output else None
+        return acts, out
+
+    def _value(self, out, acts, extras):
+        return _scalar(self.target(out, acts, *extras))
+
+    def __call__(self, x, *extras):
+        """Runs the step on one batch; returns numpy (a :class:`GradientResult` by default)."""
+        x = ops.convert_to_tensor(x, dtype=self.flat_model.inputs[0].dtype)
+        extras = [ops.convert_to_tensor(e) for e in extras]
+        out = self._step(x, *extras)
+        if isinstance(out, GradientResult):
+            return _result_to_numpy(out)
+        return tree.map_structure(ops.convert_to_numpy, out)
+
+    # -- TensorFlow ---------------------------------------------------------------------------
+
+    def _build_tf(self):
+        import tensorflow as tf
+
+        model = self.flat_model
+
+        def step(x, *extras):
+            self.trace_count += 1
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(x)  # puts every activation on the tape; weights stay unwatched
+                outputs = model(x, training=False)
+                acts, out = self._split(outputs)
+                value = self._value(out, acts, extras)
+            sources = [acts[name] for name in self.layers] if self.layer_gradients else []
+            if self.input_gradient:
+                sources = sources + [x]
+            grads = tape.gradient(value, sources) if sources else []
+            grads = [tf.zeros_like(s) if g is None else g for s, g in zip(sources, grads)]
+            layer_grads = dict(zip(self.layers, grads)) if self.layer_gradients else {}
+            x_grad = grads[-1] if self.input_gradient else None
+            result = GradientResult(value, out, acts, layer_grads, x_grad)
+            return self.reduce(result, *extras)
+
+        if not self.jit:
+            return step
+        compiled = {}
+
+        def call(x, *extras):
+            if "fn" not in compiled:
+                # One trace for every batch: all axes but the last of 3+D arguments are dynamic.
+                signature = [_dynamic_spec(t) for t in (x, *extras)]
+                compiled["fn"] = tf.function(step, input_signature=signature)
+            return compiled["fn"](x, *extras)
+
+        return call
+
+    # -- JAX ----------------------------------------------------------------------------------
+
+    def _build_jax(self):
+        import jax
+        import jax.numpy as jnp
+
+        model = self.flat_model
+        use_probes = len(model.inputs) > 1
+        if use_probes:
+            taps_model = flatten_model(self.model, self.layers, include_output=False)
+
+        def forward(probes, x, trainable, non_trainable, extras):
+            inputs = [x, *probes] if use_probes else x
+            outputs, _ = model.stateless_call(trainable, non_trainable, inputs, training=False)
+            acts, out = self._split(outputs)
+            value = self._value(out, acts, extras)
+            return value, (acts, out)
+
+        def step(trainable, non_trainable, x, *extras):
+            self.trace_count += 1
+            if use_probes:
+                # Shapes are static under jit: infer the activations' shapes symbolically.
+                specs = taps_model.compute_output_spec(keras.KerasTensor(x.shape, dtype=x.dtype))
+                specs = specs if isinstance(specs, (list, tuple)) else [specs]
+                probes = [jnp.zeros(spec.shape, spec.dtype) for spec in specs]
+            else:
+                probes = []
+            argnums = ([0] if use_probes else []) + ([1] if self.input_gradient else [])
+            if argnums:
+                (value, (acts, out)), grads = jax.value_and_grad(
+                    forward, argnums=tuple(argnums), has_aux=True
+                )(probes, x, trainable, non_trainable, extras)
+                grads = list(grads)
+            else:
+                value, (acts, out) = forward(probes, x, trainable, non_trainable, extras)
+                grads = []
+            layer_grads = dict(zip(self.layers, grads.pop(0))) if use_probes else {}
+            x_grad = grads.pop(0) if self.input_gradient else None
+            result = GradientResult(value, out, acts, layer_grads, x_grad)
+            return self.reduce(result, *extras)
+
+        compiled = jax.jit(step) if self.jit else step
+
+        def call(x, *extras):
+            trainable = [v.value for v in model.trainable_variables]
+            non_trainable = [v.value for v in model.non_trainable_variables]
+            return compiled(trainable, non_trainable, x, *extras)
+
+        return call
+
+    # -- PyTorch ------------------------------------------------------------------------------
+
+    def _build_torch(self):
+        import torch
+
+        model = self.flat_model
+
+        def step(x, *extras):
+            with torch.enable_grad():
+                if self.input_gradient:
+                    x = x.detach().requires_grad_(True)
+                outputs = model(x, training=False)
+                acts, out = self._split(outputs)
+                value = self._value(out, acts, extras)
+                sources = [acts[name] for name in self.layers] if self.layer_gradients else []
+                if self.input_gradient:
+                    sources = sources + [x]
+                if sources:
+                    grads = torch.autograd.grad(value, sources, allow_unused=True)
+                    grads = [
+                        torch.zeros_like(s) if g is None else g for s, g in zip(sources, grads)
+                    ]
+                else:
+                    grads = []
+            acts = {k: v.detach() for k, v in acts.items()}
+            out = out.detach() if out is not None else None
+            layer_grads = dict(zip(self.layers, grads)) if self.layer_gradients else {}
+            x_grad = grads[-1] if self.input_gradient else None
+            result = GradientResult(value.detach(), out, acts, layer_grads, x_grad)
+            with torch.no_grad():
+                return self.reduce(result, *extras)
+
+        return step
+
+
+def _dynamic_spec(tensor):
+    import tensorflow as tf
+
+    shape = list(tensor.shape)
+    dynamic = [None] * len(shape)
+    if len(shape) >= 3:
+        dynamic[-1] = shape[-1]
+    return tf.TensorSpec(dynamic, tensor.dtype)
+
+
+def _result_to_numpy(result):
+    def conv(t):
+        return None if t is None else ops.convert_to_numpy(t)
+
+    return GradientResult(
+        value=float(conv(result.value)),
+        output=conv(result.output),
+        activations={k: conv(v) for k, v in result.activations.items()},
+        gradients={k: conv(v) for k, v in result.gradients.items()},
+        input_gradient=conv(result.input_gradient),
+    )
+
