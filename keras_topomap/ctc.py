@@ -1,0 +1,409 @@
+"""CTC for the Wav2Letter-style recognizer: the loss, length checks, decoding and error rates.
+
+Targets travel through ``model.fit`` as one *packed* int32 array per batch, shape
+``(batch, 2 + L)`` (what :class:`keras_topomap.datasets.SpeechBatches` yields with
+``mode="ctc"``):
+
+- column 0: the utterance's length in *input* feature frames (before the model's stride),
+- column 1: its label length,
+- columns 2...: the character labels (index 0 = CTC blank), zero-padded.
+
+:class:`CTCLoss` unpacks them with :mod:`keras.ops`, so one code path trains on TensorFlow, JAX
+and PyTorch. The model's first layer has stride 2, so ``T`` input frames give ``ceil(T / 2)``
+output frames (:func:`output_lengths`).
+
+Infeasible targets: CTC needs at least ``label length + number of adjacent repeated labels``
+output frames (a blank must separate repeats). A shorter output has probability 0 (loss
+``+inf`` and NaN gradients). :func:`check_ctc_lengths` rejects such utterances with a clear
+error before training (:func:`keras_topomap.train.train` runs it on every utterance); inside the
+loss an infeasible sample is computed with an empty label sequence and then multiplied by 0, so
+it contributes exactly 0 to the loss and to the gradients instead of NaN/inf poisoning the whole
+batch. :func:`count_infeasible` tells how many a batch holds.
+
+Decoding: :func:`ctc_decode` (greedy, or beam search) gives label sequences,
+:func:`decode_texts` gives strings; :func:`character_error_rate` and :func:`word_error_rate` use
+`jiwer <https://github.com/jitsi/jiwer>`_. :func:`transcribe` runs a model on audio.
+
+Example:
+
+>>> model = keras_topomap.models.wav2letter("small")
+>>> model.compile(optimizer="adam", loss=CTCLoss(stride=2))
+>>> model.fit(keras_topomap.datasets.SpeechBatches(utterances, mode="ctc"), epochs=10)
+>>> texts = decode_texts(model.predict(features), output_lengths(feature_lengths))
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = [
+    "CTCLoss",
+    "character_error_rate",
+    "check_ctc_lengths",
+    "count_infeasible",
+    "ctc_decode",
+    "decode_texts",
+    "error_rates",
+    "output_lengths",
+    "required_frames",
+    "transcribe",
+    "word_error_rate",
+]
+
+_STRATEGIES = ("greedy", "beam_search")
+
+
+def _check_stride(stride):
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride must be a positive int. Received: stride={stride!r}")
+    return int(stride)
+
+
+def output_lengths(input_lengths, stride=2):
+    """Output frames of a ``"same"``-padded strided model: ``ceil(T / stride)``.
+
+    Works on ints, NumPy arrays and backend tensors (integer dtypes).
+
+    >>> output_lengths(np.array([300, 301]), stride=2)
+    array([150, 151])
+    """
+    stride = _check_stride(stride)
+    if isinstance(input_lengths, (int, np.integer)):
+        return -(-int(input_lengths) // stride)
+    if isinstance(input_lengths, (list, tuple, np.ndarray)):
+        return -(-np.asarray(input_lengths) // stride)
+    return ops.floor_divide(input_lengths + (stride - 1), stride)
+
+
+def required_frames(labels, label_lengths=None):
+    """Fewest output frames CTC needs per label sequence: length + adjacent repeats.
+
+    Args:
+        labels: ``(batch, L)`` int labels, zero-padded (NumPy), or one 1D sequence.
+        label_lengths: ``(batch,)`` lengths; ``None`` counts the non-zero labels.
+
+    Returns:
+        ``(batch,)`` int64 array (an int for one sequence).
+    """
+    labels = np.asarray(labels)
+    single = labels.ndim == 1
+    labels = np.atleast_2d(labels)
+    if label_lengths is None:
+        label_lengths = np.count_nonzero(labels, axis=1)
+    label_lengths = np.atleast_1d(np.asarray(label_lengths, dtype=np.int64))
+    position = np.arange(max(labels.shape[1] - 1, 0))
+    inside = position[None, :] + 1 < label_lengths[:, None]
+    repeats = np.sum((labels[:, 1:] == labels[:, :-1]) & inside, axis=1)
+    need = label_lengths + repeats
+    return int(need[0]) if single else need
+
+
+def check_ctc_lengths(n_frames, labels, stride=2, names=None):
+    """Raise a clear ``ValueError`` for utterances whose labels cannot fit the model's output.
+
+    Args:
+        n_frames: input feature frames per utterance (sequence of ints).
+        labels: per utterance, its label sequence (sequences of ints, no padding).
+        stride: the model's cumulative stride.
+        names: per utterance, a name used in the error (ids or file paths).
+
+    Raises:
+        ValueError: naming every offending utterance (up to 5), its frame and label counts.
+
+    Example:
+
+    >>> check_ctc_lengths([10], [[1, 2, 3, 4, 5, 6]], stride=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: 1 utterance(s) have more labels than the model has output frames ...
+    """
+    stride = _check_stride(stride)
+    n_frames = np.asarray(n_frames, dtype=np.int64).reshape(-1)
+    if len(labels) != len(n_frames):
+        raise ValueError(
+            f"check_ctc_lengths needs one label sequence per utterance. Received: "
+            f"{len(n_frames)} frame counts and {len(labels)} label sequences."
+        )
+    width = max((len(seq) for seq in labels), default=0)
+    padded = np.zeros((len(labels), max(width, 1)), dtype=np.int64)
+    lengths = np.array([len(seq) for seq in labels], dtype=np.int64)
+    for i, seq in enumerate(labels):  # one pass over utterances, before training
+        padded[i, : len(seq)] = seq
+    need = required_frames(padded, lengths)
+    have = output_lengths(n_frames, stride)
+    bad = np.flatnonzero(need > have)
+    if bad.size:
+        names = list(range(len(n_frames))) if names is None else list(names)
+        details = "; ".join(
+            f"{names[i]}: {n_frames[i]} frames -> {have[i]} output frames, needs {need[i]} "
+            f"({lengths[i]} labels + {need[i] - lengths[i]} repeats)"
+            for i in bad[:5]
+        )
+        more = f" (and {bad.size - 5} more)" if bad.size > 5 else ""
+        raise ValueError(
+            f"{bad.size} utterance(s) have more labels than the model has output frames "
+            f"(stride {stride}); CTC cannot align them. Shorten the transcripts, use a "
+            f"smaller hop or drop these utterances. Received: {details}{more}"
+        )
+
+
+def _unpack(y_true, stride):
+    packed = ops.cast(y_true, "int32")
+    frames = packed[:, 0]
+    label_lengths = packed[:, 1]
+    labels = packed[:, 2:]
+    return output_lengths(frames, stride), label_lengths, labels
+
+
+def _feasible(labels, label_lengths, out_lengths):
+    """Backend-tensor version of ``required_frames(...) <= out_lengths``."""
+    n = ops.shape(labels)[1]
+    same = ops.equal(labels[:, 1:], labels[:, :-1])
+    position = ops.arange(n - 1, dtype="int32")
+    inside = ops.less(ops.expand_dims(position + 1, 0), ops.expand_dims(label_lengths, 1))
+    repeats = ops.sum(ops.cast(ops.logical_and(same, inside), "int32"), axis=1)
+    return ops.less_equal(label_lengths + repeats, out_lengths)
+
+
+def count_infeasible(y_true, stride=2):
+    """How many samples of a packed target batch cannot be aligned (they add 0 to the loss)."""
+    stride = _check_stride(stride)
+    packed = np.asarray(y_true, dtype=np.int64)
+    need = required_frames(packed[:, 2:], packed[:, 1])
+    return int(np.sum(need > output_lengths(packed[:, 0], stride)))
+
+
+@keras.saving.register_keras_serializable(package="keras_topomap")
+class CTCLoss(keras.losses.Loss):
+    """CTC loss on logits with packed targets and the model's stride.
+
+    ``y_true`` is the packed ``(batch, 2 + L)`` target (see module docstring); ``y_pred`` the
+    model's ``(batch, T_out, classes)`` logits. Per sample it computes
+    ``ops.ctc_loss(labels, logits, label_length, ceil(frames / stride))`` (clipped to ``T_out``),
+    i.e. the negative log-likelihood of the transcript; padded output frames are ignored.
+    Infeasible samples contribute 0 (see module docstring); check data with
+    :func:`check_ctc_lengths` first.
+
+    Args:
+        stride: the model's cumulative stride (input frames per output frame).
+        blank_index: the CTC blank class.
+        reduction, name, dtype: as for ``keras.losses.Loss`` (default: mean over the batch).
+
+    Example:
+
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=CTCLoss(stride=2))
+    """
+
+    def __init__(
+        self, stride=2, blank_index=0, reduction="sum_over_batch_size", name="ctc", dtype=None
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.stride = _check_stride(stride)
+        self.blank_index = int(blank_index)
+
+    def call(self, y_true, y_pred):
+        out_lengths, label_lengths, labels = _unpack(y_true, self.stride)
+        out_lengths = ops.minimum(out_lengths, ops.shape(y_pred)[1])
+        feasible = _feasible(labels, label_lengths, out_lengths)
+        # An empty target is always feasible: the masked samples stay finite, then weigh 0.
+        safe_lengths = ops.where(feasible, label_lengths, ops.zeros_like(label_lengths))
+        losses = ops.ctc_loss(
+            labels, y_pred, safe_lengths, out_lengths, mask_index=self.blank_index
+        )
+        return losses * ops.cast(feasible, losses.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"stride": self.stride, "blank_index": self.blank_index})
+        return config
+
+
+def ctc_decode(logits, lengths=None, strategy="greedy", beam_width=100, blank_index=0):
+    """Decode logits into label sequences (blanks removed, repeats merged).
+
+    Args:
+        logits: ``(batch, T, classes)`` model output (array or tensor).
+        lengths: ``(batch,)`` valid *output* frames per sample (``output_lengths(frames)``);
+            ``None`` uses all ``T``.
+        strategy: ``"greedy"`` (best path) or ``"beam_search"``.
+        beam_width: beams for ``"beam_search"``.
+        blank_index: the CTC blank class.
+
+    Returns:
+        list of 1D int arrays, one per sample.
+
+    Example:
+
+    >>> logits = np.log(np.eye(4)[[1, 1, 0, 2, 3, 3]][None] + 1e-3)
+    >>> ctc_decode(logits)
+    [array([1, 2, 3], dtype=int32)]
+    """
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"strategy must be one of {_STRATEGIES}. Received: {strategy!r}")
+    logits = ops.convert_to_tensor(logits, dtype="float32")
+    if len(logits.shape) != 3:
+        raise ValueError(
+            f"ctc_decode expects logits of shape (batch, time, classes). "
+            f"Received: shape={tuple(logits.shape)}"
+        )
+    batch, steps = int(logits.shape[0]), int(logits.shape[1])
+    if lengths is None:
+        lengths = np.full((batch,), steps, dtype=np.int32)
+    lengths = np.minimum(np.asarray(lengths, dtype=np.int32).reshape(-1), steps)
+    if lengths.shape[0] != batch:
+        raise ValueError(
+            f"ctc_decode needs one length per sample. Received: {lengths.shape[0]} lengths for "
+            f"logits of shape {tuple(logits.shape)}"
+        )
+    decoded, _ = ops.ctc_decode(
+        logits,
+        ops.convert_to_tensor(lengths),
+        strategy=strategy,
+        beam_width=beam_width,
+        top_paths=1,
+        mask_index=blank_index,
+    )
+    best = np.asarray(ops.convert_to_numpy(decoded[0]))
+    return [row[row >= 0].astype(np.int32) for row in best]
+
+
+def decode_texts(logits, lengths=None, strategy="greedy", beam_width=100):
+    """Decode logits into strings with the package's alphabet (see :func:`ctc_decode`).
+
+    Example:
+
+    >>> decode_texts(model.predict(features), output_lengths(feature_lengths))
+    ['the cat sat', ...]
+    """
+    from keras_topomap.datasets import labels_to_text
+
+    sequences = ctc_decode(logits, lengths, strategy=strategy, beam_width=beam_width)
+    return [labels_to_text(seq) for seq in sequences]
+
+
+def _as_text_list(texts, what):
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{what} must be strings. Received: {[type(t).__name__ for t in texts]}")
+    return texts
+
+
+def _check_pairs(references, hypotheses):
+    references = _as_text_list(references, "references")
+    hypotheses = _as_text_list(hypotheses, "hypotheses")
+    if len(references) != len(hypotheses):
+        raise ValueError(
+            f"Need one hypothesis per reference. Received: {len(references)} references, "
+            f"{len(hypotheses)} hypotheses."
+        )
+    if not references or not any(r.strip() for r in references):
+        raise ValueError("Error rates need at least one non-empty reference. Received: none.")
+    return references, hypotheses
+
+
+def character_error_rate(references, hypotheses):
+    """Corpus CER: character edits over reference characters (jiwer), spaces counted.
+
+    >>> character_error_rate(["the cat"], ["the bat"])
+    0.14285714285714285
+    """
+    import jiwer
+
+    references, hypotheses = _check_pairs(references, hypotheses)
+    return float(jiwer.cer(references, hypotheses))
+
+
+def word_error_rate(references, hypotheses):
+    """Corpus WER: word edits over reference words (jiwer).
+
+    >>> word_error_rate(["the cat sat"], ["the bat sat"])
+    0.3333333333333333
+    """
+    import jiwer
+
+    references, hypotheses = _check_pairs(references, hypotheses)
+    return float(jiwer.wer(references, hypotheses))
+
+
+def error_rates(references, hypotheses):
+    """``{"cer": ..., "wer": ...}`` of a corpus."""
+    return {
+        "cer": character_error_rate(references, hypotheses),
+        "wer": word_error_rate(references, hypotheses),
+    }
+
+
+def transcribe(
+    model,
+    audio_or_path,
+    sample_rate=None,
+    feature_config=None,
+    strategy="greedy",
+    beam_width=100,
+    stride=None,
+):
+    """Transcribe audio with a trained recognizer.
+
+    Features come from :func:`keras_topomap.datasets.extract_features` with ``feature_config``
+    (use the one the model was trained with; :func:`keras_topomap.train.train` stores it in its
+    output folder and :func:`keras_topomap.train.load_feature_config` reads it back).
+
+    Args:
+        model: a Keras model returning CTC logits.
+        audio_or_path: a path to an audio file, a 1D float waveform (needs ``sample_rate``), an
+            utterance object with ``audio`` and ``sample_rate``, or a list of these.
+        sample_rate: Hz of a waveform array.
+        feature_config: a :class:`keras_topomap.datasets.FeatureConfig` (default: defaults).
+        strategy, beam_width: see :func:`ctc_decode`.
+        stride: the model's cumulative stride (default: read from the model).
+
+    Returns:
+        the transcript (``str``), or a list of them for a list input.
+
+    Example:
+
+    >>> transcribe(model, "hello.wav")
+    'hello world'
+    """
+    from keras_topomap import datasets
+
+    single = not isinstance(audio_or_path, (list, tuple))
+    items = [audio_or_path] if single else list(audio_or_path)
+    if not items:
+        return []
+    if stride is None:
+        from keras_topomap.models import total_stride
+
+        stride = total_stride(model)
+    config = feature_config if feature_config is not None else datasets.FeatureConfig()
+    features = [_features_of(item, sample_rate, config, datasets) for item in items]
+    lengths = np.array([f.shape[0] for f in features], dtype=np.int64)
+    batch = np.zeros((len(features), int(lengths.max()), features[0].shape[1]), np.float32)
+    for i, f in enumerate(features):  # padding a handful of utterances
+        batch[i, : f.shape[0]] = f
+    logits = model.predict_on_batch(batch)
+    texts = decode_texts(logits, output_lengths(lengths, stride), strategy, beam_width)
+    return texts[0] if single else texts
+
+
+def _features_of(item, sample_rate, config, datasets):
+    if isinstance(item, (str, os.PathLike)):
+        path = os.fspath(item)
+        audio, rate = datasets.read_audio(path)
+        item = datasets.Utterance(path, audio, rate, "", path=path)
+    elif not (hasattr(item, "audio") and hasattr(item, "sample_rate")):
+        audio = np.asarray(item, dtype=np.float32)
+        if audio.ndim != 1:
+            raise ValueError(
+                f"transcribe expects a mono waveform (1D). Received: shape={audio.shape}"
+            )
+        if sample_rate is None:
+            raise ValueError("transcribe needs sample_rate for a waveform array. Received: None")
+        item = datasets.Utterance("<waveform>", audio, int(sample_rate), "")
+    return np.asarray(datasets.extract_features(item, config), dtype=np.float32)

@@ -1,0 +1,252 @@
+"""The Wav2Letter-style character recognizer of Krug & Stober, with optional topographic layers.
+
+A fully convolutional network (Collobert et al., 2016) over a sequence of feature frames
+``(time, n_features)``: one strided convolution, a stack of narrow convolutions, two wide
+"big" convolutions and a 1-wide output convolution giving per-frame character logits for CTC
+(no softmax: :func:`keras.ops.ctc_loss` and :func:`keras.ops.ctc_decode` take logits).
+
+Layer names are stable, so the analysis tools can address layers by name:
+
+===============  ====================================================================
+name             layer (``"paper"`` config)
+===============  ====================================================================
+``features``     the input, shape ``(None, n_features)`` -- any number of frames
+``conv_1``       Conv1D 256 x 48, stride 2 (the only strided layer)
+``conv_2`` ...   seven Conv1D 256 x 7 (``conv_2`` to ``conv_8``)
+``conv_big_1``   Conv1D 2048 x 32
+``conv_big_2``   Conv1D 2048 x 1
+``logits``       Conv1D n_classes x 1, linear
+===============  ====================================================================
+
+All hidden layers use ReLU and ``"same"`` padding, so ``T`` input frames give ``ceil(T / 2)``
+output frames. With ``dropout > 0`` a ``Dropout`` layer named ``<conv name>_dropout`` follows
+every hidden convolution. With ``topographic=True`` every hidden convolution carries a
+:class:`~keras_topomap.TopographicRegularizer` on its kernel; its grid is in :data:`CONFIGS`
+(``paper``: 16 x 16 for the 256-filter layers, 64 x 32 for the 2048-filter ones).
+
+Configurations (:data:`CONFIGS`):
+
+- ``"paper"``: the seed paper's sizes (24.7 M parameters).
+- ``"small"``: the same shape scaled to train on a laptop CPU: 64-filter layers on 8 x 8 grids,
+  256-filter big layers on 16 x 16 grids; the same kernel widths and stride, so the same
+  receptive field (194 input frames) as the paper's model.
+- ``"tiny"``: a few thousand parameters for tests and smoke runs (two inner layers).
+
+:func:`receptive_fields` (re-exported from :mod:`keras_topomap.receptive_field`) gives every
+layer's cumulative stride and receptive field.
+
+Example:
+
+>>> from keras_topomap import models
+>>> model = models.wav2letter("small", n_features=40, topographic=True, strength=0.01)
+>>> model.get_layer("conv_big_1").output.shape
+(None, None, 256)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from keras_topomap import grid as grid_lib
+from keras_topomap.receptive_field import receptive_fields
+from keras_topomap.regularizers import TopographicRegularizer
+
+__all__ = [
+    "CONFIGS",
+    "Wav2LetterConfig",
+    "get_config",
+    "layer_grids",
+    "receptive_fields",
+    "total_stride",
+    "wav2letter",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Wav2LetterConfig:
+    """Sizes of one Wav2Letter-style network.
+
+    Attributes:
+        name: the configuration's name.
+        first_filters, first_width, stride: the strided first convolution ``conv_1``.
+        n_inner, inner_filters, inner_width: the narrow convolutions ``conv_2`` ...
+        big_filters, big_width: ``conv_big_1`` (``conv_big_2`` has the same filters, width 1).
+        grid: ``(H, W)`` grid of the ``conv_1`` / inner layers (``H * W == first_filters``).
+        big_grid: ``(H, W)`` grid of the two big layers.
+    """
+
+    name: str
+    first_filters: int
+    first_width: int
+    stride: int
+    n_inner: int
+    inner_filters: int
+    inner_width: int
+    big_filters: int
+    big_width: int
+    grid: tuple
+    big_grid: tuple
+
+    def layer_names(self):
+        """Names of the hidden convolutions, input to output (``logits`` excluded)."""
+        inner = [f"conv_{i}" for i in range(2, self.n_inner + 2)]
+        return ["conv_1", *inner, "conv_big_1", "conv_big_2"]
+
+    def layer_grids(self):
+        """``{layer_name: (H, W)}`` for every hidden convolution."""
+        names = self.layer_names()
+        grids = {name: tuple(self.grid) for name in names[:-2]}
+        grids.update({name: tuple(self.big_grid) for name in names[-2:]})
+        return grids
+
+
+CONFIGS = {
+    "paper": Wav2LetterConfig("paper", 256, 48, 2, 7, 256, 7, 2048, 32, (16, 16), (64, 32)),
+    "small": Wav2LetterConfig("small", 64, 48, 2, 7, 64, 7, 256, 32, (8, 8), (16, 16)),
+    "tiny": Wav2LetterConfig("tiny", 16, 11, 2, 2, 16, 5, 32, 7, (4, 4), (8, 4)),
+}
+
+
+def get_config(config):
+    """The :class:`Wav2LetterConfig` for a name in :data:`CONFIGS` (or a config, returned as is).
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if isinstance(config, Wav2LetterConfig):
+        return config
+    if config not in CONFIGS:
+        raise ValueError(
+            f"Unknown Wav2Letter config; expected one of {sorted(CONFIGS)}. Received: {config!r}"
+        )
+    return CONFIGS[config]
+
+
+def _check_config(cfg):
+    if cfg.stride < 1:
+        raise ValueError(f"Wav2Letter stride must be >= 1. Received: stride={cfg.stride}")
+    grid_lib.validate_grid(cfg.grid, cfg.first_filters, what=f"{cfg.name} grid of conv_1")
+    grid_lib.validate_grid(cfg.grid, cfg.inner_filters, what=f"{cfg.name} grid of inner layers")
+    grid_lib.validate_grid(cfg.big_grid, cfg.big_filters, what=f"{cfg.name} grid of big layers")
+
+
+def wav2letter(
+    config="small",
+    n_features=40,
+    n_classes=29,
+    topographic=True,
+    strength=0.01,
+    dropout=0.0,
+    neighborhood=3,
+    name=None,
+):
+    """Build a Wav2Letter-style CTC recognizer (logits out, no softmax).
+
+    Args:
+        config: ``"paper"``, ``"small"``, ``"tiny"`` (see :data:`CONFIGS`) or a
+            :class:`Wav2LetterConfig`.
+        n_features: features per input frame (40 log-mel bands by default).
+        n_classes: output classes including the CTC blank at index 0 (29: blank, a-z, space,
+            apostrophe).
+        topographic: put a :class:`~keras_topomap.TopographicRegularizer` on every hidden
+            convolution's kernel.
+        strength: the regularizer's strength (ignored when ``topographic=False``).
+        dropout: rate of a ``Dropout`` after every hidden convolution (0 adds none).
+        neighborhood: the regularizer's odd neighbourhood side.
+        name: the model's name (default ``"wav2letter_<config>"``).
+
+    Returns:
+        A functional ``keras.Model`` mapping ``(batch, T, n_features)`` to
+        ``(batch, ceil(T / stride), n_classes)`` logits.
+
+    Example:
+
+    >>> model = wav2letter("tiny", n_features=40)
+    >>> model(np.zeros((1, 101, 40), "float32")).shape
+    (1, 51, 29)
+    """
+    cfg = get_config(config)
+    _check_config(cfg)
+    for what, value in (("n_features", n_features), ("n_classes", n_classes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{what} must be a positive int. Received: {what}={value!r}")
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be >= 2 (blank + 1). Received: n_classes={n_classes}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+
+    grids = cfg.layer_grids()
+
+    def regularizer(layer_name):
+        if not topographic:
+            return None
+        return TopographicRegularizer(
+            grid=grids[layer_name], strength=strength, neighborhood=neighborhood
+        )
+
+    def conv(x, layer_name, filters, width, stride=1):
+        x = keras.layers.Conv1D(
+            filters,
+            width,
+            strides=stride,
+            padding="same",
+            activation="relu",
+            kernel_regularizer=regularizer(layer_name),
+            name=layer_name,
+        )(x)
+        if dropout > 0:
+            x = keras.layers.Dropout(float(dropout), name=f"{layer_name}_dropout")(x)
+        return x
+
+    names = cfg.layer_names()
+    inputs = keras.Input(shape=(None, n_features), name="features")
+    x = conv(inputs, names[0], cfg.first_filters, cfg.first_width, cfg.stride)
+    for layer_name in names[1:-2]:
+        x = conv(x, layer_name, cfg.inner_filters, cfg.inner_width)
+    x = conv(x, "conv_big_1", cfg.big_filters, cfg.big_width)
+    x = conv(x, "conv_big_2", cfg.big_filters, 1)
+    outputs = keras.layers.Conv1D(n_classes, 1, padding="same", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name or f"wav2letter_{cfg.name}")
+
+
+def layer_grids(model_or_config):
+    """``{layer_name: (H, W)}`` of the hidden convolutions.
+
+    For a config name / :class:`Wav2LetterConfig`: the grids of that configuration. For a model:
+    the grids of its topographic layers, or -- for a model built with ``topographic=False`` --
+    the grids its configuration would use, read from the layer sizes (so an unconstrained model's
+    filters can be scored on the same grids).
+
+    Raises:
+        ValueError: for a model whose hidden layers match no configuration.
+    """
+    if isinstance(model_or_config, (str, Wav2LetterConfig)):
+        return get_config(model_or_config).layer_grids()
+    model = model_or_config
+    from keras_topomap.regularizers import topographic_layers
+
+    found = {name: tuple(info["grid"]) for name, info in topographic_layers(model).items()}
+    if found:
+        return found
+    for cfg in CONFIGS.values():
+        grids = cfg.layer_grids()
+        try:
+            sizes = {n: model.get_layer(n).kernel.shape[-1] for n in grids}
+        except ValueError:
+            continue
+        if all(sizes[n] == h * w for n, (h, w) in grids.items()) and len(
+            [layer for layer in model.layers if layer.name.startswith("conv_")]
+        ) == len(grids):
+            return grids
+    raise ValueError(
+        f"Model {model.name!r} has no topographic layers and matches no Wav2Letter config "
+        f"({sorted(CONFIGS)}); pass the config name instead."
+    )
+
+
+def total_stride(model):
+    """The model's cumulative stride: input frames per output frame (2 for every config)."""
+    fields = receptive_fields(model)
+    return int(fields[model.layers[-1].name].stride)

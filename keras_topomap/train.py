@@ -1,0 +1,788 @@
+"""Train the Wav2Letter-style recognizer with CTC: ``keras-topomap train`` and :func:`train`.
+
+One run (``train(TrainConfig(...))`` or the command line) does, in ``out``:
+
+1. loads the data (the bundled corpus by default; LibriSpeech, TIMIT, TextGrid corpora or a
+   corpus built with ``keras-topomap build-corpus`` through ``--data KIND:PATH``), holds out
+   whole sentences of the training split for validation, and rejects utterances whose labels
+   cannot fit the model's output (:func:`keras_topomap.ctc.check_ctc_lengths`);
+2. builds :func:`keras_topomap.models.wav2letter` (with or without the topographic constraint)
+   and fits it with :class:`keras_topomap.ctc.CTCLoss` through ``model.fit`` (Keras progress bar);
+3. after every epoch: validation CER/WER (:class:`ValidationCER`), early stopping on the
+   validation CER, a checkpoint (model, optimizer state, epoch, early-stopping state, history,
+   time used) and TensorBoard logs in ``out/logs``;
+4. at the end: restores the weights of the best validation CER, evaluates the test split, and
+   writes ``out/model.keras`` and ``out/metrics.json`` (test CER, WER, CTC loss, topography
+   score and permutation z-score per grid layer, training time, history).
+
+``resume=True`` (``--resume``) continues an interrupted run from its last checkpoint: weights,
+optimizer state, epoch, the per-epoch shuffling (a function of ``(seed, epoch)``), the early
+stopping state and the time budget carry over, so the result equals an uninterrupted run up to
+float noise.
+
+Files written to ``out``: ``config.json`` (the :class:`TrainConfig` and feature config),
+``checkpoint.keras`` + ``state.json`` (latest epoch), ``best.keras`` (best validation CER),
+``model.keras`` (final), ``metrics.json``, ``logs/`` (TensorBoard).
+
+Example (command line)::
+
+    keras-topomap train --config small --epochs 60 --max-minutes 15 --out runs/topo
+    keras-topomap train --config small --no-topographic --out runs/plain
+    keras-topomap train --out runs/topo --resume          # after an interruption
+
+Example (Python):
+
+>>> from keras_topomap.train import TrainConfig, train
+>>> results = train(TrainConfig(config="tiny", epochs=2, max_train=32, out="runs/smoke"))
+>>> results["test"]["cer"], results["topography"]["conv_1"]["score"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_topomap import ctc
+from keras_topomap import models as models_lib
+
+__all__ = [
+    "ResumableEarlyStopping",
+    "TimeBudget",
+    "TrainConfig",
+    "TrainingCheckpoint",
+    "ValidationCER",
+    "evaluate",
+    "load_data",
+    "load_feature_config",
+    "main",
+    "train",
+]
+
+_READERS = {
+    "librispeech": "read_librispeech",
+    "timit": "read_timit",
+    "textgrid": "read_textgrid_corpus",
+}
+# Fields that may differ between a run and its resumption.
+_RESUMABLE_CHANGES = ("epochs", "resume", "verbose", "max_minutes", "tensorboard")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (the command line's flags).
+
+    Attributes:
+        config: model size, ``"small"``, ``"paper"`` or ``"tiny"`` (:data:`models.CONFIGS`).
+        topographic: put the topographic regularizer on every hidden convolution.
+        strength: the regularizer's strength.
+        neighborhood: the regularizer's neighbourhood side.
+        dropout: dropout after every hidden convolution.
+        epochs: maximum number of epochs.
+        batch_size: utterances per batch.
+        learning_rate: Adam's learning rate.
+        clipnorm: gradient norm clipping (``None``: none).
+        seed: seeds weights, the validation hold-out, subsets and batch shuffling.
+        out: output folder.
+        data: ``"bundled"`` (sentence hold-out split of the bundled corpus),
+            ``"bundled-voice"`` (hold out the voice ``ked_diphone``), ``"tts:DIR"`` (a corpus
+            built with ``keras-topomap build-corpus``), or ``"librispeech:DIR"``, ``"timit:DIR"``,
+            ``"textgrid:DIR"`` (read with :mod:`keras_topomap.datasets` readers).
+        test_data: the test corpus for reader-based ``data`` (same syntax); ``None`` holds out
+            ``test_fraction`` of the sentences of ``data``.
+        test_fraction: share of sentences held out for testing when ``test_data`` is ``None``
+            and ``data`` has no test split.
+        val_fraction: share of the training sentences held out for validation (early stopping);
+            0 validates on (up to ``max_eval``) training utterances instead.
+        patience: epochs without a better validation CER before stopping (0: never stop early).
+        max_minutes: training time budget; training stops at the end of the epoch after which
+            one more epoch would exceed it (``None``: no budget).
+        max_train, max_eval: use a seeded random subset of this many training / evaluation
+            utterances (quick runs and tests); ``None`` uses all.
+        features, n_mels: the :class:`~keras_topomap.datasets.FeatureConfig` kind and bands.
+        pad_to_multiple: pad batch lengths to a multiple of this (fewer compiled shapes).
+        n_permutations: permutations for the topography z-scores.
+        tensorboard: write TensorBoard logs to ``out/logs``.
+        verbose: Keras ``fit`` verbosity (1: progress bar).
+        resume: continue the run found in ``out``.
+    """
+
+    config: str = "small"
+    topographic: bool = True
+    strength: float = 0.01
+    neighborhood: int = 3
+    dropout: float = 0.0
+    epochs: int = 60
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    clipnorm: float | None = 10.0
+    seed: int = 0
+    out: str = "runs/wav2letter"
+    data: str = "bundled"
+    test_data: str | None = None
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1
+    patience: int = 10
+    max_minutes: float | None = None
+    max_train: int | None = None
+    max_eval: int | None = None
+    features: str = "logmel"
+    n_mels: int = 40
+    pad_to_multiple: int = 32
+    n_permutations: int = 100
+    tensorboard: bool = True
+    verbose: int = 1
+    resume: bool = False
+
+    def __post_init__(self):
+        models_lib.get_config(self.config)
+        for name in ("epochs", "batch_size", "n_mels", "pad_to_multiple"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int. Received: {name}={value!r}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
+        for name in ("max_train", "max_eval"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or >= 1. Received: {name}={value!r}")
+        if self.max_minutes is not None and not float(self.max_minutes) > 0:
+            raise ValueError(f"max_minutes must be > 0. Received: max_minutes={self.max_minutes}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0. Received: patience={self.patience}")
+        if not float(self.learning_rate) > 0:
+            raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate}")
+        if self.n_permutations < 2:
+            raise ValueError(f"n_permutations must be >= 2. Received: {self.n_permutations}")
+
+    def feature_config(self):
+        from keras_topomap.datasets import FeatureConfig
+
+        return FeatureConfig(kind=self.features, n_mels=self.n_mels)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def _split_spec(spec):
+    kind, sep, path = str(spec).partition(":")
+    if not sep or not path:
+        raise ValueError(
+            "data must be 'bundled', 'bundled-voice' or KIND:PATH with KIND in "
+            f"{['tts', *_READERS]}. Received: {spec!r}"
+        )
+    if kind not in ("tts", *_READERS):
+        raise ValueError(
+            f"Unknown data kind {kind!r}; expected one of {['tts', *_READERS]}. Received: {spec!r}"
+        )
+    return kind, path
+
+
+def _subset(items, n, seed):
+    if n is None or n >= len(items):
+        return list(items)
+    pick = np.sort(np.random.default_rng(seed).choice(len(items), size=n, replace=False))
+    return [items[i] for i in pick]
+
+
+def _features(utterances, feature_config):
+    from keras_topomap.datasets import FeatureSet
+
+    return FeatureSet.from_utterances(utterances, feature_config, progress=len(utterances) > 50)
+
+
+def _corpus_split(split, feature_config, root, limit, seed):
+    from keras_topomap.datasets import load_corpus_features, load_tts_corpus
+
+    if limit is None:
+        return load_corpus_features(split, feature_config, root=root)
+    # A small subset: extracting it directly is faster than building the whole cache.
+    return _features(_subset(load_tts_corpus(split, root=root), limit, seed), feature_config)
+
+
+def _read(spec):
+    from keras_topomap import datasets
+
+    kind, path = _split_spec(spec)
+    utterances = getattr(datasets, _READERS[kind])(path)
+    if not utterances:
+        raise ValueError(f"No utterances found in {path!r} (data {spec!r}).")
+    return utterances
+
+
+def hold_out_sentences(feature_set, fraction, seed):
+    """Split a :class:`~keras_topomap.datasets.FeatureSet` by sentence: ``(rest, held_out)``.
+
+    Every utterance of a held-out transcript goes to ``held_out`` (so no held-out sentence is
+    heard in training, whatever the voice); about ``fraction`` of the distinct transcripts are
+    held out, chosen with ``seed``.
+    """
+    transcripts = sorted(set(feature_set.transcripts))
+    n_held = int(round(fraction * len(transcripts)))
+    if fraction > 0 and len(transcripts) > 1:
+        n_held = min(max(n_held, 1), len(transcripts) - 1)
+    held = set(np.random.default_rng(seed).permutation(transcripts)[:n_held].tolist())
+    rest_ids = [i for i, t in zip(feature_set.ids, feature_set.transcripts) if t not in held]
+    held_ids = [i for i, t in zip(feature_set.ids, feature_set.transcripts) if t in held]
+    return feature_set.subset(rest_ids), feature_set.subset(held_ids)
+
+
+def load_data(config):
+    """``(train, validation, test)`` :class:`~keras_topomap.datasets.FeatureSet` of a run.
+
+    See :class:`TrainConfig` (``data``, ``test_data``, ``val_fraction``, ``max_train``,
+    ``max_eval``). The validation set holds out whole sentences of the training split; with
+    ``val_fraction=0`` it is a subset of the training utterances themselves.
+    """
+    feature_config = config.feature_config()
+    seed = config.seed
+    if config.data in ("bundled", "bundled-voice") or config.data.startswith("tts:"):
+        root = None if config.data.startswith("bundled") else _split_spec(config.data)[1]
+        train_split, test_split = (
+            ("train_voices", "test_voice") if config.data == "bundled-voice" else ("train", "test")
+        )
+        train_limit = None if config.max_train is None else config.max_train * 2
+        train_set = _corpus_split(train_split, feature_config, root, train_limit, seed)
+        test_set = _corpus_split(test_split, feature_config, root, config.max_eval, seed + 1)
+    else:
+        utterances = _read(config.data)
+        if config.test_data is not None:
+            test_utterances = _subset(_read(config.test_data), config.max_eval, seed + 1)
+            train_set = _features(utterances, feature_config)
+            test_set = _features(test_utterances, feature_config)
+        else:
+            everything = _features(utterances, feature_config)
+            train_set, test_set = hold_out_sentences(everything, config.test_fraction, seed + 2)
+            test_set = test_set.subset(_subset(test_set.ids, config.max_eval, seed + 1))
+    if config.val_fraction > 0:
+        train_set, val_set = hold_out_sentences(train_set, config.val_fraction, seed + 3)
+    else:
+        val_set = None
+    train_set = train_set.subset(_subset(train_set.ids, config.max_train, seed + 4))
+    if val_set is None:
+        val_set = train_set
+    val_set = val_set.subset(_subset(val_set.ids, config.max_eval, seed + 5))
+    for name, subset in (("training", train_set), ("validation", val_set), ("test", test_set)):
+        if len(subset) == 0:
+            raise ValueError(f"The {name} set of data {config.data!r} is empty.")
+    return train_set, val_set, test_set
+
+
+def _check_lengths(feature_set, stride, what):
+    try:
+        ctc.check_ctc_lengths(feature_set.lengths, feature_set.labels, stride, feature_set.ids)
+    except ValueError as e:
+        raise ValueError(f"{what} set: {e}") from None
+
+
+# ------------------------------------------------------------------------------------ callbacks
+
+
+def _eval_batches(feature_set, batch_size, pad_to_multiple):
+    from keras_topomap.datasets import SpeechBatches
+
+    return SpeechBatches(
+        feature_set, batch_size=batch_size, shuffle=False, mode="ctc",
+        pad_to_multiple=pad_to_multiple,
+    )
+
+
+def evaluate(model, batches, stride=None, strategy="greedy"):
+    """Decode every batch of a ``mode="ctc"`` dataset: CER, WER and mean CTC loss.
+
+    Args:
+        model: a recognizer returning logits.
+        batches: a :class:`~keras_topomap.datasets.SpeechBatches` (``mode="ctc"``) or any
+            sequence of ``(features, packed_targets)``.
+        stride: the model's cumulative stride (default: read from the model).
+        strategy: ``"greedy"`` or ``"beam_search"``.
+
+    Returns:
+        dict with ``cer``, ``wer``, ``loss`` (mean CTC loss per utterance, no regularizer),
+        ``n_utterances``, and ``examples`` (the first 5 ``(reference, hypothesis)`` pairs).
+    """
+    from keras_topomap.datasets import labels_to_text
+
+    stride = models_lib.total_stride(model) if stride is None else stride
+    loss_fn = ctc.CTCLoss(stride=stride, reduction="sum")
+    references, hypotheses, total_loss = [], [], 0.0
+    for index in range(len(batches)):
+        features, packed = batches[index]
+        logits = model.predict_on_batch(features)
+        total_loss += float(keras.ops.convert_to_numpy(loss_fn(packed, logits)))
+        hypotheses += ctc.decode_texts(
+            logits, ctc.output_lengths(packed[:, 0], stride), strategy=strategy
+        )
+        references += [labels_to_text(row[2 : 2 + n]) for row, n in zip(packed, packed[:, 1])]
+    rates = ctc.error_rates(references, hypotheses)
+    return {
+        **rates,
+        "loss": total_loss / len(references),
+        "n_utterances": len(references),
+        "examples": list(zip(references[:5], hypotheses[:5])),
+    }
+
+
+class ValidationCER(keras.callbacks.Callback):
+    """Adds ``val_cer`` and ``val_wer`` (greedy decoding) to the logs at every epoch end.
+
+    Place it before callbacks that read these logs (early stopping, checkpoints, TensorBoard).
+
+    Args:
+        batches: ``mode="ctc"`` batches of the validation utterances (not shuffled).
+        stride: the model's cumulative stride.
+        prefix: log key prefix (``"val"`` -> ``val_cer``).
+
+    Example:
+
+    >>> model.fit(train, epochs=20, callbacks=[ValidationCER(val, stride=2),
+    ...                                        keras.callbacks.EarlyStopping("val_cer")])
+    """
+
+    def __init__(self, batches, stride=2, prefix="val"):
+        super().__init__()
+        self.batches = batches
+        self.stride = int(stride)
+        self.prefix = prefix
+
+    def on_epoch_end(self, epoch, logs=None):
+        result = evaluate(self.model, self.batches, self.stride)
+        if logs is not None:
+            logs[f"{self.prefix}_cer"] = result["cer"]
+            logs[f"{self.prefix}_wer"] = result["wer"]
+            logs[f"{self.prefix}_ctc_loss"] = result["loss"]
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` whose counters can be restored when a run resumes.
+
+    ``initial_state`` is ``{"wait", "best", "best_epoch"}`` as saved by
+    :class:`TrainingCheckpoint`. Weights are not restored here: :func:`train` reloads the best
+    checkpoint at the end (it survives interruptions, unlike in-memory weights).
+    """
+
+    def __init__(self, initial_state=None, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_state = dict(initial_state or {})
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.initial_state:
+            self.wait = int(self.initial_state["wait"])
+            best = self.initial_state["best"]
+            self.best = float("inf") if best is None else float(best)
+            self.best_epoch = int(self.initial_state["best_epoch"])
+
+    def state(self):
+        best = None if not np.isfinite(self.best) else float(self.best)
+        return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training at an epoch end when one more epoch would exceed ``seconds``.
+
+    Args:
+        seconds: the budget of training time.
+        used: seconds already used (by the run being resumed).
+    """
+
+    def __init__(self, seconds, used=0.0):
+        super().__init__()
+        self.seconds = float(seconds)
+        self.used = float(used)
+        self.stopped = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        took = time.perf_counter() - self._start
+        self.used += took
+        if self.used + took > self.seconds:
+            self.stopped = True
+            self.model.stop_training = True
+
+
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """Saves everything needed to resume after every epoch; keeps the best model.
+
+    Writes ``checkpoint.keras`` (weights and optimizer state) and ``state.json`` (epochs done,
+    history, training seconds, early-stopping and time-budget state); ``best.keras`` whenever
+    ``monitor`` improves. Files are replaced atomically, so an interruption never leaves a
+    half-written checkpoint.
+    """
+
+    def __init__(self, out, state, early_stopping=None, budget=None, monitor="val_cer"):
+        super().__init__()
+        self.out = Path(out)
+        self.state = state
+        self.early_stopping = early_stopping
+        self.budget = budget
+        self.monitor = monitor
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        state = self.state
+        state["seconds"] += time.perf_counter() - self._start
+        state["epochs_done"] = epoch + 1
+        entry = {"epoch": epoch + 1, "seconds": state["seconds"]}
+        entry.update({k: float(v) for k, v in logs.items()})
+        state["history"].append(entry)
+        value = logs.get(self.monitor)
+        if value is not None and (state["best"] is None or value < state["best"]):
+            state["best"], state["best_epoch"] = float(value), epoch + 1
+            _save_model(self.model, self.out / "best.keras")
+        if self.early_stopping is not None:
+            state["early_stopping"] = self.early_stopping.state()
+        if self.budget is not None:
+            state["budget_stopped"] = self.budget.stopped
+        _save_model(self.model, self.out / "checkpoint.keras")
+        _write_json(self.out / "state.json", state)
+
+
+def _tensorboard(log_dir):
+    """A TensorBoard callback, or none with a warning when TensorBoard is not installed."""
+    import importlib.util
+
+    missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
+    if missing:
+        warnings.warn(
+            f"TensorBoard logs need {' and '.join(missing)} (pip install tensorflow "
+            "tensorboard); training continues without them.",
+            stacklevel=3,
+        )
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=str(log_dir))]
+
+
+def _save_model(model, path):
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path, payload):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+def _build(config, n_features):
+    model = models_lib.wav2letter(
+        config.config,
+        n_features=n_features,
+        topographic=config.topographic,
+        strength=config.strength,
+        dropout=config.dropout,
+        neighborhood=config.neighborhood,
+    )
+    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm)
+    model.compile(optimizer=optimizer, loss=ctc.CTCLoss(stride=models_lib.total_stride(model)))
+    return model
+
+
+def _check_resume(out, config):
+    saved_path = out / "config.json"
+    if not saved_path.is_file() or not (out / "state.json").is_file():
+        raise ValueError(
+            f"Cannot resume: {out} holds no checkpoint (config.json and state.json). "
+            "Start a new run without --resume."
+        )
+    saved = json.loads(saved_path.read_text())["train"]
+    mine = config.to_dict()
+    changed = {
+        k: (saved.get(k), mine[k]) for k in mine if k not in _RESUMABLE_CHANGES and
+        saved.get(k) != mine[k]
+    }
+    if changed:
+        details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(
+            f"Cannot resume the run in {out} with different settings. Received: {details}"
+        )
+    return json.loads((out / "state.json").read_text())
+
+
+def layer_topography(model, grids, n_permutations=100, seed=0):
+    """Topography score and permutation test of each grid layer's kernel.
+
+    Returns:
+        ``{layer_name: {"score", "z", "null_mean", "null_std", "grid"}}``.
+    """
+    from keras_topomap.metrics import topography_test
+
+    result = {}
+    for name, grid in grids.items():
+        test = topography_test(
+            model.get_layer(name).kernel, grid=grid, n_permutations=n_permutations, seed=seed
+        )
+        result[name] = {
+            "score": test.score,
+            "z": test.z,
+            "null_mean": test.null_mean,
+            "null_std": test.null_std,
+            "grid": list(grid),
+        }
+    return result
+
+
+def train(config=None, data=None, **overrides):
+    """Run one training (see the module docstring); returns the results written to metrics.json.
+
+    Args:
+        config: a :class:`TrainConfig` (default: defaults); ``overrides`` replace its fields.
+        data: optional ``(train, validation, test)``
+            :class:`~keras_topomap.datasets.FeatureSet` to use instead of loading
+            ``config.data`` (features must match ``config.features`` / ``n_mels``).
+
+    Returns:
+        dict with ``test`` (``cer``, ``wer``, ``loss``, ``n_utterances``, ``examples``),
+        ``validation`` (same, best epoch), ``topography`` (per grid layer),
+        ``training_seconds``, ``epochs_done``, ``best_epoch``, ``stopped_by``, ``history``,
+        ``config``, ``model_path`` and ``parameters``.
+
+    Raises:
+        ValueError: bad settings, unusable data (naming the utterances), or a resume that does
+            not match the saved run.
+    """
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    out = Path(config.out)
+    if config.resume:
+        state = _check_resume(out, config)
+    else:
+        if (out / "state.json").exists():
+            raise ValueError(
+                f"{out} already holds a training run (state.json). Pass resume=True (--resume) "
+                "to continue it, or choose another output folder."
+            )
+        state = {
+            "epochs_done": 0, "seconds": 0.0, "history": [], "best": None, "best_epoch": 0,
+            "early_stopping": None, "budget_stopped": False,
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+
+    from keras_topomap.datasets import SpeechBatches
+
+    feature_config = config.feature_config()
+    if data is None:
+        train_set, val_set, test_set = load_data(config)
+    else:
+        train_set, val_set, test_set = data
+        for subset in data:
+            if subset.config != feature_config:
+                raise ValueError(
+                    f"data features do not match the run's feature config {feature_config}. "
+                    f"Received: {subset.config}"
+                )
+    stride = models_lib.get_config(config.config).stride
+    for what, subset in (("training", train_set), ("validation", val_set), ("test", test_set)):
+        _check_lengths(subset, stride, what)
+    if not config.resume:
+        _write_json(
+            out / "config.json",
+            {"train": config.to_dict(), "features": feature_config.to_dict(),
+             "n_train": len(train_set), "n_validation": len(val_set), "n_test": len(test_set)},
+        )
+
+    if config.resume:
+        model = keras.saving.load_model(out / "checkpoint.keras")
+    else:
+        model = _build(config, feature_config.n_features)
+    stride = models_lib.total_stride(model)
+
+    batches = SpeechBatches(
+        train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed, mode="ctc",
+        pad_to_multiple=config.pad_to_multiple,
+    )
+    batches.set_epoch(state["epochs_done"])
+    val_batches = _eval_batches(val_set, config.batch_size, config.pad_to_multiple)
+    val_prefix = "val" if config.val_fraction > 0 else "train"
+    monitor = f"{val_prefix}_cer"
+
+    callbacks = [
+        ValidationCER(val_batches, stride, prefix=val_prefix),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    early = None
+    if config.patience > 0:
+        early = ResumableEarlyStopping(
+            initial_state=state["early_stopping"], monitor=monitor, mode="min",
+            patience=config.patience, min_delta=1e-4,
+        )
+        callbacks.append(early)
+    budget = None
+    if config.max_minutes is not None:
+        budget = TimeBudget(60.0 * config.max_minutes, used=state["seconds"])
+        callbacks.append(budget)
+    callbacks.append(TrainingCheckpoint(out, state, early, budget, monitor=monitor))
+    if config.tensorboard:
+        callbacks += _tensorboard(out / "logs")
+
+    already_over = state.get("budget_stopped") or (
+        early is not None and state["early_stopping"] is not None
+        and state["early_stopping"]["wait"] >= config.patience
+    )
+    if state["epochs_done"] < config.epochs and not already_over:
+        model.fit(
+            batches,
+            epochs=config.epochs,
+            initial_epoch=state["epochs_done"],
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+    last_loss = state["history"][-1].get("loss") if state["history"] else None
+    if last_loss is not None and not math.isfinite(last_loss):
+        raise ValueError(
+            f"Training produced a non-finite loss at epoch {state['epochs_done']}; lower the "
+            f"learning rate or the strength. History: {state['history'][-3:]}"
+        )
+
+    if (out / "best.keras").is_file():
+        model.load_weights(out / "best.keras")
+    test = evaluate(model, _eval_batches(test_set, config.batch_size, config.pad_to_multiple))
+    validation = evaluate(model, val_batches, stride)
+    grids = models_lib.layer_grids(config.config)
+    topography = layer_topography(model, grids, config.n_permutations, config.seed)
+    penalties = {}
+    if config.topographic:
+        penalties = {
+            layer.name: float(keras.ops.convert_to_numpy(layer.kernel_regularizer(layer.kernel)))
+            for layer in model.layers if layer.name in grids
+        }
+    if (budget is not None and budget.stopped) or state.get("budget_stopped"):
+        stopped_by = "time budget"
+    elif early is not None and early.stopped_epoch > 0:
+        stopped_by = "early stopping"
+    else:
+        stopped_by = "epochs"
+    model_path = out / "model.keras"
+    _save_model(model, model_path)
+    results = {
+        "test": test,
+        "validation": validation,
+        "validation_split": "held-out sentences" if config.val_fraction > 0 else "training",
+        "topography": topography,
+        "penalty": penalties,
+        "training_seconds": state["seconds"],
+        "epochs_done": state["epochs_done"],
+        "best_epoch": state["best_epoch"],
+        "stopped_by": stopped_by,
+        "history": state["history"],
+        "config": config.to_dict(),
+        "features": feature_config.to_dict(),
+        "backend": keras.backend.backend(),
+        "parameters": int(model.count_params()),
+        "n_train": len(train_set),
+        "model_path": str(model_path),
+    }
+    _write_json(out / "metrics.json", results)
+    return results
+
+
+def load_feature_config(out):
+    """The :class:`~keras_topomap.datasets.FeatureConfig` a run in ``out`` was trained with."""
+    from keras_topomap.datasets import FeatureConfig
+
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"No config.json in {out}: not a training run folder.")
+    return FeatureConfig.from_dict(json.loads(path.read_text())["features"])
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def build_parser():
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="keras-topomap train",
+        description="Train the Wav2Letter-style recognizer with CTC (see keras_topomap.train).",
+    )
+    p.add_argument("--config", default=defaults.config, choices=sorted(models_lib.CONFIGS))
+    p.add_argument(
+        "--topographic", action=argparse.BooleanOptionalAction, default=defaults.topographic,
+        help="topographic regularizer on every hidden convolution (default: on)",
+    )
+    p.add_argument("--strength", type=float, default=defaults.strength)
+    p.add_argument("--neighborhood", type=int, default=defaults.neighborhood)
+    p.add_argument("--dropout", type=float, default=defaults.dropout)
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--clipnorm", type=float, default=defaults.clipnorm)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--out", default=defaults.out, help="output folder")
+    p.add_argument(
+        "--data", default=defaults.data,
+        help="bundled (default), bundled-voice, tts:DIR, librispeech:DIR, timit:DIR, textgrid:DIR",
+    )
+    p.add_argument("--test-data", default=None, help="test corpus for KIND:PATH data")
+    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    p.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    p.add_argument("--patience", type=int, default=defaults.patience,
+                   help="early stopping patience in epochs on the validation CER (0: off)")
+    p.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    p.add_argument("--max-train", type=int, default=None, help="use N training utterances")
+    p.add_argument("--max-eval", type=int, default=None, help="use N val/test utterances")
+    p.add_argument("--features", default=defaults.features, choices=("logmel", "mfcc"))
+    p.add_argument("--n-mels", type=int, default=defaults.n_mels)
+    p.add_argument("--n-permutations", type=int, default=defaults.n_permutations)
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    p.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2))
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    return p
+
+
+def main(argv=None):
+    """``keras-topomap train`` / ``python -m keras_topomap.train``."""
+    args = vars(build_parser().parse_args(argv))
+    try:
+        config = TrainConfig(**args)
+        results = train(config)
+    except (ValueError, OSError) as e:
+        print(f"keras-topomap train: error: {e}", file=sys.stderr)
+        return 2
+    test = results["test"]
+    print(
+        f"test CER {test['cer']:.3f}  WER {test['wer']:.3f}  CTC loss {test['loss']:.2f}  "
+        f"({results['epochs_done']} epochs, {results['training_seconds']:.0f} s, stopped by "
+        f"{results['stopped_by']})"
+    )
+    for name, topo in results["topography"].items():
+        print(f"  {name:<11} topography {topo['score']:+.3f}  z {topo['z']:+.1f}")
+    print(f"wrote {results['model_path']} and {Path(config.out) / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
