@@ -582,19 +582,26 @@ class TopoMapCallback(keras.callbacks.Callback):
         layer = self._layer_objects[name]
         kernel = getattr(layer, "kernel", None)
         grid = self.grids_[name]
-        if kernel is not None and tuple(kernel.shape)[-1] == grid[0] * grid[1]:
-            reg = self._regularized.get(name)
+        reg = self._regularized.get(name)
+        neighborhood = reg.neighborhood if reg is not None else 3
+        # An unregularized layer is scored in a 3x3 neighbourhood, if its grid has room for one.
+        scored = (
+            kernel is not None
+            and tuple(kernel.shape)[-1] == grid[0] * grid[1]
+            and min(grid) >= neighborhood
+        )
+        if scored:
             score = topography_score(
-                keras.ops.convert_to_numpy(kernel),
+                kernel.numpy(),
                 grid,
-                neighborhood=reg.neighborhood if reg is not None else 3,
+                neighborhood=neighborhood,
                 wrap=reg.wrap if reg is not None else False,
             )
             self._scores.setdefault(name, []).append(score)
             if logs is not None:
                 logs[f"topo_score/{name}"] = score
         if name in self._regularized:
-            penalty = keras.ops.convert_to_numpy(layer.kernel_regularizer(layer.kernel))
+            penalty = keras.ops.convert_to_numpy(layer.kernel_regularizer(layer.kernel.value))
             self._penalties.setdefault(name, []).append(float(penalty))
 
     # ------------------------------------------------------------------------------------------

@@ -1,0 +1,378 @@
+"""Tests for TopoMapCallback: maps, files, TensorBoard events, groups, errors."""
+
+import glob
+import os
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from keras_topomap import TopographicRegularizer, TopoMapCallback
+from keras_topomap import callbacks as callbacks_module
+from keras_topomap import grid as grid_lib
+from keras_topomap.metrics import topography_score
+
+N_FEATURES = 6
+T_IN = 20
+
+
+def tiny_model(regularize_second=True):
+    inputs = keras.Input((None, N_FEATURES), name="frames")
+    x = keras.layers.Conv1D(
+        16, 5, strides=2, padding="same", activation="relu", name="c1",
+        kernel_regularizer=TopographicRegularizer((4, 4), strength=0.05),
+    )(inputs)
+    x = keras.layers.Conv1D(
+        12, 3, padding="same", activation="relu", name="c2",
+        kernel_regularizer=TopographicRegularizer((4, 3), strength=0.05)
+        if regularize_second else None,
+    )(x)
+    outputs = keras.layers.Conv1D(3, 1, name="out")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    return model
+
+
+def data(n=16, t=T_IN, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, t, N_FEATURES)).astype("float32")
+    y = rng.normal(size=(n, (t + 1) // 2, 3)).astype("float32")
+    return x, y
+
+
+def layer_outputs(model, name, x):
+    extractor = keras.Model(model.input, model.get_layer(name).output)
+    return np.asarray(extractor.predict_on_batch(x), dtype=np.float64)
+
+
+# c1 is a "same" Conv1D of width 5 and stride 2: for 20 input frames Keras pads 3 frames, 1 on
+# the left, so its frame t reads input frames 2t-1 .. 2t+3, centred on 2t+1; c2 ("same", width 3,
+# stride 1) keeps those centres.
+STRIDE, OFFSET = 2, 1
+
+
+def reference_maps(model, name, x, grid, labels=None, lengths=None, size=3):
+    """Frame-by-frame reference: plain loops over sequences and frames (slow, obvious)."""
+    acts = layer_outputs(model, name, x)
+    b, t_layer, f = acts.shape
+    total, count = np.zeros(f), 0
+    group_sums, group_counts = {}, {}
+    for i in range(b):
+        for t in range(t_layer):
+            frame = t * STRIDE + OFFSET
+            if lengths is not None and frame >= lengths[i]:
+                continue
+            total += acts[i, t]
+            count += 1
+            if labels is not None and 0 <= frame < labels.shape[1] and labels[i, frame] >= 0:
+                g = int(labels[i, frame])
+                group_sums[g] = group_sums.get(g, 0.0) + acts[i, t]
+                group_counts[g] = group_counts.get(g, 0) + 1
+    overall = grid_lib.smooth(grid_lib.to_grid(total / count, grid), size)
+    if labels is None:
+        return overall, None
+    keys = sorted(group_sums)
+    means = np.stack([group_sums[g] / group_counts[g] for g in keys])
+    naps = means - means.mean(axis=0)
+    return overall, grid_lib.smooth(grid_lib.to_grid(naps, grid), size)
+
+
+def read_events(log_dir):
+    import tensorflow as tf
+
+    found = {}
+    for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                kind = value.metadata.plugin_data.plugin_name
+                found.setdefault((kind, value.tag), []).append(
+                    (event.step, tf.make_ndarray(value.tensor))
+                )
+    return found
+
+
+@pytest.mark.backend
+def test_fit_logs_maps_files_and_events(tmp_path):
+    model = tiny_model()
+    x, y = data()
+    probe = x[:4]
+    callback = TopoMapCallback(
+        probe, log_dir=tmp_path / "logs", out_dir=tmp_path / "maps", smooth=3
+    )
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+
+    assert callback.layers_ == ["c1", "c2"]
+    assert callback.grids_ == {"c1": (4, 4), "c2": (4, 3)}
+    np.testing.assert_array_equal(callback.epochs_, [0, 1])
+    assert callback.history_["c1"].shape == (2, 4, 4)
+    assert callback.history_["c2"].shape == (2, 4, 3)
+    assert callback.group_history_ == {}
+    # The last map is the probe's map under the trained weights (the state is synced on JAX).
+    for name, grid in (("c1", (4, 4)), ("c2", (4, 3))):
+        expected, _ = reference_maps(model, name, probe, grid)
+        np.testing.assert_allclose(callback.history_[name][-1], expected, rtol=1e-4, atol=1e-6)
+        raw = callback.raw_history_[name][-1]
+        np.testing.assert_allclose(grid_lib.smooth(raw, 3), callback.history_[name][-1])
+    # The maps changed with training (epoch 1 differs from epoch 2).
+    assert not np.allclose(callback.history_["c1"][0], callback.history_["c1"][1])
+
+    # Scores and penalties match the kernels at the end, and are in the epoch logs.
+    for name in ("c1", "c2"):
+        layer = model.get_layer(name)
+        kernel = layer.kernel.numpy()
+        score = topography_score(kernel, callback.grids_[name])
+        assert callback.scores_[name].shape == (2,)
+        assert callback.scores_[name][-1] == pytest.approx(score, abs=1e-9)
+        assert history.history[f"topo_score/{name}"] == pytest.approx(list(callback.scores_[name]))
+        penalty = layer.kernel_regularizer(layer.kernel.value)
+        penalty = float(keras.ops.convert_to_numpy(penalty))
+        assert callback.penalties_[name][-1] == pytest.approx(penalty, rel=1e-5)
+
+    # Files: one PNG per layer per epoch, the npz history, one GIF per layer.
+    import matplotlib.image
+    from PIL import Image
+
+    for name in ("c1", "c2"):
+        pngs = sorted(os.listdir(tmp_path / "maps" / name))
+        assert pngs == ["epoch_001.png", "epoch_002.png"]
+        image = matplotlib.image.imread(tmp_path / "maps" / name / "epoch_002.png")
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        with Image.open(tmp_path / "maps" / f"{name}.gif") as gif:
+            assert gif.n_frames == 2
+    with np.load(tmp_path / "maps" / "topomaps.npz") as saved:
+        np.testing.assert_array_equal(saved["epochs"], [0, 1])
+        np.testing.assert_allclose(saved["map/c1"], callback.history_["c1"])
+        assert saved["raw/c2"].shape == (2, 4, 3)
+        np.testing.assert_array_equal(saved["grid/c2"], [4, 3])
+        assert saved["topo_score/c2"].shape == (2,)
+        assert saved["penalty/c1"].shape == (2,)
+        assert list(saved["layers"]) == ["c1", "c2"]
+
+    # TensorBoard: an image per layer per epoch and the two scalars, at steps 0 and 1.
+    events = read_events(str(tmp_path / "logs"))
+    for name in ("c1", "c2"):
+        images = events[("images", f"topomap/{name}")]
+        assert [step for step, _ in images] == [0, 1]
+        width, height = (int(v) for v in images[0][1][:2])
+        assert min(width, height) >= 96  # enlarged from the 4x3 / 4x4 grid
+        for tag in (f"topo_score/{name}", f"penalty/{name}"):
+            scalars = events[("scalars", tag)]
+            assert [step for step, _ in scalars] == [0, 1]
+        score_values = [float(v) for _, v in events[("scalars", f"topo_score/{name}")]]
+        np.testing.assert_allclose(score_values, callback.scores_[name], rtol=1e-6)
+
+
+@pytest.mark.backend
+def test_group_maps_follow_labels_strides_and_lengths(tmp_path):
+    model = tiny_model()
+    x, y = data()
+    probe = x[:4]
+    rng = np.random.default_rng(3)
+    labels = rng.integers(-1, 3, size=(4, T_IN))
+    labels[:, :4] = 4  # label 3 never occurs; label 4 does
+    lengths = np.array([20, 13, 8, 17])
+    names = ["aa", "bb", "cc", "unused", "ee"]
+    callback = TopoMapCallback(
+        probe, out_dir=tmp_path, groups=labels, group_names=names, probe_lengths=lengths
+    )
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+
+    np.testing.assert_array_equal(callback.group_labels_, [0, 1, 2, 4])
+    assert callback.group_names_ == ["aa", "bb", "cc", "ee"]
+    assert callback.group_history_["c1"].shape == (2, 4, 4, 4)
+    assert callback.group_history_["c2"].shape == (2, 4, 4, 3)
+    # NAPs are differences from the mean over groups: they sum to zero over groups.
+    np.testing.assert_allclose(callback.raw_group_history_["c2"].sum(axis=1), 0, atol=1e-5)
+    masked_labels = np.where(np.arange(T_IN) < lengths[:, None], labels, -1)
+    for name, grid in (("c1", (4, 4)), ("c2", (4, 3))):
+        overall, naps = reference_maps(
+            model, name, probe, grid, labels=masked_labels, lengths=lengths
+        )
+        np.testing.assert_allclose(callback.history_[name][-1], overall, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(callback.group_history_[name][-1], naps, rtol=1e-4, atol=1e-6)
+    assert sorted(os.listdir(tmp_path / "c1")) == [
+        "epoch_001.png", "epoch_002.png", "groups_epoch_001.png", "groups_epoch_002.png"
+    ]
+    assert os.path.exists(tmp_path / "c2_groups.gif")
+    with np.load(tmp_path / "topomaps.npz") as saved:
+        assert saved["group_map/c1"].shape == (2, 4, 4, 4)
+        assert list(saved["group_names"]) == ["aa", "bb", "cc", "ee"]
+        np.testing.assert_array_equal(saved["group_labels"], [0, 1, 2, 4])
+
+
+def test_group_summaries_in_tensorboard(tmp_path):
+    model = tiny_model()
+    x, y = data()
+    labels = np.tile(np.repeat([0, 1], T_IN // 2), (4, 1))
+    callback = TopoMapCallback(
+        x[:4], log_dir=tmp_path, groups=labels, group_names=["sil", "ah"], layers=["c2"]
+    )
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+    events = read_events(str(tmp_path))
+    assert ("images", "nap/c2/sil") in events and ("images", "nap/c2/ah") in events
+    assert ("images", "topomap/c2") in events and ("images", "topomap/c1") not in events
+
+
+@pytest.mark.backend
+def test_dataset_probe_equals_one_batch():
+    x, y = data()
+
+    class Probe(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4]
+
+    labels = np.random.default_rng(0).integers(0, 2, size=(8, T_IN))
+    model = tiny_model()
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # build and move the weights
+    results = []
+    for probe, groups in ((Probe(), [labels[:4], labels[4:]]), (x[:8], labels)):
+        callback = TopoMapCallback(probe, groups=groups, smooth=1)
+        callback.set_model(model)
+        callback.set_params({"epochs": 1})
+        callback.on_train_begin()
+        logs = {}
+        callback.on_epoch_end(0, logs)
+        assert set(logs) == {"topo_score/c1", "topo_score/c2"}
+        results.append(callback)
+    a, b = results
+    for name in ("c1", "c2"):
+        np.testing.assert_allclose(a.history_[name], b.history_[name], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            a.group_history_[name], b.group_history_[name], rtol=1e-5, atol=1e-6
+        )
+
+
+def test_every_unregularized_layer_and_layer_objects():
+    model = tiny_model(regularize_second=False)
+    x, y = data()
+    callback = TopoMapCallback(
+        (x[:4], y[:4]), layers=[model.get_layer("c2"), "out"], grids={"c2": (4, 3), "out": (3, 1)},
+        every=2, smooth=1,
+    )
+    history = model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback])
+    # every=2 logs epochs 2 and 3 (the last epoch is always logged).
+    np.testing.assert_array_equal(callback.epochs_, [1, 2])
+    assert callback.grids_ == {"c2": (4, 3), "out": (3, 1)}
+    assert callback.history_["out"].shape == (2, 3, 1)
+    assert callback.penalties_ == {}  # nothing regularized
+    assert callback.scores_["c2"].shape == (2,)
+    assert "out" not in callback.scores_  # a 3x1 grid has no 3x3 neighbourhood to score
+    assert len(history.history["topo_score/c2"]) == 2
+
+
+def test_without_tensorflow_warns_once_and_writes_files(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import fails: "not installed"
+    monkeypatch.setattr(callbacks_module, "_warned_no_tensorflow", False)
+    x, y = data()
+    for run in range(2):
+        model = tiny_model()
+        callback = TopoMapCallback(
+            x[:4], log_dir=tmp_path / f"logs{run}", out_dir=tmp_path / f"maps{run}"
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+        messages = [str(w.message) for w in caught if "TopoMapCallback" in str(w.message)]
+        assert len(messages) == (1 if run == 0 else 0)
+        assert not glob.glob(str(tmp_path / f"logs{run}" / "events*"))
+        assert os.path.exists(tmp_path / f"maps{run}" / "c1" / "epoch_001.png")
+        assert callback.history_["c1"].shape == (1, 4, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+
+
+def fit_with(callback, model=None):
+    model = model or tiny_model()
+    x, y = data(n=4)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_unknown_layer_lists_available():
+    with pytest.raises(ValueError, match=r"no layer named \['nope'\].*Available layers: c1, c2"):
+        fit_with(TopoMapCallback(data(4)[0], layers=["c1", "nope"]))
+
+
+def test_layer_without_grid():
+    with pytest.raises(ValueError, match="layer 'out' has no grid.*grids="):
+        fit_with(TopoMapCallback(data(4)[0], layers=["out"]))
+
+
+def test_grid_that_does_not_fit_the_layer():
+    with pytest.raises(ValueError, match="grid of layer 'out' holds 4 filters.*3 output"):
+        fit_with(TopoMapCallback(data(4)[0], layers=["out"], grids={"out": (2, 2)}))
+
+
+def test_model_without_regularized_layers():
+    model = keras.Sequential([keras.Input((None, N_FEATURES)), keras.layers.Conv1D(4, 3)])
+    model.compile("adam", "mse")
+    with pytest.raises(ValueError, match="no layer with a TopographicRegularizer"):
+        model.fit(
+            data(4)[0], np.zeros((4, T_IN - 2, 4)), verbose=0,
+            callbacks=[TopoMapCallback(data(4)[0])],
+        )
+
+
+@pytest.mark.parametrize(
+    "shape", [(4, T_IN, N_FEATURES + 1), (4, N_FEATURES), (4, T_IN, N_FEATURES, 1)]
+)
+def test_probe_shape_mismatch_at_train_begin(shape):
+    callback = TopoMapCallback(np.zeros(shape, "float32"))
+    model = tiny_model()
+    epochs_run = []
+    model_callback = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch)
+    )
+    x, y = data(n=4)
+    with pytest.raises(ValueError, match=r"probe does not fit.*Received: probe batch 0 of shape"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[callback, model_callback])
+    assert epochs_run == []  # raised at train begin, before the first epoch
+
+
+def test_unwritable_out_dir_at_construction(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ValueError, match="cannot write to out_dir.*a_file"):
+        TopoMapCallback(data(4)[0], out_dir=blocker / "maps")
+    with pytest.raises(ValueError, match="cannot write to log_dir"):
+        TopoMapCallback(data(4)[0], log_dir=blocker)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"smooth": 2}, "smooth must be an odd integer >= 3"),
+        ({"every": 0}, "every must be a positive integer"),
+        ({"groups": np.zeros((4, T_IN - 1), int)}, r"groups for probe batch 0 must have shape"),
+        ({"groups": np.zeros((4, T_IN))}, "groups must hold integer labels"),
+        ({"groups": -np.ones((4, T_IN), int)}, "no label >= 0"),
+        ({"groups": np.full((4, T_IN), 2), "group_names": ["a", "b"]}, "name every label up to 2"),
+        ({"group_names": ["a"]}, "group_names was given without groups"),
+        ({"probe_lengths": np.array([20, 30, 1, 1])}, r"must lie in \[1, 20\]"),
+        ({"layers": []}, "layers is empty"),
+        ({"layers": ["c1", "c1"]}, "names a layer twice"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TopoMapCallback(data(4)[0], **kwargs)
+
+
+def test_groups_lost_by_the_stride_warn_and_too_few_groups_raise():
+    probe = data(4)[0]
+    labels = np.zeros((4, T_IN), int)
+    labels[:, 0::2] = 1  # even frames: the stride-2 layers' frames sit on odd ones only
+    with pytest.raises(ValueError, match="at least two groups"):
+        with pytest.warns(UserWarning, match="no frame in some watched layers"):
+            fit_with(TopoMapCallback(probe, groups=labels))
+    labels[:, 1] = 2
+    callback = TopoMapCallback(probe, groups=labels, group_names=["x", "even", "first"])
+    with pytest.warns(UserWarning, match=r"'even': \['c1', 'c2'\]"):
+        fit_with(callback)
+    assert callback.group_names_ == ["x", "first"]
