@@ -1,0 +1,192 @@
+"""How much does the TopographicRegularizer add to a training step of the paper-size recognizer?
+
+Builds the paper's Wav2Letter stack (Conv1D 256x48 stride 2, seven 256x7, 2048x32, 2048x1, 29x1,
+same padding, ReLU, 40 input features, 24.7M parameters) twice -- with the regularizer on the 10
+hidden convolutions and without -- and times ``train_on_batch`` steps (batch 8 x 300 frames,
+Adam, MSE on the logits: the loss does not matter for the cost of the penalty) interleaved in one
+process, so both models see the same machine load. Also times the regularizer alone (value and
+gradient over all ten kernels, compiled).
+
+Usage::
+
+    python benchmarks/regularizer_overhead.py                 # all three backends, one process each
+    python benchmarks/regularizer_overhead.py --backend jax --steps 20
+
+Prints one table row per backend (median step times, their ratio, the penalty's own time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+PAPER_LAYERS = [(256, 48, 2)] + [(256, 7, 1)] * 7 + [(2048, 32, 1), (2048, 1, 1)]
+
+
+def build(topographic, n_features=40, n_classes=29):
+    import keras
+
+    from keras_topomap import TopographicRegularizer
+
+    inputs = keras.Input((None, n_features))
+    x = inputs
+    for i, (filters, width, stride) in enumerate(PAPER_LAYERS):
+        reg = TopographicRegularizer(strength=0.01) if topographic else None
+        x = keras.layers.Conv1D(
+            filters,
+            width,
+            strides=stride,
+            padding="same",
+            activation="relu",
+            kernel_regularizer=reg,
+            name=f"conv_{i}",
+        )(x)
+    outputs = keras.layers.Conv1D(n_classes, 1, name="logits")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse")
+    return model
+
+
+def penalty_timer(model):
+    """A compiled function computing the summed penalty and its gradient w.r.t. every kernel."""
+    import keras
+
+    backend = keras.backend.backend()
+    layers = [lyr for lyr in model.layers if getattr(lyr, "kernel_regularizer", None) is not None]
+    kernels = [layer.kernel for layer in layers]
+
+    def total(values):
+        return sum(layer.kernel_regularizer(v) for layer, v in zip(layers, values))
+
+    if backend == "jax":
+        import jax
+
+        fn = jax.jit(jax.value_and_grad(total))
+        values = [k.value for k in kernels]
+
+        def run():
+            value, grads = fn(values)
+            jax.block_until_ready(grads)
+
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def fn():
+            with tf.GradientTape() as tape:
+                value = total([k.value for k in kernels])
+            return value, tape.gradient(value, [k.value for k in kernels])
+
+        def run():
+            _, grads = fn()
+            _ = [g.numpy() for g in grads[:1]]
+
+    else:
+        import torch
+
+        params = [k.value for k in kernels]
+
+        def run():
+            value = total(params)
+            grads = torch.autograd.grad(value, params)
+            _ = grads[0].sum().item()
+
+    return run
+
+
+def measure(backend, steps, warmup):
+    os.environ["KERAS_BACKEND"] = backend
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 300, 40)).astype("float32")
+    y = rng.normal(size=(8, 150, 29)).astype("float32")
+    plain, topo = build(False), build(True)
+    for _ in range(warmup):
+        plain.train_on_batch(x, y)
+        topo.train_on_batch(x, y)
+    times = {"plain": [], "topo": []}
+    for i in range(steps):  # interleaved, alternating which goes first
+        order = [("plain", plain), ("topo", topo)]
+        if i % 2:
+            order.reverse()
+        for name, model in order:
+            start = time.perf_counter()
+            model.train_on_batch(x, y)
+            times[name].append(time.perf_counter() - start)
+    run = penalty_timer(topo)
+    for _ in range(warmup):
+        run()
+    reg_times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run()
+        reg_times.append(time.perf_counter() - start)
+    plain_ms = 1000 * float(np.median(times["plain"]))
+    topo_ms = 1000 * float(np.median(times["topo"]))
+    # Paired ratios (each topographic step against the plain step next to it) are robust to
+    # slow drifts in machine load.
+    paired = np.median(np.array(times["topo"]) / np.array(times["plain"]))
+    return {
+        "backend": backend,
+        "keras": keras.__version__,
+        "params": int(topo.count_params()),
+        "plain_ms": round(plain_ms, 1),
+        "topo_ms": round(topo_ms, 1),
+        "ratio_of_medians": round(topo_ms / plain_ms, 3),
+        "paired_ratio": round(float(paired), 3),
+        "penalty_value_and_grad_ms": round(1000 * float(np.median(reg_times)), 1),
+        "steps": steps,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch", "all"], default="all")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.backend != "all":
+        print(json.dumps(measure(args.backend, args.steps, args.warmup)), flush=True)
+        return
+    rows = []
+    for backend in ("tensorflow", "jax", "torch"):
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--backend",
+                backend,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(
+        f"| backend | step without (ms) | step with (ms) | ratio (medians) | paired ratio "
+        f"| penalty value+grad (ms) | date |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    date = time.strftime("%Y-%m-%d")
+    for r in rows:
+        print(
+            f"| {r['backend']} | {r['plain_ms']} | {r['topo_ms']} | {r['ratio_of_medians']} "
+            f"| {r['paired_ratio']} | {r['penalty_value_and_grad_ms']} | {date} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
