@@ -176,8 +176,8 @@ def main(argv=None):
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(
-        f"| backend | step without (ms) | step with (ms) | ratio (medians) | paired ratio "
-        f"| penalty value+grad (ms) | date |"
+        "| backend | step without (ms) | step with (ms) | ratio (medians) | paired ratio "
+        "| penalty value+grad (ms) | date |"
     )
     print("|---|---|---|---|---|---|---|")
     date = time.strftime("%Y-%m-%d")
