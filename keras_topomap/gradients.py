@@ -285,6 +285,9 @@ class ActivationGradients:
         return acts, out
 
     def _value(self, out, acts, extras):
+        if not (self.layer_gradients or self.input_gradient or self.include_output):
+            # Activations only: nothing to differentiate, and the target may need the output.
+            return ops.zeros(())
         return _scalar(self.target(out, acts, *extras))
 
     def __call__(self, x, *extras):
@@ -294,7 +297,7 @@ class ActivationGradients:
         out = self._step(x, *extras)
         if isinstance(out, GradientResult):
             return _result_to_numpy(out)
-        return tree.map_structure(ops.convert_to_numpy, out)
+        return tree.map_structure(_to_numpy, out)
 
     # -- TensorFlow ---------------------------------------------------------------------------
 
@@ -428,9 +431,15 @@ def _dynamic_spec(tensor):
     return tf.TensorSpec(dynamic, tensor.dtype)
 
 
+def _to_numpy(tensor):
+    if hasattr(tensor, "detach") and hasattr(tensor, "cpu"):  # torch: avoids np.array(tensor)
+        return tensor.detach().cpu().numpy()
+    return ops.convert_to_numpy(tensor)
+
+
 def _result_to_numpy(result):
     def conv(t):
-        return None if t is None else ops.convert_to_numpy(t)
+        return None if t is None else _to_numpy(t)
 
     return GradientResult(
         value=float(conv(result.value)),
