@@ -16,7 +16,7 @@ Example:
 >>> train = load_tts_corpus("train")
 >>> utt = train[0]
 >>> utt.sample_rate, utt.audio.dtype, utt.phones[1].phone, utt.phones[1].folded
-(16000, dtype('float32'), 'dh', 'dh')
+(16000, dtype('float32'), 'ay', 'ay')
 """
 
 from __future__ import annotations
