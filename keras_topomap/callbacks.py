@@ -36,6 +36,7 @@ import re
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -44,7 +45,7 @@ from keras_topomap import grid as grid_lib
 from keras_topomap.metrics import topography_score
 from keras_topomap.receptive_field import input_frames_to_layer, receptive_fields
 from keras_topomap.regularizers import _walk_layers, topographic_layers
-from keras_topomap.visualization import plot_grid_maps
+from keras_topomap.visualization import new_figure, plot_grid_maps, plot_grid_mosaic
 
 __all__ = ["TopoMapCallback"]
 
@@ -80,10 +81,12 @@ class TopoMapCallback(keras.callbacks.Callback):
       ``topo_score/<layer>`` and ``penalty/<layer>``, at step = epoch index (0-based, like
       ``keras.callbacks.TensorBoard``'s epoch summaries). Without TensorFlow: one warning,
       and only the file outputs.
-    - ``out_dir``: ``<layer>/epoch_001.png`` (and ``<layer>/groups_epoch_001.png``) per layer
-      per logged epoch, numbered from 1 like the progress bar; ``topomaps.npz`` with the whole
-      history (rewritten each logged epoch); at train end ``<layer>.gif`` (and
-      ``<layer>_groups.gif``), one frame per logged epoch.
+    - ``out_dir``: ``<layer>/epoch_001.png`` per layer per logged epoch, numbered from 1 like
+      the progress bar; ``topomaps.npz`` with the whole history (rewritten each logged epoch);
+      at train end ``<layer>.gif``, one frame per logged epoch. With groups, also
+      ``<layer>/groups_epoch_NNN.png`` (all group maps of a layer tiled in one image) for the
+      last logged epoch -- or for every logged epoch with ``group_pngs=True`` -- and
+      ``<layer>_groups.gif``.
 
     Colour scales: a layer's PNGs and TensorBoard images share one scale across epochs, the
     running range -- the smallest and largest map value seen so far (groups: the largest
@@ -123,6 +126,13 @@ class TopoMapCallback(keras.callbacks.Callback):
         image_size: TensorBoard images are enlarged (pixel repetition) to at least this many
             pixels on their longer side.
         fps: frames per second of the GIFs.
+        group_pngs: draw the group maps to PNG every logged epoch, not only at train end.
+            Off by default: with dozens of groups these images cost several times the rest
+            of the callback (the npz, TensorBoard and the final GIF hold every epoch anyway).
+        background: draw and write the ``out_dir`` files in a background thread, so the next
+            epoch trains meanwhile (at most one epoch's files are in flight; an error there is
+            raised at the next logged epoch or at train end). ``False`` writes them before
+            ``on_epoch_end`` returns.
 
     Attributes (filled during ``fit``; several fits append):
         layers_: names of the watched layers.
@@ -171,6 +181,8 @@ class TopoMapCallback(keras.callbacks.Callback):
         interpolation="nearest",
         image_size=128,
         fps=2,
+        background=True,
+        group_pngs=False,
     ):
         super().__init__()
         if isinstance(smooth, bool) or not isinstance(smooth, (int, np.integer)):
@@ -207,9 +219,14 @@ class TopoMapCallback(keras.callbacks.Callback):
             if path is not None:
                 _ensure_writable_dir(path, what)
 
+        self.background = bool(background)
+        self.group_pngs = bool(group_pngs)
         self._reset_history()
         self._extractor = None
         self._writer = None
+        self._summary_fn = self._summary_key = None
+        self._executor = None
+        self._pending = None
         self._figures = {}
 
     # ------------------------------------------------------------------------------------------
@@ -302,7 +319,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         self._check_probe_shapes(model)
         outputs = [self._extract(x, i) for i, x in enumerate(self._batches)]
         self._check_outputs(outputs)
-        self._prepare_weights(model, outputs)
+        self._prepare_reductions(model, outputs)
         self._open_writer()
 
     def _resolve_layers(self, model):
@@ -417,12 +434,14 @@ class TopoMapCallback(keras.callbacks.Callback):
                     f"(batch, time, features); layer '{name}' gives shape {out.shape}."
                 )
 
-    def _prepare_weights(self, model, outputs):
-        """Per batch and layer, frame weights whose weighted sum gives the probe means.
+    def _prepare_reductions(self, model, outputs):
+        """Per batch and layer, which frames each probe mean sums over (computed once).
 
-        ``self._weights[i][l]``: ``(b, T_l)``, summing to 1 over all batches (the overall
-        mean); ``self._group_weights[i][l]``: ``(G, b, T_l)``, each group's row summing to 1.
-        Precomputed once, so each epoch is a handful of tensor contractions.
+        ``self._frames[i][l]``: flat indices of the valid frames of batch ``i``'s ``(b * T_l)``
+        frames of layer ``l`` (None: all), ``self._totals[l]`` their number over all batches.
+        ``self._segments[i][l]``: ``(order, starts, groups)``: the labelled frames sorted by
+        group, where each group's run starts, and which groups the runs belong to, so one
+        ``np.add.reduceat`` gives every group's sum; ``self._group_counts[l]``: ``(G,)``.
         """
         timed = self._groups is not None or self._lengths is not None
         valid, labels = [], []
@@ -452,19 +471,20 @@ class TopoMapCallback(keras.callbacks.Callback):
             valid.append(batch_valid)
             labels.append(batch_labels)
 
-        self._weights = []
-        totals = [sum(float(v[j].sum()) for v in valid) for j in range(len(self.layers_))]
+        self._totals = np.asarray(
+            [sum(int(v[j].sum()) for v in valid) for j in range(len(self.layers_))]
+        )
         for j, name in enumerate(self.layers_):
-            if totals[j] == 0:
+            if self._totals[j] == 0:
                 raise ValueError(
                     f"TopoMapCallback: no frame of layer '{name}' lies within probe_lengths."
                 )
-        for batch_valid in valid:
-            self._weights.append(
-                [v.astype(np.float32) / np.float32(totals[j]) for j, v in enumerate(batch_valid)]
-            )
+        self._frames = [
+            [None if v.all() else np.flatnonzero(v.ravel()) for v in batch_valid]
+            for batch_valid in valid
+        ]
 
-        self._group_weights = None
+        self._segments = None
         if self._groups is None:
             return
         present = np.unique(np.concatenate([g[g >= 0] for g in self._groups]))
@@ -499,14 +519,20 @@ class TopoMapCallback(keras.callbacks.Callback):
             self._group_range = {}
         self.group_labels_ = new_labels
         self.group_names_ = [self._group_name(int(g)) for g in new_labels]
-        group_counts = counts[:, kept]
-        self._group_weights = []
+        self._group_counts = counts[:, kept]
+        # Position of each label in new_labels; -1 for no label or a dropped group.
+        lookup = np.full(int(present.max()) + 2, -1)
+        lookup[new_labels] = np.arange(len(new_labels))
+        self._segments = []
         for batch_labels in labels:
             per_layer = []
-            for j, layer_labels in enumerate(batch_labels):
-                onehot = (layer_labels[None] == new_labels[:, None, None]).astype(np.float32)
-                per_layer.append(onehot / group_counts[j][:, None, None].astype(np.float32))
-            self._group_weights.append(per_layer)
+            for layer_labels in batch_labels:
+                position = lookup[layer_labels.ravel()]  # label -1 reads lookup[-1] == -1
+                order = np.flatnonzero(position >= 0)
+                order = order[np.argsort(position[order], kind="stable")]
+                groups, starts = np.unique(position[order], return_index=True)
+                per_layer.append((order, starts, groups))
+            self._segments.append(per_layer)
 
     def _group_name(self, label):
         if self.group_names is not None:
@@ -551,30 +577,34 @@ class TopoMapCallback(keras.callbacks.Callback):
             self._score_layer(name, logs)
         self._write_summaries(epoch)
         if self.out_dir is not None:
-            self._write_pngs(epoch)
-            self._write_npz()
+            self._submit(self._file_job(epoch))
         self.log_seconds_.append(time.perf_counter() - start)
 
     def _probe_means(self):
         """Overall means ``[(F,)] per layer`` and group NAPs ``[(G, F)]`` (or None)."""
-        n = len(self.layers_)
-        means = [0.0] * n
-        sums = [0.0] * n if self._group_weights is not None else None
+        sums, group_sums = None, None
         for i, x in enumerate(self._batches):
             outputs = self._extract(x, None)
+            if sums is None:
+                sums = [np.zeros(out.shape[-1]) for out in outputs]
+                if self._segments is not None:
+                    group_sums = [np.zeros((len(self.group_labels_), len(s))) for s in sums]
             for j, out in enumerate(outputs):
-                out = out.reshape(out.shape[0], -1, out.shape[-1])
-                means[j] = means[j] + np.tensordot(self._weights[i][j], out, axes=([0, 1], [0, 1]))
-                if sums is not None:
-                    sums[j] = sums[j] + np.tensordot(
-                        self._group_weights[i][j], out, axes=([1, 2], [0, 1])
-                    )
-        means = [np.asarray(m, dtype=np.float64) for m in means]
-        if sums is None:
+                frames = out.reshape(-1, out.shape[-1])  # (b * T_l, F)
+                index = self._frames[i][j]
+                sums[j] += (frames if index is None else frames[index]).sum(0, dtype=np.float64)
+                if group_sums is not None:
+                    order, starts, groups = self._segments[i][j]
+                    if len(order):
+                        group_sums[j][groups] += np.add.reduceat(
+                            frames[order], starts, axis=0, dtype=np.float64
+                        )
+        means = [total / count for total, count in zip(sums, self._totals)]
+        if group_sums is None:
             return means, None
         naps = []
-        for group_mean in sums:
-            group_mean = np.asarray(group_mean, dtype=np.float64)
+        for total, counts in zip(group_sums, self._group_counts):
+            group_mean = total / counts[:, None]
             naps.append(group_mean - group_mean.mean(axis=0, keepdims=True))
         return means, naps
 
@@ -611,91 +641,161 @@ class TopoMapCallback(keras.callbacks.Callback):
         if self._writer is None:
             return
         tf = self._tf
-        with self._writer.as_default(), tf.device("/CPU:0"):
-            for name in self.layers_:
-                lo, hi = self._range[name]
-                image = _colorize(self._maps[name][-1], self.cmap, lo, hi, self.image_size)
-                tf.summary.image(f"topomap/{name}", image[None], step=epoch)
-                if name in self._group_maps:
-                    limit = self._group_range[name]
-                    for g, group in enumerate(self.group_names_):
-                        image = _colorize(
-                            self._group_maps[name][-1][g], "RdBu_r", -limit, limit,
-                            self.image_size,
-                        )
-                        tf.summary.image(f"nap/{name}/{group}", image[None], step=epoch)
-                if name in self._scores:
-                    tf.summary.scalar(f"topo_score/{name}", self._scores[name][-1], step=epoch)
-                if name in self._penalties:
-                    tf.summary.scalar(f"penalty/{name}", self._penalties[name][-1], step=epoch)
+        images, groups, scalars = [], [], []
+        for name in self.layers_:
+            lo, hi = self._range[name]
+            images.append(_colorize(self._maps[name][-1], self.cmap, lo, hi, self.image_size))
+            if name in self._group_maps:
+                limit = self._group_range[name]
+                groups.append(
+                    _colorize(self._group_maps[name][-1], "RdBu_r", -limit, limit,
+                              self.image_size)
+                )
+        scalar_tags = []
+        for name in self.layers_:
+            if name in self._scores:
+                scalar_tags.append(f"topo_score/{name}")
+                scalars.append(self._scores[name][-1])
+            if name in self._penalties:
+                scalar_tags.append(f"penalty/{name}")
+                scalars.append(self._penalties[name][-1])
+        key = (tuple(self.layers_), tuple(self.group_names_), tuple(scalar_tags))
+        if self._summary_key != key:
+            self._summary_fn = self._summary_function(scalar_tags)
+            self._summary_key = key
+        self._summary_fn(
+            tf.constant(epoch, dtype=tf.int64),
+            images,
+            groups,
+            tf.constant(np.asarray(scalars, dtype=np.float32).reshape(-1)),
+        )
         self._writer.flush()
 
-    def _figure(self, key, maps, titles, diverging, suptitle):
-        """A figure per (layer, kind), built once and updated in place every epoch."""
-        entry = self._figures.get(key)
-        if entry is None:
-            fig = plot_grid_maps(
-                maps,
-                titles=titles,
-                ncols=min(len(maps), 8),
-                diverging=diverging,
-                suptitle=suptitle,
-                label="NAP" if diverging else "mean activation",
-                panel_size=3.0 if len(maps) == 1 else 1.6,
-            )
-            images = [ax.images[0] for ax in fig.axes if ax.images]
-            for image in images:
-                image.set_interpolation(self.interpolation)
-                if not diverging:
-                    image.set_cmap(self.cmap)
-            entry = self._figures[key] = {"figure": fig, "images": images, "laid_out": False}
-        return entry
+    def _summary_function(self, scalar_tags):
+        """One ``tf.function`` writing an epoch's summaries: traced once, then one call per
+        epoch (hundreds of eager summary ops would cost more than the maps themselves)."""
+        tf = self._tf
+        writer = self._writer
+        image_tags = [f"topomap/{name}" for name in self.layers_]
+        group_tags = [
+            [f"nap/{name}/{group}" for group in self.group_names_]
+            for name in self.layers_
+            if name in self._group_maps
+        ]
 
-    def _render(self, key, maps, titles, limits, diverging, suptitle, path=None, writer=None):
-        entry = self._figure(key, maps, titles, diverging, suptitle)
+        @tf.function
+        def write(step, images, groups, scalars):
+            with writer.as_default():
+                for tag, image in zip(image_tags, images):
+                    tf.summary.image(tag, image[None], step=step)
+                for tags, stack in zip(group_tags, groups):
+                    for g, tag in enumerate(tags):
+                        tf.summary.image(tag, stack[g : g + 1], step=step)
+                for k, tag in enumerate(scalar_tags):
+                    tf.summary.scalar(tag, scalars[k], step=step)
+
+        return write
+
+    def _file_job(self, epoch):
+        """A function writing this epoch's files, with copies of everything it reads (it may
+        run in the writer thread while the next epoch trains)."""
+        number = epoch + 1
+        layers = []
+        for name in self.layers_:
+            entry = {
+                "name": name,
+                "map": self._maps[name][-1],
+                "limits": _nonempty(*self._range[name]),
+            }
+            if self.group_pngs and name in self._group_maps:
+                entry["groups"] = self._group_maps[name][-1]
+                entry["group_limit"] = self._group_range[name] or 1.0
+            layers.append(entry)
+        group_names = list(self.group_names_)
+        arrays = self._npz_arrays()
+
+        def job():
+            for entry in layers:
+                name = entry["name"]
+                self._render(
+                    ("map", name), entry["map"], None, entry["limits"],
+                    f"{name} - epoch {number}", path=self._png_path(name, "epoch", number),
+                )
+                if "groups" in entry:
+                    limit = entry["group_limit"]
+                    self._render(
+                        ("groups", name), entry["groups"], group_names, (-limit, limit),
+                        f"{name} - epoch {number}: group mean - mean over groups",
+                        path=self._png_path(name, "groups_epoch", number),
+                    )
+            path = os.path.join(self.out_dir, "topomaps.npz")
+            # Write beside, then rename: a crash mid-write never leaves a broken history.
+            tmp = path + ".tmp.npz"
+            np.savez_compressed(tmp, **arrays)
+            os.replace(tmp, path)
+
+        return job
+
+    def _png_path(self, name, stem, number):
+        folder = os.path.join(self.out_dir, _safe_name(name))
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, f"{stem}_{number:03d}.png")
+
+    def _submit(self, job):
+        """Runs ``job`` in the writer thread (at most one epoch in flight) or right here."""
+        if not self.background:
+            job()
+            return
+        self._wait_for_files()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topomap")
+        self._pending = self._executor.submit(job)
+
+    def _wait_for_files(self):
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # re-raises an error of the writer thread here
+
+    def _render(self, key, maps, titles, limits, suptitle, path=None, writer=None):
+        """Draws one layer's overall map (``key = ("map", layer)``, maps ``(H, W)``) or group
+        maps (``("groups", layer)``, ``(G, H, W)``) into its figure -- built on first use,
+        then updated in place -- and saves it to ``path`` or grabs it as a ``writer`` frame."""
+        kind, _ = key
+        entry = self._figures.get(key)
+        if kind == "groups":
+            if entry is None:
+                n, h, w = maps.shape
+                ncols = min(n, 8)
+                nrows = -(-n // ncols)
+                fig = new_figure(figsize=(ncols * 1.0 + 1.4, nrows * 1.1 * h / w + 0.6))
+                entry = self._figures[key] = {"figure": fig, "ax": fig.add_subplot()}
+            plot_grid_mosaic(
+                entry["ax"], maps, titles, ncols=8, diverging=True, vmax=limits[1], label="NAP"
+            )
+        else:
+            if entry is None:
+                fig = plot_grid_maps(
+                    [maps], diverging=False, label="mean activation", panel_size=3.0
+                )
+                image = fig.axes[0].images[0]
+                image.set_cmap(self.cmap)
+                image.set_interpolation(self.interpolation)
+                entry = self._figures[key] = {"figure": fig, "image": image}
+            entry["image"].set_data(maps)
+            entry["image"].set_clim(*limits)
         fig = entry["figure"]
-        for image, grid_map in zip(entry["images"], maps):
-            image.set_data(grid_map)
-            image.set_clim(*limits)
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle, fontsize=10)
         if writer is not None:
             writer.grab_frame()
         else:
             fig.savefig(path, dpi=80)
-        if not entry["laid_out"]:
-            # Freeze the constrained layout computed by the first save: re-solving it on
-            # every later save would cost more than drawing the maps.
+        if not entry.get("frozen"):
+            # Freeze the layout solved by the first save: re-solving it on every later save
+            # would cost more than drawing the maps.
             fig.set_layout_engine("none")
-            entry["laid_out"] = True
+            entry["frozen"] = True
 
-    def _write_pngs(self, epoch):
-        number = epoch + 1
-        for name in self.layers_:
-            folder = os.path.join(self.out_dir, _safe_name(name))
-            os.makedirs(folder, exist_ok=True)
-            lo, hi = _nonempty(*self._range[name])
-            self._render(
-                ("map", name),
-                [self._maps[name][-1]],
-                None,
-                (lo, hi),
-                False,
-                f"{name} - epoch {number}",
-                path=os.path.join(folder, f"epoch_{number:03d}.png"),
-            )
-            if name in self._group_maps:
-                limit = self._group_range[name] or 1.0
-                self._render(
-                    ("groups", name),
-                    list(self._group_maps[name][-1]),
-                    self.group_names_,
-                    (-limit, limit),
-                    True,
-                    f"{name} - epoch {number}: group mean - mean over groups",
-                    path=os.path.join(folder, f"groups_epoch_{number:03d}.png"),
-                )
-
-    def _write_npz(self):
+    def _npz_arrays(self):
         arrays = {"epochs": np.asarray(self._epochs, dtype=np.int64)}
         history = self.history_
         raw = self.raw_history_
@@ -714,21 +814,36 @@ class TopoMapCallback(keras.callbacks.Callback):
             arrays["group_labels"] = np.asarray(self.group_labels_, dtype=np.int64)
             arrays["group_names"] = np.asarray(self.group_names_, dtype=str)
         arrays["layers"] = np.asarray(self.layers_, dtype=str)
-        path = os.path.join(self.out_dir, "topomaps.npz")
-        # Write beside, then rename: a crash mid-write never leaves a broken history behind.
-        tmp = path + ".tmp.npz"
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
+        return arrays
 
     def on_train_end(self, logs=None):
         try:
+            self._wait_for_files()
             if self.out_dir is not None and self._epochs:
+                if self._group_maps and not self.group_pngs:
+                    self._write_group_pngs()
                 self._write_gifs()
         finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            self._summary_fn = self._summary_key = None
             self._figures = {}
+
+    def _write_group_pngs(self):
+        """The last logged epoch's group maps, when they were not drawn every epoch."""
+        number = self._epochs[-1] + 1
+        for name in self.layers_:
+            if name in self._group_maps:
+                limit = self._group_range[name] or 1.0
+                self._render(
+                    ("groups", name), self._group_maps[name][-1], self.group_names_,
+                    (-limit, limit), f"{name} - epoch {number}: group mean - mean over groups",
+                    path=self._png_path(name, "groups_epoch", number),
+                )
 
     def _write_gifs(self):
         from matplotlib.animation import PillowWriter
@@ -736,22 +851,21 @@ class TopoMapCallback(keras.callbacks.Callback):
         numbers = [e + 1 for e in self._epochs]
         for name in self.layers_:
             maps = self.history_[name]
-            jobs = [("map", [m[None] for m in maps], None, _nonempty(maps.min(), maps.max()),
-                     False, "", f"{_safe_name(name)}.gif")]
+            jobs = [("map", maps, None, _nonempty(maps.min(), maps.max()), "", "")]
             if name in self._group_maps:
                 groups = self.group_history_[name]
                 limit = float(np.abs(groups).max()) or 1.0
-                jobs.append(("groups", list(groups), self.group_names_, (-limit, limit), True,
-                             ": group mean - mean over groups", f"{_safe_name(name)}_groups.gif"))
-            for kind, frames, titles, limits, diverging, suffix, filename in jobs:
-                first = list(frames[0])
-                entry = self._figure((kind, name), first, titles, diverging, name)
+                jobs.append(("groups", groups, self.group_names_, (-limit, limit),
+                             ": group mean - mean over groups", "_groups"))
+            for kind, frames, titles, limits, caption, suffix in jobs:
+                path = os.path.join(self.out_dir, f"{_safe_name(name)}{suffix}.gif")
+                self._render((kind, name), frames[0], titles, limits, name, path=os.devnull)
                 writer = PillowWriter(fps=self.fps)
-                with writer.saving(entry["figure"], os.path.join(self.out_dir, filename), 80):
+                with writer.saving(self._figures[(kind, name)]["figure"], path, 80):
                     for number, frame in zip(numbers, frames):
                         self._render(
-                            (kind, name), list(frame), titles, limits, diverging,
-                            f"{name} - epoch {number}{suffix}", writer=writer,
+                            (kind, name), frame, titles, limits,
+                            f"{name} - epoch {number}{caption}", writer=writer,
                         )
 
     # ------------------------------------------------------------------------------------------

@@ -192,8 +192,9 @@ def test_group_maps_follow_labels_strides_and_lengths(tmp_path):
         )
         np.testing.assert_allclose(callback.history_[name][-1], overall, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(callback.group_history_[name][-1], naps, rtol=1e-4, atol=1e-6)
+    # Group maps are drawn at train end only (the last epoch), unless group_pngs=True.
     assert sorted(os.listdir(tmp_path / "c1")) == [
-        "epoch_001.png", "epoch_002.png", "groups_epoch_001.png", "groups_epoch_002.png"
+        "epoch_001.png", "epoch_002.png", "groups_epoch_002.png"
     ]
     assert os.path.exists(tmp_path / "c2_groups.gif")
     with np.load(tmp_path / "topomaps.npz") as saved:
@@ -202,15 +203,24 @@ def test_group_maps_follow_labels_strides_and_lengths(tmp_path):
         np.testing.assert_array_equal(saved["group_labels"], [0, 1, 2, 4])
 
 
-def test_group_summaries_in_tensorboard(tmp_path):
+def test_group_summaries_in_tensorboard_and_group_pngs_every_epoch(tmp_path):
     model = tiny_model()
     x, y = data()
     labels = np.tile(np.repeat([0, 1], T_IN // 2), (4, 1))
     callback = TopoMapCallback(
-        x[:4], log_dir=tmp_path, groups=labels, group_names=["sil", "ah"], layers=["c2"]
+        x[:4], log_dir=tmp_path, out_dir=tmp_path / "maps", groups=labels,
+        group_names=["sil", "ah"], layers=["c2"], group_pngs=True, background=False,
     )
-    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
+    assert sorted(os.listdir(tmp_path / "maps" / "c2")) == [
+        "epoch_001.png", "epoch_002.png", "groups_epoch_001.png", "groups_epoch_002.png"
+    ]
+    from PIL import Image
+
+    with Image.open(tmp_path / "maps" / "c2_groups.gif") as gif:
+        assert gif.n_frames == 2
     events = read_events(str(tmp_path))
+    assert [step for step, _ in events[("images", "nap/c2/ah")]] == [0, 1]
     assert ("images", "nap/c2/sil") in events and ("images", "nap/c2/ah") in events
     assert ("images", "topomap/c2") in events and ("images", "topomap/c1") not in events
 
