@@ -53,10 +53,18 @@ from keras_topomap.datasets.phones import (
     index_to_phone,
     phone_to_index,
 )
+from keras_topomap.datasets.readers import (
+    CorpusError,
+    read_librispeech,
+    read_textgrid,
+    read_textgrid_corpus,
+    read_timit,
+)
 
 __all__ = [
     "BLANK",
     "CHARACTERS",
+    "CorpusError",
     "FeatureConfig",
     "FeatureSet",
     "HELD_OUT_VOICE",
@@ -80,6 +88,10 @@ __all__ = [
     "phone_to_index",
     "phones",
     "read_audio",
+    "read_librispeech",
+    "read_textgrid",
+    "read_textgrid_corpus",
+    "read_timit",
     "text_to_labels",
     "tts_corpus_dir",
     "tts_corpus_info",
