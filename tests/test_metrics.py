@@ -47,3 +47,50 @@ def test_errors():
         topography_score(np.full((2, 16), np.nan))
     with pytest.raises(ValueError, match=r"kernel of shape \(2, 16\)"):
         topography_score(np.ones((2, 16)), grid=(4, 3))
+
+
+def _maps():
+    rows, cols = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+    gradient = (rows + cols).astype(float)
+    checker = np.where((rows + cols) % 2 == 0, 1.0, -1.0)
+    noise = np.random.default_rng(0).normal(size=(12, 12))
+    return gradient, checker, noise
+
+
+def test_morans_i_on_known_maps():
+    from keras_topomap.metrics import morans_i
+
+    gradient, checker, noise = _maps()
+    assert morans_i(gradient) > 0.8
+    assert morans_i(checker) < -0.1
+    assert abs(morans_i(noise)) < 0.2
+    with pytest.raises(ValueError, match="constant map"):
+        morans_i(np.ones((5, 5)))
+
+
+def test_blur_error_auc_orders_smoothness():
+    from keras_topomap.metrics import blur_error_auc
+
+    gradient, checker, noise = _maps()
+    assert blur_error_auc(np.full((6, 6), 2.0)) == 0.0
+    assert blur_error_auc(gradient) < blur_error_auc(noise) < blur_error_auc(checker)
+    # scale-free: multiplying the map does not change the score
+    assert blur_error_auc(3 * noise) == pytest.approx(blur_error_auc(noise))
+    with pytest.raises(ValueError, match="sigmas"):
+        blur_error_auc(noise, sigmas=[1.0])
+
+
+def test_localization_and_regions():
+    from keras_topomap.metrics import connected_regions, localization
+
+    m = np.zeros((8, 8))
+    m[2:5, 3:6] = 1.0
+    assert localization(m) == pytest.approx(1.0)
+    m[7, 7] = 9.0
+    assert localization(m) == pytest.approx(9.0 / 18.0)  # the single hot cell's block wins
+    assert localization(-np.ones((4, 4))) == 0.0
+    labels, sizes = connected_regions(m, threshold=0.5)
+    assert sorted(sizes.tolist()) == [1, 9]
+    assert labels[3, 4] != labels[7, 7]
+    with pytest.raises(ValueError, match="NaN"):
+        localization(np.full((3, 3), np.nan))
