@@ -224,7 +224,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         self._reset_history()
         self._extractor = None
         self._writer = None
-        self._summary_fn = self._summary_key = None
+        self._summary_fn = None
         self._executor = None
         self._pending = None
         self._figures = {}
@@ -641,58 +641,70 @@ class TopoMapCallback(keras.callbacks.Callback):
         if self._writer is None:
             return
         tf = self._tf
-        images, groups, scalars = [], [], []
+        image_tags, images, scalar_tags, scalars = [], [], [], []
         for name in self.layers_:
             lo, hi = self._range[name]
+            image_tags.append(f"topomap/{name}")
             images.append(_colorize(self._maps[name][-1], self.cmap, lo, hi, self.image_size))
             if name in self._group_maps:
                 limit = self._group_range[name]
-                groups.append(
-                    _colorize(self._group_maps[name][-1], "RdBu_r", -limit, limit,
-                              self.image_size)
+                stack = _colorize(
+                    self._group_maps[name][-1], "RdBu_r", -limit, limit, self.image_size
                 )
-        scalar_tags = []
-        for name in self.layers_:
+                image_tags.extend(f"nap/{name}/{group}" for group in self.group_names_)
+                images.extend(stack)
             if name in self._scores:
                 scalar_tags.append(f"topo_score/{name}")
                 scalars.append(self._scores[name][-1])
             if name in self._penalties:
                 scalar_tags.append(f"penalty/{name}")
                 scalars.append(self._penalties[name][-1])
-        key = (tuple(self.layers_), tuple(self.group_names_), tuple(scalar_tags))
-        if self._summary_key != key:
-            self._summary_fn = self._summary_function(scalar_tags)
-            self._summary_key = key
+        if self._summary_fn is None:
+            self._summary_fn = self._summary_function()
         self._summary_fn(
             tf.constant(epoch, dtype=tf.int64),
-            images,
-            groups,
-            tf.constant(np.asarray(scalars, dtype=np.float32).reshape(-1)),
+            tf.constant(image_tags, dtype=tf.string),
+            tf.constant([_image_summary(image) for image in images], dtype=tf.string),
+            tf.constant(scalar_tags, dtype=tf.string, shape=[len(scalar_tags)]),
+            tf.constant(scalars, dtype=tf.float32, shape=[len(scalars)]),
         )
         self._writer.flush()
 
-    def _summary_function(self, scalar_tags):
-        """One ``tf.function`` writing an epoch's summaries: traced once, then one call per
-        epoch (hundreds of eager summary ops would cost more than the maps themselves)."""
+    def _summary_function(self):
+        """One ``tf.function`` that writes an epoch's image and scalar summaries.
+
+        Tags travel as a string tensor and the summaries are written in graph loops, so it is
+        traced once whatever the number of layers and groups; the images arrive PNG-encoded in
+        TensorBoard's image format (``[width, height, png]``) and the summaries carry the image
+        and scalar plugins' metadata, exactly as ``tf.summary.image`` / ``tf.summary.scalar``
+        write them. (Hundreds of eager summary calls, one per group and layer, would cost more
+        than the maps themselves; a graph with one op per tag takes seconds to trace.)
+        """
+        from tensorboard.plugins.image import metadata as image_plugin
+        from tensorboard.plugins.scalar import metadata as scalar_plugin
+
         tf = self._tf
         writer = self._writer
-        image_tags = [f"topomap/{name}" for name in self.layers_]
-        group_tags = [
-            [f"nap/{name}/{group}" for group in self.group_names_]
-            for name in self.layers_
-            if name in self._group_maps
-        ]
+        image_metadata = image_plugin.create_summary_metadata(None, None).SerializeToString()
+        scalar_metadata = scalar_plugin.create_summary_metadata(None, None).SerializeToString()
 
-        @tf.function
-        def write(step, images, groups, scalars):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([], tf.int64),
+                tf.TensorSpec([None], tf.string),
+                tf.TensorSpec([None, 3], tf.string),
+                tf.TensorSpec([None], tf.string),
+                tf.TensorSpec([None], tf.float32),
+            ]
+        )
+        def write(step, image_tags, images, scalar_tags, scalars):
             with writer.as_default():
-                for tag, image in zip(image_tags, images):
-                    tf.summary.image(tag, image[None], step=step)
-                for tags, stack in zip(group_tags, groups):
-                    for g, tag in enumerate(tags):
-                        tf.summary.image(tag, stack[g : g + 1], step=step)
-                for k, tag in enumerate(scalar_tags):
-                    tf.summary.scalar(tag, scalars[k], step=step)
+                for i in tf.range(tf.shape(image_tags)[0]):
+                    tf.summary.write(image_tags[i], images[i], step=step, metadata=image_metadata)
+                for i in tf.range(tf.shape(scalar_tags)[0]):
+                    tf.summary.write(
+                        scalar_tags[i], scalars[i], step=step, metadata=scalar_metadata
+                    )
 
         return write
 
@@ -830,7 +842,7 @@ class TopoMapCallback(keras.callbacks.Callback):
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-            self._summary_fn = self._summary_key = None
+            self._summary_fn = None
             self._figures = {}
 
     def _write_group_pngs(self):
@@ -1079,15 +1091,27 @@ def _import_tensorflow():
 
 
 def _colorize(grid_map, cmap, lo, hi, image_size):
-    """An ``(H, W)`` map as an RGB uint8 image, enlarged by pixel repetition."""
+    """``(..., H, W)`` maps as RGB uint8 images ``(..., h, w, 3)``, enlarged by pixel
+    repetition."""
     from matplotlib import colormaps
 
     lo, hi = _nonempty(lo, hi)
     scaled = np.clip((np.asarray(grid_map, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
     colormap = colormaps[cmap] if isinstance(cmap, str) else cmap
     rgb = colormap(scaled, bytes=True)[..., :3]
-    factor = max(1, -(-image_size // max(grid_map.shape)))
-    return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+    factor = max(1, -(-image_size // max(grid_map.shape[-2:])))
+    return np.repeat(np.repeat(rgb, factor, axis=-3), factor, axis=-2)
+
+
+def _image_summary(image):
+    """An RGB uint8 image as TensorBoard's image summary tensor: ``[width, height, png]``."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return [str(image.shape[1]).encode(), str(image.shape[0]).encode(), buffer.getvalue()]
 
 
 def _nonempty(lo, hi):
