@@ -193,7 +193,7 @@ def split_sentences(paragraph):
     Example:
 
     >>> split_sentences('Mr. Knightley came. "Is it so?" said she. It was.')
-    ['Mr. Knightley came.', '"Is it so?"', 'said she.', 'It was.']
+    ['Mr. Knightley came.', '"Is it so?" said she.', 'It was.']
     """
     pieces, start = [], 0
     for match in _SENTENCE_END.finditer(paragraph):
