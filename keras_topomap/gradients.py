@@ -111,7 +111,7 @@ def find_layer(model, name):
     )
 
 
-def flatten_model(model, layers, probes=False, include_output=True):
+def flatten_model(model, layers, probes=False, include_output=True, layer_override=None):
     """A Functional model sharing ``model``'s layers whose outputs are the requested activations.
 
     Args:
@@ -123,6 +123,8 @@ def flatten_model(model, layers, probes=False, include_output=True):
             uses it. Feeding zeros changes nothing; differentiating w.r.t. the probes gives the
             gradients w.r.t. the activations (used on JAX).
         include_output: append the model output to the outputs.
+        layer_override: optional ``fn(layer) -> layer or None``; a returned layer is called in
+            place of ``layer`` (same inputs, same outputs; it must share ``layer``'s weights).
 
     Returns:
         ``keras.Model`` with inputs ``[x, probe_1, ...]`` (or ``x``) and outputs
@@ -169,7 +171,7 @@ def flatten_model(model, layers, probes=False, include_output=True):
         probe_inputs.append(probe)
         return keras.layers.Add(name=f"{layer.name}_probe")([value, probe])
 
-    (out,) = _replay(model, [x], tap)
+    (out,) = _replay(model, [x], tap, layer_override)
     missing = [name for name in layers if name not in taps]
     if missing:
         raise ValueError(
@@ -185,9 +187,9 @@ def flatten_model(model, layers, probes=False, include_output=True):
     return keras.Model(inputs, outputs, name=f"{model.name}_taps")
 
 
-def _replay(model, inputs, tap):
+def _replay(model, inputs, tap, layer_override=None):
     """Re-applies ``model``'s layers to new symbolic ``inputs``; ``tap(layer, out)`` may replace
-    a layer's output."""
+    a layer's output, ``layer_override(layer)`` the layer called."""
     graph = getattr(model, "_functional", None) or model
     values = {id(t): v for t, v in zip(graph.inputs, inputs)}
     for depth in sorted(graph._nodes_by_depth, reverse=True):
@@ -199,10 +201,11 @@ def _replay(model, inputs, tap):
             op = node.operation
             args, kwargs = node.arguments.fill_in(values)
             if _is_graph_model(op):
-                outs = _replay(op, tree.flatten((args, kwargs)), tap)
+                outs = _replay(op, tree.flatten((args, kwargs)), tap, layer_override)
                 outs = outs[0] if len(outs) == 1 else outs
             else:
-                outs = op(*args, **kwargs)
+                replacement = layer_override(op) if layer_override is not None else None
+                outs = (replacement or op)(*args, **kwargs)
             outs = tap(op, outs)
             for ref, new in zip(node.outputs, tree.flatten(outs)):
                 values[id(ref)] = new
@@ -240,6 +243,10 @@ class ActivationGradients:
         input_gradient: also compute ``d target / d input``.
         include_output: run the model to its output (False stops at the deepest tapped layer).
         jit: compile (``tf.function`` / ``jax.jit``); False runs eagerly (debugging).
+        fast_conv_grad: JAX only. XLA's CPU backend computes the input gradient of a stride-1
+            ``Conv1D`` about 2x slower than the forward convolution; with this flag such layers
+            run through a ``jax.custom_vjp`` whose backward pass *is* a forward convolution (with
+            the flipped, transposed kernel). Same values, fewer seconds.
 
     Attributes:
         trace_count: how many times the step was traced (TensorFlow: 1 for any shapes; JAX: one
@@ -248,7 +255,7 @@ class ActivationGradients:
     """
 
     def __init__(self, model, layers, target, reduce=None, layer_gradients=True,
-                 input_gradient=False, include_output=True, jit=True):
+                 input_gradient=False, include_output=True, jit=True, fast_conv_grad=True):
         if not callable(target):
             raise ValueError(f"target must be callable. Received: target={target!r}")
         self.model = model
@@ -264,8 +271,12 @@ class ActivationGradients:
         self.backend = keras.backend.backend()
         self.trace_count = 0
         use_probes = self.backend == "jax" and self.layer_gradients and bool(self.layers)
+        override = None
+        if self.backend == "jax" and fast_conv_grad and (self.layer_gradients or input_gradient):
+            override = _fast_conv_override()
         self.flat_model = flatten_model(model, self.layers, probes=use_probes,
-                                        include_output=self.include_output)
+                                        include_output=self.include_output,
+                                        layer_override=override)
         builders = {
             "tensorflow": self._build_tf, "jax": self._build_jax, "torch": self._build_torch
         }
@@ -419,6 +430,87 @@ class ActivationGradients:
                 return self.reduce(result, *extras)
 
         return step
+
+
+def _fast_conv_override():
+    """``layer_override`` for JAX: stride-1 ``Conv1D`` layers -> :class:`_FastGradConv1D`."""
+    cache = {}
+
+    def override(layer):
+        if type(layer) is not keras.layers.Conv1D or not _fast_conv_eligible(layer):
+            return None
+        if id(layer) not in cache:
+            cache[id(layer)] = _FastGradConv1D(layer)
+        return cache[id(layer)]
+
+    return override
+
+
+def _fast_conv_eligible(layer):
+    return (
+        tuple(layer.strides) == (1,)
+        and tuple(layer.dilation_rate) == (1,)
+        and getattr(layer, "groups", 1) == 1
+        and layer.data_format == "channels_last"
+        and layer.padding in ("same", "valid", "causal")
+        and not getattr(layer, "lora_enabled", False)
+    )
+
+
+def _conv1d_fast_vjp(kernel_size, pad_left, pad_right):
+    """A stride-1 NWC conv whose input gradient is computed as a forward conv."""
+    import jax
+    import jax.numpy as jnp
+
+    numbers = ("NWC", "WIO", "NWC")
+    k = kernel_size
+
+    def conv(x, w, padding):
+        return jax.lax.conv_general_dilated(x, w, (1,), [padding], dimension_numbers=numbers)
+
+    @jax.custom_vjp
+    def f(x, w):
+        return conv(x, w, (pad_left, pad_right))
+
+    def f_fwd(x, w):
+        return f(x, w), (x, w)
+
+    def f_bwd(residuals, cotangent):
+        x, w = residuals
+        # d/dx of y[t] = sum_j x[t - pad_left + j] w[j]: correlate the cotangent with the
+        # flipped kernel (in/out channels swapped), padded by k - 1 - pad on each side.
+        flipped = jnp.swapaxes(jnp.flip(w, axis=0), 1, 2)
+        dx = conv(cotangent, flipped, (k - 1 - pad_left, k - 1 - pad_right))
+        # Weight gradient by XLA's own rule; dropped (dead code) when weights aren't requested.
+        dw = jax.vjp(lambda w_: conv(x, w_, (pad_left, pad_right)), w)[1](cotangent)[0]
+        return dx, dw
+
+    f.defvjp(f_fwd, f_bwd)
+    return f
+
+
+class _FastGradConv1D(keras.layers.Layer):
+    """Calls a built stride-1 ``Conv1D`` (sharing its weights) through :func:`_conv1d_fast_vjp`."""
+
+    def __init__(self, conv):
+        super().__init__(name=f"{conv.name}_fastgrad", dtype=conv.dtype_policy)
+        self.conv = conv
+        k = int(conv.kernel_size[0])
+        pads = {"valid": (0, 0), "causal": (k - 1, 0), "same": ((k - 1) // 2, k - 1 - (k - 1) // 2)}
+        self._fn = _conv1d_fast_vjp(k, *pads[conv.padding])
+        self.built = True
+
+    def call(self, inputs):
+        kernel = ops.cast(self.conv.kernel, inputs.dtype)
+        outputs = self._fn(inputs, kernel)
+        if self.conv.use_bias:
+            outputs = outputs + ops.cast(self.conv.bias, outputs.dtype)
+        if self.conv.activation is not None:
+            outputs = self.conv.activation(outputs)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
 
 
 def _dynamic_spec(tensor):

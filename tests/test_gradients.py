@@ -133,3 +133,29 @@ def test_flatten_and_errors():
     twice = keras.Model(x, shared(shared(x)))
     with pytest.raises(ValueError, match="'shared' is called more than once"):
         flatten_model(twice, ["shared"])
+
+
+@pytest.mark.backend
+def test_fast_conv_gradient_path_matches_autodiff():
+    """JAX swaps stride-1 Conv1D layers for a custom-VJP version; values must not change."""
+    x = keras.Input((None, 3))
+    h = L.Conv1D(4, 5, strides=2, padding="same", activation="relu", name="c0")(x)
+    h = L.Conv1D(6, 4, padding="same", activation="relu", name="c1")(h)
+    h = L.Conv1D(5, 3, padding="causal", name="c2")(h)
+    h = L.Conv1D(5, 2, padding="valid", activation="tanh", name="c3")(h)
+    model = keras.Model(x, L.Conv1D(4, 1, name="out")(h))
+
+    def target(output, activations):
+        return ops.sum(ops.max(output, axis=-1))
+
+    names = ["c0", "c1", "c2", "c3"]
+    fast = ActivationGradients(model, names, target, input_gradient=True)
+    plain = ActivationGradients(model, names, target, input_gradient=True, fast_conv_grad=False)
+    assert len(fast.flat_model.trainable_variables) == len(model.trainable_variables)
+    xb = np.random.default_rng(0).random((2, 17, 3)).astype("float32")
+    a, b = fast(xb), plain(xb)
+    for name in names:
+        np.testing.assert_allclose(a.gradients[name], b.gradients[name], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.activations[name], b.activations[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.input_gradient, b.input_gradient, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.output, b.output, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,126 @@
+"""GradNAP pass vs ``model.predict`` over the same data, all listed layers at once.
+
+Builds the paper-size Wav2Letter stack (Conv1D 256x48 stride 2, seven 256x7, 2048x32, 2048x1,
+29x1; ReLU, same padding) or a small one inline, feeds batches of 8 utterances x 300 frames x 40
+features with random phone labels, and times
+
+- ``model.predict`` over all batches (after a warm-up call), and
+- ``GradNAP.partial_fit`` over the same batches for every conv layer at once (after a warm-up
+  batch, so compilation is excluded on both sides),
+
+interleaved ``--repeats`` times; the best time of each is reported with their ratio (target:
+<= 2.0). Run one backend per process::
+
+    KERAS_BACKEND=jax python benchmarks/gradnap_speed.py --config paper --batches 3
+
+or all three in turn with ``--all-backends``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    # (filters, kernel, stride) per conv layer before the output layer
+    "paper": [(256, 48, 2)] + [(256, 7, 1)] * 7 + [(2048, 32, 1), (2048, 1, 1)],
+    "small": [(64, 48, 2)] + [(64, 7, 1)] * 7 + [(256, 32, 1), (256, 1, 1)],
+}
+
+
+def build(config, n_features=40, n_classes=29):
+    import keras
+
+    x = keras.Input((None, n_features))
+    h = x
+    names = []
+    for i, (filters, kernel, stride) in enumerate(CONFIGS[config]):
+        name = f"conv_{i}"
+        h = keras.layers.Conv1D(filters, kernel, strides=stride, padding="same",
+                                activation="relu", name=name)(h)
+        names.append(name)
+    out = keras.layers.Conv1D(n_classes, 1, name="logits")(h)
+    return keras.Model(x, out, name=f"wav2letter_{config}"), names
+
+
+def run(config, n_batches, batch_size, n_frames, repeats):
+    import keras
+    import numpy as np
+
+    from keras_topomap import grid
+    from keras_topomap.gradnap import GradNAP
+
+    keras.utils.set_random_seed(0)
+    model, names = build(config)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n_batches * batch_size, n_frames, 40)).astype("float32")
+    labels = rng.integers(-1, 39, size=(n_batches * batch_size, n_frames)).astype("int32")
+    batches = [(x[i : i + batch_size], labels[i : i + batch_size])
+               for i in range(0, len(x), batch_size)]
+    grids = {name: grid.infer_grid(model.get_layer(name).filters) for name in names}
+    gn = GradNAP(model, names, grids=grids, n_groups=39, verbose=0)
+
+    model.predict(x[:batch_size], batch_size=batch_size, verbose=0)  # warm-up / compile
+    gn.partial_fit(batches[:1])  # warm-up / compile
+    predict_times, gradnap_times = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.predict(x, batch_size=batch_size, verbose=0)
+        predict_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        gn.fit(batches)
+        gradnap_times.append(time.perf_counter() - t0)
+    best_p, best_g = min(predict_times), min(gradnap_times)
+    return {
+        "backend": keras.backend.backend(),
+        "config": config,
+        "layers": len(names),
+        "batches": n_batches,
+        "batch": f"{batch_size}x{n_frames}x40",
+        "predict_s": round(best_p, 3),
+        "gradnap_s": round(best_g, 3),
+        "ratio": round(best_g / best_p, 2),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), nargs="+", default=["small", "paper"])
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--all-backends", action="store_true",
+                        help="run tensorflow, jax and torch in separate processes")
+    args = parser.parse_args(argv)
+    if args.all_backends:
+        rows = []
+        for backend in ("tensorflow", "jax", "torch"):
+            cmd = [sys.executable, __file__, "--config", *args.config, "--batches",
+                   str(args.batches), "--batch-size", str(args.batch_size), "--frames",
+                   str(args.frames), "--repeats", str(args.repeats)]
+            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        print_table(rows)
+        return rows
+    rows = [run(c, args.batches, args.batch_size, args.frames, args.repeats) for c in args.config]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def print_table(rows):
+    print("| backend | config | layers | data | predict (s) | GradNAP (s) | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backend']} | {r['config']} | {r['layers']} | {r['batches']} x {r['batch']} "
+              f"| {r['predict_s']} | {r['gradnap_s']} | {r['ratio']} |")
+
+
+if __name__ == "__main__":
+    main()
