@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["new_figure", "plot_grid_map", "plot_grid_maps", "outline_region", "symmetric_limit"]
+__all__ = [
+    "new_figure", "plot_grid_map", "plot_grid_maps", "outline_region", "symmetric_limit",
+    "plot_gradnap", "plot_gradnap_eeg", "plot_gradnap_dendrogram", "plot_gradnap_time",
+    "smooth_to_image",
+]
 
 
 def new_figure(figsize=(6, 4), **kwargs):
@@ -243,3 +247,190 @@ def plot_grid_mosaic(
             cbar.set_label(label, fontsize=8)
         cbar.ax.tick_params(labelsize=7)
     return image
+
+
+# ----------------------------------------------------------------------------------------------
+# GradNAP figures (the paper's Figure 1B, top)
+
+
+def _gradnap_groups(gradnap, layer, groups):
+    """Group indices to plot: the given names/indices, else every group with frames."""
+    gradnap._check_layer(layer)
+    if groups is None:
+        indices = [int(i) for i in np.nonzero(gradnap.counts_[layer] > 0)[0]]
+    else:
+        indices = [gradnap.group_index(g) for g in groups]
+    if not indices:
+        raise ValueError(f"No groups to plot for layer '{layer}' (no group has frames).")
+    return indices
+
+
+def _group_title(gradnap, index):
+    return f"/{gradnap.group_name(index)}/"
+
+
+def plot_gradnap(gradnap, layer, groups=None, size=3, panel_size=2.0, label=None, cmap=None):
+    """GradNAPs of chosen groups on a layer's grid: raw values, smoothed map, responsive region.
+
+    One column per group. Top row: the values on the grid ("on grid"); bottom row: the
+    ``size x size`` smoothed map with the most responsive region outlined. Each row has one
+    diverging colour scale centred at 0, shared by all its panels, and one colorbar.
+
+    Args:
+        gradnap: a fitted :class:`keras_topomap.GradNAP`.
+        layer: layer name.
+        groups: group names or indices (default: every group with frames).
+        size: smoothing / region size.
+        panel_size: inches per panel.
+        label: colorbar label (default: what the values are).
+        cmap: diverging colormap (default ``"RdBu_r"``).
+
+    Returns:
+        matplotlib Figure.
+
+    Example:
+
+    >>> fig = plot_gradnap(gn, "conv_1", groups=["ae", "aa", "t"])
+    >>> fig.savefig("gradnap_conv_1.png")
+    """
+    indices = _gradnap_groups(gradnap, layer, groups)
+    raw = gradnap.maps(layer)[indices]
+    smoothed = gradnap.maps(layer, smooth=True, size=size)[indices]
+    regions = [gradnap.most_responsive_region(layer, i, size=size) for i in indices]
+    label = label or ("GradNAP" if gradnap.adjust != "none" else "NAP")
+    n = len(indices)
+    fig = new_figure(figsize=(panel_size * n + 1.2, 2 * panel_size + 0.6))
+    axes = fig.subplots(2, n, squeeze=False)
+    for row, (maps, what) in enumerate(((raw, "on grid"), (smoothed, "smoothed"))):
+        limit = symmetric_limit(*maps)
+        image = None
+        for col, index in enumerate(indices):
+            ax = axes[row, col]
+            image = plot_grid_map(
+                ax, maps[col], title=f"{_group_title(gradnap, index)} {layer}" if row == 0 else
+                None, vmax=limit, cmap=cmap, colorbar=False,
+                region=regions[col] if row == 1 else None,
+            )
+            if col == 0:
+                ax.set_ylabel(what, fontsize=9)
+        cbar = fig.colorbar(image, ax=list(axes[row]), shrink=0.85)
+        cbar.set_label(f"{label} ({what})", fontsize=8)
+        cbar.ax.tick_params(labelsize=7)
+    fig.suptitle(f"{label} of layer {layer}; most responsive {size}x{size} region outlined",
+                 fontsize=10)
+    return fig
+
+
+def smooth_to_image(grid_map, size=3, upsample=8):
+    """A smoothed ``(H, W)`` grid map interpolated (cubic) to a continuous
+    ``(H * upsample, W * upsample)`` image, for EEG-style scalp-map views."""
+    from scipy import ndimage
+
+    from keras_topomap import grid as grid_lib
+
+    grid_map = np.asarray(grid_map, dtype=np.float64)
+    if grid_map.ndim != 2:
+        raise ValueError(
+            f"smooth_to_image expects one (H, W) map. Received: shape={grid_map.shape}"
+        )
+    if not isinstance(upsample, (int, np.integer)) or upsample < 1:
+        raise ValueError(f"upsample must be a positive integer. Received: upsample={upsample!r}")
+    smoothed = grid_lib.smooth(grid_map, size) if size > 1 else grid_map
+    return ndimage.zoom(smoothed, upsample, order=3, mode="nearest", grid_mode=True)
+
+
+def plot_gradnap_eeg(gradnap, layer, groups=None, size=3, upsample=8, levels=8, panel_size=2.2,
+                     cmap=None):
+    """EEG-style view: each group's smoothed GradNAP as a continuous image with contour lines.
+
+    The smoothed grid map is interpolated (cubic) to a fine image, drawn with a diverging colour
+    scale centred at 0 shared by all panels, and overlaid with ``levels`` contour lines (solid
+    for positive, dashed for negative values), like a scalp map.
+
+    Returns:
+        matplotlib Figure.
+    """
+    indices = _gradnap_groups(gradnap, layer, groups)
+    maps = gradnap.maps(layer)[indices]
+    images = [smooth_to_image(m, size=size, upsample=upsample) for m in maps]
+    limit = symmetric_limit(*images)
+    h, w = maps.shape[1:]
+    n = len(indices)
+    ncols = min(n, 6)
+    nrows = -(-n // ncols)
+    fig = new_figure(figsize=(panel_size * ncols * max(w / h, 0.5) + 1.2, panel_size * nrows + 0.5))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    extent = (-0.5, w - 0.5, h - 0.5, -0.5)  # image pixels line up with the grid cells
+    contour_levels = np.linspace(-limit, limit, 2 * (levels // 2) + 3)[1:-1]
+    image = None
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        image = ax.imshow(images[i], cmap=cmap or "RdBu_r", vmin=-limit, vmax=limit,
+                          extent=extent, interpolation="bilinear")
+        ys = np.linspace(-0.5, h - 0.5, images[i].shape[0])
+        xs = np.linspace(-0.5, w - 0.5, images[i].shape[1])
+        if np.ptp(images[i]) > 0:
+            ax.contour(xs, ys, images[i], levels=contour_levels, colors="k", linewidths=0.6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{_group_title(gradnap, indices[i])} {layer}", fontsize=9)
+    cbar = fig.colorbar(image, ax=list(axes[:n]), shrink=0.85)
+    cbar.set_label("GradNAP (smoothed)" if gradnap.adjust != "none" else "NAP (smoothed)",
+                   fontsize=8)
+    return fig
+
+
+def plot_gradnap_dendrogram(gradnap, layer, ax=None, metric="cosine", method="average"):
+    """Dendrogram of the group profiles of ``layer`` (average linkage, cosine distance).
+
+    Args:
+        gradnap: a fitted :class:`keras_topomap.GradNAP`.
+        layer: layer name.
+        ax: Axes to draw into (default: a new Figure).
+
+    Returns:
+        matplotlib Figure.
+    """
+    from scipy.cluster.hierarchy import dendrogram
+
+    clustering = gradnap.cluster(layer, metric=metric, method=method)
+    names = [gradnap.group_name(i) for i in clustering.groups]
+    if ax is None:
+        fig = new_figure(figsize=(max(4.0, 0.25 * len(names) + 1.5), 3.2))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    dendrogram(clustering.linkage, labels=names, ax=ax, color_threshold=0,
+               above_threshold_color="0.3", leaf_font_size=8)
+    ax.set_ylabel(f"{metric} distance", fontsize=8)
+    ax.set_title(f"Profiles of layer {layer} ({method} linkage)", fontsize=9)
+    return fig
+
+
+def plot_gradnap_time(gradnap, layer, group, size=3, offsets=None, panel_size=1.8):
+    """Time-resolved GradNAP of one group: the smoothed grid map at each layer-frame offset
+    around the group's occurrences (needs ``GradNAP(window=w)``), one shared colour scale.
+
+    Returns:
+        matplotlib Figure.
+    """
+    gradnap._check_layer(layer)
+    if layer not in gradnap.time_profiles_:
+        raise ValueError("Time-resolved profiles need GradNAP(window=w). Received: window=None")
+    index = gradnap.group_index(group)
+    profiles = gradnap.time_profiles_[layer][index]  # (2w + 1, F)
+    w = (profiles.shape[0] - 1) // 2
+    offsets = list(range(-w, w + 1)) if offsets is None else list(offsets)
+    bad = [o for o in offsets if not -w <= o <= w]
+    if bad:
+        raise ValueError(f"Offsets must lie in [-{w}, {w}]. Received: {bad}")
+    from keras_topomap import grid as grid_lib
+
+    maps = grid_lib.smooth(grid_lib.to_grid(profiles, gradnap.grids_[layer]), size)
+    return plot_grid_maps(
+        [maps[o + w] for o in offsets], titles=[f"{o:+d}" for o in offsets],
+        ncols=min(len(offsets), 9), label="GradNAP (smoothed)", panel_size=panel_size,
+        suptitle=f"{_group_title(gradnap, index)} {layer}: layer frames around the centre",
+    )
