@@ -6,6 +6,7 @@ Lay a layer's filters out on a 2D grid, make neighbouring filters similar with
 
 from keras_topomap import grid, metrics
 from keras_topomap.callbacks import TopoMapCallback
+from keras_topomap.gradnap import GradNAP
 from keras_topomap.metrics import topography_score, topography_test
 from keras_topomap.receptive_field import LayerTiming, receptive_fields
 from keras_topomap.regularizers import (
@@ -17,6 +18,7 @@ from keras_topomap.regularizers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "GradNAP",
     "TopoMapCallback",
     "LayerTiming",
     "receptive_fields",
