@@ -137,6 +137,7 @@ class GradNAP:
         grids_: ``{layer: (H, W)}``.
         n_groups_: number of groups.
         n_frames_: labelled input frames seen.
+        target_total_: the target summed over all batches (0 for ``adjust="none"``).
     """
 
     def __init__(
@@ -269,6 +270,7 @@ class GradNAP:
         else:
             self._tsums, self._tcounts = {}, {}
         self.n_frames_ = 0
+        self.target_total_ = 0.0
         self._finalize(warn=False)
 
     def _grow(self, n_groups):
@@ -337,7 +339,7 @@ class GradNAP:
                 sums[name] = ops.einsum("btg,btf->gf", onehot, a)
                 if keep_frames:
                     frames[name] = a
-            return {"sums": sums, "frames": frames}
+            return {"sums": sums, "frames": frames, "value": result.value}
 
         needs_grad = adjust != "none"
         step = ActivationGradients(
@@ -501,6 +503,13 @@ class GradNAP:
                 progbar.update(seen)
         if seen == 0:
             raise ValueError("GradNAP.fit received no batches.")
+        if self.target == "prediction" and self.adjust != "none" and self.target_total_ == 0.0:
+            warnings.warn(
+                "GradNAP: the model predicts the blank (or nothing) on every frame, so the "
+                "'prediction' target and all its gradients are 0 and every profile is 0. Train "
+                "the model longer or use target='ctc_loss'.",
+                stacklevel=2,
+            )
         self._finalize(warn=True)
         return self
 
@@ -537,6 +546,7 @@ class GradNAP:
             if self.window is not None:
                 self._accumulate_windows(name, timing[name], padded, result["frames"][name], g)
         self.n_frames_ += int((batch.labels >= 0).sum())
+        self.target_total_ += float(result["value"])
 
     def _output_mask(self, timing, padded):
         if not self._output_timed:
@@ -702,6 +712,7 @@ class GradNAP:
             "blank": self.blank,
             "time_bucket": self.time_bucket,
             "n_frames": self.n_frames_,
+            "target_total": self.target_total_,
             "model": getattr(self.model, "name", None),
         }
 
@@ -743,6 +754,7 @@ class GradNAP:
         merged._tcounts = {k: v.copy() for k, v in first._tcounts.items()}
         merged._grow(n_groups)
         merged.n_frames_ = first.n_frames_
+        merged.target_total_ = sum(getattr(p, "target_total_", 0.0) for p in parts)
         for part in parts[1:]:
             part_copy = part if part.n_groups_ == n_groups else _grown_copy(part, n_groups)
             for name in merged._sums:
@@ -821,6 +833,7 @@ class GradNAP:
                 gn._tsums = {n: data[f"tsums_{i}"] for i, n in enumerate(gn.layers)}
                 gn._tcounts = {n: data[f"tcounts_{i}"] for i, n in enumerate(gn.layers)}
         gn.n_frames_ = int(config["n_frames"])
+        gn.target_total_ = float(config.get("target_total", 0.0))
         gn._finalize(warn=False)
         return gn
 

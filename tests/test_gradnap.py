@@ -362,3 +362,12 @@ def test_errors(tmp_path):
         GradNAP(clf, ["d"], grids={"d": (2, 1)})
     with pytest.raises(ValueError, match="needs an output with a time axis"):
         GradNAP(clf, ["c"], grids={"c": (2, 2)})
+
+
+def test_warns_when_the_model_only_predicts_blank():
+    model = _closed_form_model()
+    x = np.zeros((1, 4, 1), "float32")  # x == 0: every frame predicts the blank
+    labels = np.array([[0, 0, 1, 1]])
+    with pytest.warns(UserWarning, match="predicts the blank"):
+        gn = GradNAP(model, ["h"], grids={"h": (1, 2)}, verbose=0).fit([(x, labels)])
+    assert gn.target_total_ == 0.0 and np.all(gn.profiles_["h"] == 0)
