@@ -28,6 +28,7 @@ import json
 import os
 import warnings
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "SPLITS",
     "HELD_OUT_VOICE",
     "load_tts_corpus",
+    "split_ids",
     "tts_corpus_dir",
     "tts_corpus_info",
     "read_audio",
@@ -286,10 +288,13 @@ def _read_records(root):
 def _load_all(root_str):
     """Decode every utterance of a corpus once per process (audio arrays are read-only)."""
     root = Path(root_str)
+    records = _read_records(root)
+    # libsndfile releases the GIL while decoding, so threads overlap the OGG decoding
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(lambda rec: read_audio(root / rec["audio"]), records))
     utterances = {}
-    for line_no, rec in enumerate(_read_records(root), start=1):
+    for line_no, (rec, (audio, sample_rate)) in enumerate(zip(records, decoded), start=1):
         source = f"{root / 'utterances.jsonl'}, line {line_no} ({rec.get('id')})"
-        audio, sample_rate = read_audio(root / rec["audio"])
         if sample_rate != rec["sample_rate"] or audio.shape[0] != rec["n_samples"]:
             raise ValueError(
                 f"Audio of {source} does not match its record: expected {rec['n_samples']} "
@@ -314,6 +319,17 @@ def _load_all(root_str):
         splits = json.load(f)
     splits["all"] = list(utterances)
     return utterances, splits
+
+
+def split_ids(split="train", root=None):
+    """Utterance ids of a split, in :func:`load_tts_corpus` order, without decoding any audio."""
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split: expected one of {SPLITS}. Received: {split!r}")
+    root = _corpus_root(root)
+    if split == "all":
+        return [rec["id"] for rec in _read_records(root)]
+    with open(root / "splits.json", encoding="utf-8") as f:
+        return list(json.load(f)[split])
 
 
 def load_tts_corpus(split="train", root=None):
