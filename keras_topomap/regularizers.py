@@ -10,13 +10,18 @@ where ``w_i`` is filter ``i`` flattened over every kernel axis but the last, and
 the reciprocal grid distance normalised to sum to one per neighbourhood (see
 :func:`keras_topomap.grid.neighbor_weights`).
 
-Implementation notes (why it is fast): the kernel is only ever *reshaped* -- the filter axis
-stays last, so ``(..., F)`` -> ``(D, H, W)`` costs nothing. Because cosine similarity is
-symmetric, ``sum_c sum_j alpha_cj cos = 1/2 sum_c <u_c, v_c>`` with ``u`` the unit-normalised
-filters and ``v = sum_k beta_k * shift_k(u)`` (``beta = alpha + alpha^T``, precomputed once per
-grid). ``v`` is also, up to the normalisation's projection, the gradient, so the penalty carries a
-hand-written gradient (:func:`keras.ops.custom_gradient`) instead of differentiating through
-every shifted slice.
+Implementation notes (what makes it cheap): the kernel is only ever *reshaped* -- the filter
+axis stays last, so ``(..., F)`` -> ``(D, F)`` costs nothing, and neighbours are flat shifts of
+that last axis (circular, so a torus is exact too; pairs leaving a flat grid get weight 0).
+Because cosine similarity is symmetric, ``sum_c sum_j alpha_cj cos = 1/2 sum_c <u_c, v_c>`` with
+``u = k / ||k||`` and ``v_c = sum_j beta_cj u_j`` (``beta = alpha + alpha^T``, precomputed once
+per grid); ``v`` is built straight from the raw kernel (``beta_cj / ||k_j||`` weights on shifted
+copies of ``k``), so ``u`` is never materialised. ``v`` is also, up to the normalisation's
+projection, the gradient, so the penalty carries a hand-written gradient
+(:func:`keras.ops.custom_gradient`) that reuses it: value and gradient together read the kernel
+a few times and write one kernel-sized buffer. Large kernels are processed in slabs of rows (no
+loop over filters): memory, not arithmetic, is the cost, and slab-sized temporaries are recycled
+by the allocator while kernel-sized ones are fresh pages every step.
 """
 
 from __future__ import annotations
@@ -34,30 +39,72 @@ __all__ = ["TopographicRegularizer", "topographic_layers", "topographic_penalty"
 _REDUCTIONS = ("sum", "mean")
 
 
+# Work on the kernel in slabs of at most this many elements (16 MB in float32). Every temporary
+# of the penalty is then slab-sized: the allocator recycles those blocks step after step, whereas a
+# buffer the size of a big kernel (64 MB for the paper's 2048x32 layer) is a fresh memory mapping
+# each time, and its page faults -- not the arithmetic -- dominated the cost.
+_SLAB_ELEMENTS = 1 << 22
+
+
 @functools.lru_cache(maxsize=64)
 def _constants(grid, size, wrap):
-    """Per-grid constants, computed once: offsets, beta maps (float32), neighbourhood count."""
-    offsets, alpha = grid_lib._neighbor_weights(grid, size, wrap)
-    _, beta = grid_lib._pair_weights(grid, size, wrap)
-    n_centres = float(np.count_nonzero(alpha.sum(axis=0) > 0))
-    return offsets, beta.astype(np.float32), n_centres
+    """Per-grid constants, computed once (never per step).
 
+    Filters are handled in the flat, row-major order of the kernel's last axis, with a circular
+    flat index: neighbour ``j`` of centre ``c`` is ``c + s (mod F)`` for a *flat shift* ``s``. On
+    a torus that is exact (a vertical wrap is a flat shift by a multiple of ``W``; a horizontal
+    wrap is one more flat shift); without wrap, pairs that leave the grid simply get weight 0.
 
-def _neighbour_sum(u3, grid, size, wrap, beta):
-    """v[:, r, c] = sum_k beta[k, r, c] * u3[:, (r, c) + offset_k], for u3 of shape (D, H, W)."""
+    Returns:
+        ``(shifts, weights, gather, n_centres)``: the distinct flat shifts (tuple of ints in
+        ``[1, F)``); ``weights[i, c] = alpha(c -> c+s_i) + alpha(c+s_i -> c)``, float32 ``(S, F)``,
+        so that ``v_c = sum_i weights[i, c] * u_{c+s_i}``; ``gather[i, c] = (c + s_i) mod F``
+        (int32); and the number of centres with at least one neighbour.
+    """
     h, w = grid
-    r = size // 2
-    if wrap:
-        # Circular padding by concatenation: the grid is a torus.
-        padded = ops.concatenate([u3[:, h - r :, :], u3, u3[:, :r, :]], axis=1)
-        padded = ops.concatenate([padded[:, :, w - r :], padded, padded[:, :, :r]], axis=2)
-    else:
-        padded = ops.pad(u3, [[0, 0], [r, r], [r, r]])
-    offsets = grid_lib._offsets(size)
+    n_filters = h * w
+    offsets, alpha = grid_lib._neighbor_weights(grid, size, wrap)
+    n_centres = float(np.count_nonzero(alpha.sum(axis=0) > 0))
+    centres = np.arange(n_filters)
+    rows, cols = np.divmod(centres, w)
+    forward = {}  # flat shift -> (F,) weight alpha(c -> c + s) summed over the offsets giving s
+    for k, (dy, dx) in enumerate(offsets):  # once per (grid, size, wrap)
+        nr, nc = rows + dy, cols + dx
+        if wrap:
+            nr, nc = nr % h, nc % w
+        inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
+        shift = (nr * w + nc - centres) % n_filters
+        for s in np.unique(shift[inside]):
+            hit = inside & (shift == s)
+            forward.setdefault(int(s), np.zeros(n_filters))[hit] += alpha[k][hit.reshape(h, w)]
+    shifts = sorted(set(forward) | {(n_filters - s) % n_filters for s in forward})
+    zero = np.zeros(n_filters)
+    weights = np.stack(
+        [
+            # alpha(c -> c+s) + alpha(c+s -> c); the reverse pair is shift F-s from centre c+s.
+            forward.get(s, zero) + np.roll(forward.get((n_filters - s) % n_filters, zero), -s)
+            for s in shifts
+        ]
+    ).astype(np.float32)
+    gather = ((centres[None] + np.array(shifts)[:, None]) % n_filters).astype(np.int32)
+    for array in (weights, gather):
+        array.flags.writeable = False
+    return tuple(shifts), weights, gather, n_centres
+
+
+def _neighbour_sum(slab, shifts, coefficients):
+    """``t[:, c] = sum_i coefficients[i, c] * slab[:, (c + s_i) mod F]`` for a ``(rows, F)`` slab.
+
+    One circular padding (a concatenation) and ``len(shifts)`` slices of it: XLA fuses them into
+    a single pass, and in eager TF/torch they are the fewest whole-slab operations.
+    """
+    n_filters = slab.shape[-1]
+    reach = max(min(s, n_filters - s) for s in shifts)
+    padded = ops.concatenate([slab[:, n_filters - reach :], slab, slab[:, :reach]], axis=1)
     total = None
-    for k, (dy, dx) in enumerate(offsets):  # unrolled at trace time: (n*n - 1) tensor ops
-        shifted = padded[:, r + dy : r + dy + h, r + dx : r + dx + w]
-        term = shifted * beta[k]
+    for i, s in enumerate(shifts):  # unrolled at trace time: one term per flat shift
+        start = reach + (s if s <= n_filters - s else s - n_filters)
+        term = padded[:, start : start + n_filters] * coefficients[i]
         total = term if total is None else total + term
     return total
 
@@ -79,32 +126,45 @@ def topographic_penalty(kernel, grid, size=3, wrap=False, epsilon=1e-7):
     Returns:
         float32 scalar tensor.
     """
-    h, w = grid
-    offsets, beta_np, n_centres = _constants(tuple(grid), int(size), bool(wrap))
+    shifts, weights_np, gather_np, n_centres = _constants(tuple(grid), int(size), bool(wrap))
     shape = tuple(kernel.shape)
     n_filters = shape[-1]
     depth = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    slab_rows = max(1, _SLAB_ELEMENTS // n_filters)
+    bounds = [(lo, min(lo + slab_rows, depth)) for lo in range(0, depth, slab_rows)]
     kernel = ops.cast(kernel, "float32")
 
     @ops.custom_gradient
     def _penalty(k):
         k2 = ops.reshape(k, (depth, n_filters))
-        inv_norm = ops.rsqrt(ops.sum(ops.square(k2), axis=0) + epsilon)  # (F,)
-        u = k2 * inv_norm
-        beta = ops.convert_to_tensor(beta_np)
-        v = ops.reshape(
-            _neighbour_sum(ops.reshape(u, (depth, h, w)), (h, w), size, wrap, beta),
-            (depth, n_filters),
+        slabs = [k2[lo:hi] for lo, hi in bounds] if len(bounds) > 1 else [k2]
+        sq_norm = None
+        for slab in slabs:
+            part = ops.sum(ops.square(slab), axis=0)
+            sq_norm = part if sq_norm is None else sq_norm + part
+        inv_norm = ops.rsqrt(sq_norm + epsilon)  # (F,)
+        # v_c = sum_j beta_cj u_j with u = k / ||k||: the weights of the raw neighbours k_j.
+        coefficients = ops.convert_to_tensor(weights_np) * ops.take(
+            inv_norm, ops.convert_to_tensor(gather_np)
         )
-        uv = ops.sum(u * v, axis=0)  # per filter: sum_j beta_cj cos(c, j)
+        v_parts = [_neighbour_sum(slab, shifts, coefficients) for slab in slabs]
+        kv = None  # <k_c, v_c>
+        for slab, v in zip(slabs, v_parts):
+            part = ops.sum(slab * v, axis=0)
+            kv = part if kv is None else kv + part
+        uv = inv_norm * kv  # <u_c, v_c> = sum_j beta_cj cos(c, j)
         value = n_centres - 0.5 * ops.sum(uv)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            # d(-1/2 sum <u, v>)/dk = -(v - <u, v> u) / ||k||   (projection of the unit norm)
-            g = (u * uv - v) * inv_norm
-            return ops.reshape(g * ops.cast(upstream, "float32"), shape)
+            # d(-1/2 sum <u, v>)/dk = -(v - <u, v> u) / ||k||   (projection of the unit norm);
+            # per slab, so the only kernel-sized buffer is the gradient itself.
+            scale = inv_norm * ops.cast(upstream, "float32")
+            along_k = uv * inv_norm * scale
+            g = [slab * along_k - v * scale for slab, v in zip(slabs, v_parts)]
+            g = ops.concatenate(g, axis=0) if len(g) > 1 else g[0]
+            return ops.reshape(g, shape)
 
         return value, grad
 
