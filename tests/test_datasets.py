@@ -240,7 +240,8 @@ def test_feature_cache_second_load_reuses_file(small_corpus, tmp_path, monkeypat
     assert len(files) == 1
     utts = load_tts_corpus("test", root=small_corpus)
     assert first.ids == [u.id for u in utts]
-    np.testing.assert_array_equal(first.features[1], extract_features(utts[1], cfg))
+    # equal up to float rounding (BLAS thread count changes the summation order)
+    np.testing.assert_allclose(first.features[1], extract_features(utts[1], cfg), atol=1e-4)
     np.testing.assert_array_equal(first.frame_labels[1], frame_labels(utts[1], None, cfg))
 
     def no_extraction(*args, **kwargs):
