@@ -208,7 +208,7 @@ class GradNAP:
     # Set-up
 
     def _inspect_model(self, model):
-        names = [layer for layer in self.layers]
+        names = self.layers
         if len(set(names)) != len(names):
             raise ValueError(f"Layer names must be unique. Received: layers={names}")
         layer_objs = {name: find_layer(model, name) for name in names}
@@ -453,7 +453,9 @@ class GradNAP:
         lengths[:n] = b.lengths
         ctc_labels = ctc_lengths = None
         if b.ctc_labels is not None:
-            ctc_labels = np.zeros((rows, max(b.ctc_labels.shape[1], 1)), np.int32)
+            # Transcript width padded to a multiple of 16 too: one JAX compilation per bucket.
+            width = max(-(-b.ctc_labels.shape[1] // 16) * 16, 16)
+            ctc_labels = np.zeros((rows, width), np.int32)
             ctc_labels[:n, : b.ctc_labels.shape[1]] = b.ctc_labels
             ctc_lengths = np.zeros(rows, np.int32)
             ctc_lengths[:n] = b.ctc_label_lengths

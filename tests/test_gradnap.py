@@ -371,3 +371,16 @@ def test_warns_when_the_model_only_predicts_blank():
     with pytest.warns(UserWarning, match="predicts the blank"):
         gn = GradNAP(model, ["h"], grids={"h": (1, 2)}, verbose=0).fit([(x, labels)])
     assert gn.target_total_ == 0.0 and np.all(gn.profiles_["h"] == 0)
+
+
+@pytest.mark.backend
+def test_one_compilation_for_batches_of_different_lengths(backend):
+    model = _planted_model()
+    rng = np.random.default_rng(0)
+    batches = []
+    for n, t in ((4, 40), (4, 50), (3, 37)):  # all pad to 64 frames and 4 rows
+        labels = rng.integers(-1, 9, size=(n, t))
+        batches.append((rng.normal(size=(n, t, 9)).astype("float32"), labels))
+    gn = GradNAP(model, ["topo"], n_groups=9, verbose=0).fit(batches)
+    (step, _), = gn._steps.values()
+    assert step.trace_count == {"tensorflow": 1, "jax": 1, "torch": 0}[backend]
