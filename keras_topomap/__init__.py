@@ -8,6 +8,7 @@ from keras_topomap import grid, metrics
 from keras_topomap.callbacks import TopoMapCallback
 from keras_topomap.gradnap import GradNAP
 from keras_topomap.metrics import topography_score, topography_test
+from keras_topomap.optimal_inputs import OptimalInputs, optimal_inputs
 from keras_topomap.receptive_field import LayerTiming, receptive_fields
 from keras_topomap.regularizers import (
     TopographicRegularizer,
@@ -18,6 +19,8 @@ from keras_topomap.regularizers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "OptimalInputs",
+    "optimal_inputs",
     "GradNAP",
     "TopoMapCallback",
     "LayerTiming",

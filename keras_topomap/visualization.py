@@ -17,7 +17,7 @@ import numpy as np
 __all__ = [
     "new_figure", "plot_grid_map", "plot_grid_maps", "outline_region", "symmetric_limit",
     "plot_gradnap", "plot_gradnap_eeg", "plot_gradnap_dendrogram", "plot_gradnap_time",
-    "smooth_to_image",
+    "smooth_to_image", "plot_optimal_input", "plot_optimal_inputs",
 ]
 
 
@@ -434,3 +434,150 @@ def plot_gradnap_time(gradnap, layer, group, size=3, offsets=None, panel_size=1.
         ncols=min(len(offsets), 9), label="GradNAP (smoothed)", panel_size=panel_size,
         suptitle=f"{_group_title(gradnap, index)} {layer}: layer frames around the centre",
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimal inputs (keras_topomap.optimal_inputs)
+
+
+def _feature_axes(feature_config):
+    """specshow keyword arguments for a FeatureConfig (frames and bins without one)."""
+    if feature_config is None:
+        return {"x_axis": None, "y_axis": None}
+    axes = {"x_axis": "time", "sr": feature_config.sample_rate,
+            "hop_length": feature_config.hop_length}
+    if feature_config.kind == "logmel":
+        axes.update(y_axis="mel", fmax=feature_config.sample_rate / 2)
+    else:
+        axes.update(y_axis=None)
+    return axes
+
+
+def plot_optimal_input(ax, features, title=None, feature_config=None, vmax=None, cmap="RdBu_r"):
+    """Draws one ``(T, n_features)`` input as a feature x time image (librosa ``specshow``).
+
+    Args:
+        ax: matplotlib Axes.
+        features: array ``(T, n_features)``.
+        title: axes title.
+        feature_config: the :class:`~keras_topomap.datasets.FeatureConfig` of the features: gives
+            a time axis in seconds and, for log-mel, a mel frequency axis (frames and feature
+            bins without one).
+        vmax: colour limit (``[-vmax, vmax]``, 0 = the mean of normalised features); default:
+            the largest absolute value.
+        cmap: colormap.
+
+    Returns:
+        The ``QuadMesh`` drawn.
+    """
+    from librosa import display
+
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2:
+        raise ValueError(
+            f"plot_optimal_input expects one (T, n_features) input. Received: shape="
+            f"{features.shape}"
+        )
+    limit = vmax if vmax is not None else symmetric_limit(features)
+    mesh = display.specshow(features.T, ax=ax, cmap=cmap, vmin=-limit, vmax=limit,
+                            **_feature_axes(feature_config))
+    if feature_config is None:
+        ax.set_xlabel("frame", fontsize=7)
+        ax.set_ylabel("feature", fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=6)
+    return mesh
+
+
+def plot_optimal_inputs(inputs, region=None, joint=None, filters=None, feature_config=None,
+                        titles=None, suptitle=None, panel_size=(1.9, 1.5), cmap="RdBu_r"):
+    """Single-filter optimal inputs laid out as their filters sit on the grid, the joint beside.
+
+    The paper's Figure 1B (bottom): for a region of a topographic layer, the input that drives
+    each filter of the region most (one panel per filter, placed at the filter's row and column
+    within the region) and, in a tall panel on the right, the input that drives the region as a
+    whole. All panels share one diverging colour scale.
+
+    Args:
+        inputs: ``(n, T, n_features)`` single-filter inputs (``OptimalInputs(..., region=r)``'s
+            ``inputs_``), in the order of ``region.filters`` (or ``filters``).
+        region: the :class:`~keras_topomap.grid.Region` (None: the panels go in one row).
+        joint: optional ``(T, n_features)`` (or ``(1, T, n_features)``) joint input.
+        filters: filter index per input for the titles (default ``region.filters``).
+        feature_config: see :func:`plot_optimal_input`.
+        titles: one title per single-filter panel (default ``"filter i (r, c)"``).
+        suptitle: figure title.
+        panel_size: ``(width, height)`` of one panel in inches.
+        cmap: colormap.
+
+    Returns:
+        matplotlib Figure.
+
+    Example:
+
+    >>> opt = OptimalInputs(model, "conv_big_1", region=region).fit()
+    >>> joint = optimal_inputs(model, "conv_big_1", region=region, joint=True)
+    >>> fig = plot_optimal_inputs(opt.inputs_, region, joint, feature_config=FeatureConfig())
+    >>> fig.savefig("optimal_inputs.png")
+    """
+    inputs = np.asarray(inputs, dtype=np.float64)
+    if inputs.ndim != 3 or inputs.shape[0] == 0:
+        raise ValueError(
+            f"plot_optimal_inputs expects inputs (n, T, n_features). Received: shape="
+            f"{inputs.shape}"
+        )
+    n = inputs.shape[0]
+    if filters is None and region is not None:
+        filters = np.asarray(region.filters)
+    if filters is not None and len(filters) != n:
+        raise ValueError(
+            f"plot_optimal_inputs got {n} inputs but {len(filters)} filters (one input per "
+            f"filter of the region, in region order). Received: filters={list(filters)}"
+        )
+    if joint is not None:
+        joint = np.asarray(joint, dtype=np.float64)
+        joint = joint[0] if joint.ndim == 3 and joint.shape[0] == 1 else joint
+        if joint.shape != inputs.shape[1:]:
+            raise ValueError(
+                f"The joint input must be shaped like one single-filter input {inputs.shape[1:]}"
+                f". Received: shape={joint.shape}"
+            )
+    if region is not None:
+        w = region.grid[1]
+        rows, cols = np.divmod(np.asarray(filters), w)
+        rows, cols = rows - rows.min(), cols - cols.min()
+    else:
+        rows, cols = np.zeros(n, int), np.arange(n)
+    n_rows, n_cols = int(rows.max()) + 1, int(cols.max()) + 1
+    extra = 1 if joint is not None else 0
+    fig = new_figure(figsize=(panel_size[0] * (n_cols + 1.4 * extra) + 0.8,
+                              panel_size[1] * n_rows + 0.6))
+    spec = fig.add_gridspec(n_rows, n_cols + extra,
+                            width_ratios=[1.0] * n_cols + [1.4] * extra)
+    limit = symmetric_limit(inputs, *([joint] if joint is not None else []))
+    mesh = None
+    for i in range(n):
+        ax = fig.add_subplot(spec[int(rows[i]), int(cols[i])])
+        if titles is not None:
+            title = titles[i]
+        elif filters is not None and region is not None:
+            title = f"filter {int(filters[i])} {divmod(int(filters[i]), region.grid[1])}"
+        elif filters is not None:
+            title = f"filter {int(filters[i])}"
+        else:
+            title = None
+        mesh = plot_optimal_input(ax, inputs[i], title=title, feature_config=feature_config,
+                                  vmax=limit, cmap=cmap)
+        if int(rows[i]) != n_rows - 1:
+            ax.set_xlabel("")
+        if int(cols[i]) != 0:
+            ax.set_ylabel("")
+    if joint is not None:
+        ax = fig.add_subplot(spec[:, -1])
+        mesh = plot_optimal_input(ax, joint, title="joint (region sum)",
+                                  feature_config=feature_config, vmax=limit, cmap=cmap)
+    fig.colorbar(mesh, ax=fig.axes, shrink=0.8, label="feature value (normalised)")
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
