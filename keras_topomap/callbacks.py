@@ -31,6 +31,7 @@ callback.history_["conv_3"].shape   # (20, 8, 8)
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -83,16 +84,16 @@ class TopoMapCallback(keras.callbacks.Callback):
       and only the file outputs.
     - ``out_dir``: ``<layer>/epoch_001.png`` per layer per logged epoch, numbered from 1 like
       the progress bar; ``topomaps.npz`` with the whole history (rewritten each logged epoch);
-      at train end ``<layer>.gif``, one frame per logged epoch. With groups, also
+      at train end ``<layer>.gif``, the epoch PNGs as an animation. With groups, also
       ``<layer>/groups_epoch_NNN.png`` (all group maps of a layer tiled in one image) for the
-      last logged epoch -- or for every logged epoch with ``group_pngs=True`` -- and
+      last logged epoch -- or, with ``group_pngs=True``, for every logged epoch, plus
       ``<layer>_groups.gif``.
 
-    Colour scales: a layer's PNGs and TensorBoard images share one scale across epochs, the
-    running range -- the smallest and largest map value seen so far (groups: the largest
-    absolute value, symmetric around 0). An epoch's image therefore only changes scale when
-    its map leaves the range of every earlier epoch. The GIF, written when all epochs are
-    known, uses the range over all logged epochs. The ``.npz`` file keeps the values.
+    Colour scales: a layer's PNGs, GIF frames and TensorBoard images share one scale across
+    epochs, the running range -- the smallest and largest map value seen so far (groups: the
+    largest absolute value, symmetric around 0). An epoch's image therefore only changes
+    scale when its map leaves the range of every earlier epoch. The ``.npz`` file keeps the
+    values.
 
     Args:
         probe: the inputs to watch: one batch (an array, a tensor, a dict or list for
@@ -126,12 +127,13 @@ class TopoMapCallback(keras.callbacks.Callback):
         image_size: TensorBoard images are enlarged (pixel repetition) to at least this many
             pixels on their longer side.
         fps: frames per second of the GIFs.
-        group_pngs: draw the group maps to PNG every logged epoch, not only at train end.
-            Off by default: with dozens of groups these images cost several times the rest
-            of the callback (the npz, TensorBoard and the final GIF hold every epoch anyway).
-        background: draw and write the ``out_dir`` files in a background thread, so the next
-            epoch trains meanwhile (at most one epoch's files are in flight; an error there is
-            raised at the next logged epoch or at train end). ``False`` writes them before
+        group_pngs: draw the group maps to PNG (and a GIF) every logged epoch, not only the
+            last epoch's at train end. Off by default: with dozens of groups these images cost
+            several times the rest of the callback (the npz and TensorBoard hold every epoch
+            anyway).
+        background: write the TensorBoard summaries and the ``out_dir`` files in a background
+            thread, so the next epoch trains meanwhile (at most one epoch in flight; an error
+            there is raised at the next logged epoch or at train end). ``False`` writes them before
             ``on_epoch_end`` returns.
 
     Attributes (filled during ``fit``; several fits append):
@@ -145,7 +147,10 @@ class TopoMapCallback(keras.callbacks.Callback):
         penalties_: ``{layer: array (epochs,)}``, regularizer penalties (regularized layers).
         group_labels_: int array of the labels that got a map (those present in the probe
             and kept by every watched layer's frames), ``group_names_`` their names.
-        log_seconds_: seconds spent by each logged epoch's work (the callback's overhead).
+        log_seconds_: wall seconds ``on_epoch_end`` took on each logged epoch (what the
+            training loop waited for).
+        background_seconds_: CPU seconds spent writing each logged epoch's TensorBoard
+            summaries and files (in the writer thread, with ``background``).
 
     Raises:
         ValueError: at construction for a bad argument (naming it) or an ``out_dir`` /
@@ -179,7 +184,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         probe_steps=None,
         cmap=None,
         interpolation="nearest",
-        image_size=128,
+        image_size=64,
         fps=2,
         background=True,
         group_pngs=False,
@@ -300,6 +305,8 @@ class TopoMapCallback(keras.callbacks.Callback):
         self.group_labels_ = np.zeros((0,), dtype=np.int64)
         self.group_names_ = []
         self.log_seconds_ = []
+        self.background_seconds_ = []
+        self._gif_frames = {}
 
     # ------------------------------------------------------------------------------------------
     # Train begin: resolve layers, build the extractor, check the probe, precompute weights
@@ -317,7 +324,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         }
         self._extractor = self._build_extractor(model)
         self._check_probe_shapes(model)
-        outputs = [self._extract(x, i) for i, x in enumerate(self._batches)]
+        outputs = [self._extract(x, i)[0] for i, x in enumerate(self._batches)]
         self._check_outputs(outputs)
         self._prepare_reductions(model, outputs)
         self._open_writer()
@@ -367,9 +374,19 @@ class TopoMapCallback(keras.callbacks.Callback):
         return watched
 
     def _build_extractor(self, model):
+        """``keras.Model(model.input, [layer.output, ...] + [penalties])``: the watched
+        layers' activations and, as one extra output, the regularized layers' penalties, so
+        one compiled call per probe batch gives everything (eager regularizer calls would cost
+        more than the forward pass, and on JAX compile op by op on first use)."""
         layers = [self._layer_objects[name] for name in self.layers_]
         try:
             outputs = [layer.output for layer in layers]
+            if self._regularized:
+                readout = _PenaltyReadout(
+                    [self._layer_objects[name] for name in self._regularized],
+                    name="topomap_penalties",
+                )
+                outputs.append(readout(model.input))
             return keras.Model(model.input, outputs, name=f"{model.name}_topomap_probe")
         except Exception as e:  # Keras raises several types for graphs it cannot cut
             raise ValueError(
@@ -402,7 +419,8 @@ class TopoMapCallback(keras.callbacks.Callback):
                 )
 
     def _extract(self, x, index):
-        """The watched layers' outputs for one probe batch, as a list of float arrays."""
+        """The watched layers' outputs for one probe batch, as a list of float arrays, and the
+        penalties of the regularized layers (``{name: float}``)."""
         try:
             outputs = self._extractor.predict_on_batch(x)
         except Exception as e:
@@ -416,7 +434,11 @@ class TopoMapCallback(keras.callbacks.Callback):
             ) from e
         if not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
-        return [np.asarray(out, dtype=np.float32) for out in outputs]
+        outputs = [np.asarray(out, dtype=np.float32) for out in outputs]
+        penalties = {}
+        if self._regularized:
+            penalties = dict(zip(self._regularized, outputs.pop().astype(np.float64)))
+        return outputs, penalties
 
     def _check_outputs(self, outputs):
         timed = self._groups is not None or self._lengths is not None
@@ -557,7 +579,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         if (epoch + 1) % self.every and (last is None or epoch + 1 != last):
             return
         start = time.perf_counter()
-        means, group_means = self._probe_means()
+        means, group_means, penalties = self._probe_means()
         self._epochs.append(int(epoch))
         for j, name in enumerate(self.layers_):
             grid = self.grids_[name]
@@ -574,17 +596,24 @@ class TopoMapCallback(keras.callbacks.Callback):
                 self._group_maps.setdefault(name, []).append(smoothed_groups)
                 limit = max(self._group_range.get(name, 0.0), float(np.abs(smoothed_groups).max()))
                 self._group_range[name] = limit
-            self._score_layer(name, logs)
-        self._write_summaries(epoch)
+            self._score_layer(name, logs, penalties.get(name))
+        jobs = []
+        if self._writer is not None:
+            jobs.append(self._summary_job(epoch))
         if self.out_dir is not None:
-            self._submit(self._file_job(epoch))
+            jobs.append(self._file_job(epoch))
+        if jobs:
+            self._submit(jobs)
         self.log_seconds_.append(time.perf_counter() - start)
 
     def _probe_means(self):
-        """Overall means ``[(F,)] per layer`` and group NAPs ``[(G, F)]`` (or None)."""
+        """Overall means ``[(F,)] per layer``, group NAPs ``[(G, F)]`` (or None) and the
+        regularizer penalties ``{name: value}``."""
         sums, group_sums = None, None
         for i, x in enumerate(self._batches):
-            outputs = self._extract(x, None)
+            outputs, batch_penalties = self._extract(x, None)
+            if i == 0:
+                penalties = batch_penalties
             if sums is None:
                 sums = [np.zeros(out.shape[-1]) for out in outputs]
                 if self._segments is not None:
@@ -601,14 +630,14 @@ class TopoMapCallback(keras.callbacks.Callback):
                         )
         means = [total / count for total, count in zip(sums, self._totals)]
         if group_sums is None:
-            return means, None
+            return means, None, penalties
         naps = []
         for total, counts in zip(group_sums, self._group_counts):
             group_mean = total / counts[:, None]
             naps.append(group_mean - group_mean.mean(axis=0, keepdims=True))
-        return means, naps
+        return means, naps, penalties
 
-    def _score_layer(self, name, logs):
+    def _score_layer(self, name, logs, penalty):
         layer = self._layer_objects[name]
         kernel = getattr(layer, "kernel", None)
         grid = self.grids_[name]
@@ -630,45 +659,47 @@ class TopoMapCallback(keras.callbacks.Callback):
             self._scores.setdefault(name, []).append(score)
             if logs is not None:
                 logs[f"topo_score/{name}"] = score
-        if name in self._regularized:
-            penalty = keras.ops.convert_to_numpy(layer.kernel_regularizer(layer.kernel.value))
+        if penalty is not None:
             self._penalties.setdefault(name, []).append(float(penalty))
 
     # ------------------------------------------------------------------------------------------
     # Outputs
 
-    def _write_summaries(self, epoch):
-        if self._writer is None:
-            return
+    def _summary_job(self, epoch):
+        """A function writing this epoch's TensorBoard summaries (see :meth:`_file_job`)."""
         tf = self._tf
-        image_tags, images, scalar_tags, scalars = [], [], [], []
+        image_tags, pictures, scalar_tags, scalars = [], [], [], []
         for name in self.layers_:
-            lo, hi = self._range[name]
             image_tags.append(f"topomap/{name}")
-            images.append(_colorize(self._maps[name][-1], self.cmap, lo, hi, self.image_size))
+            pictures.append((self._maps[name][-1], self.cmap, *self._range[name]))
             if name in self._group_maps:
                 limit = self._group_range[name]
-                stack = _colorize(
-                    self._group_maps[name][-1], "RdBu_r", -limit, limit, self.image_size
-                )
                 image_tags.extend(f"nap/{name}/{group}" for group in self.group_names_)
-                images.extend(stack)
+                pictures.append((self._group_maps[name][-1], "RdBu_r", -limit, limit))
             if name in self._scores:
                 scalar_tags.append(f"topo_score/{name}")
                 scalars.append(self._scores[name][-1])
             if name in self._penalties:
                 scalar_tags.append(f"penalty/{name}")
                 scalars.append(self._penalties[name][-1])
-        if self._summary_fn is None:
-            self._summary_fn = self._summary_function()
-        self._summary_fn(
-            tf.constant(epoch, dtype=tf.int64),
-            tf.constant(image_tags, dtype=tf.string),
-            tf.constant([_image_summary(image) for image in images], dtype=tf.string),
-            tf.constant(scalar_tags, dtype=tf.string, shape=[len(scalar_tags)]),
-            tf.constant(scalars, dtype=tf.float32, shape=[len(scalars)]),
-        )
-        self._writer.flush()
+
+        def job():
+            images = []
+            for maps, cmap, lo, hi in pictures:
+                rgb = _colorize(maps, cmap, lo, hi, self.image_size)
+                images.extend([rgb] if rgb.ndim == 3 else rgb)
+            if self._summary_fn is None:
+                self._summary_fn = self._summary_function()
+            self._summary_fn(
+                tf.constant(epoch, dtype=tf.int64),
+                tf.constant(image_tags, dtype=tf.string),
+                tf.constant([_image_summary(image) for image in images], dtype=tf.string),
+                tf.constant(scalar_tags, dtype=tf.string, shape=[len(scalar_tags)]),
+                tf.constant(scalars, dtype=tf.float32, shape=[len(scalars)]),
+            )
+            self._writer.flush()
+
+        return job
 
     def _summary_function(self):
         """One ``tf.function`` that writes an epoch's image and scalar summaries.
@@ -743,7 +774,7 @@ class TopoMapCallback(keras.callbacks.Callback):
             path = os.path.join(self.out_dir, "topomaps.npz")
             # Write beside, then rename: a crash mid-write never leaves a broken history.
             tmp = path + ".tmp.npz"
-            np.savez_compressed(tmp, **arrays)
+            np.savez(tmp, **arrays)
             os.replace(tmp, path)
 
         return job
@@ -753,25 +784,34 @@ class TopoMapCallback(keras.callbacks.Callback):
         os.makedirs(folder, exist_ok=True)
         return os.path.join(folder, f"{stem}_{number:03d}.png")
 
-    def _submit(self, job):
-        """Runs ``job`` in the writer thread (at most one epoch in flight) or right here."""
+    def _submit(self, jobs):
+        """Runs an epoch's output ``jobs`` in the writer thread (at most one epoch in flight)
+        or right here, and records their CPU time in ``background_seconds_``."""
+
+        def run():
+            start = time.thread_time()
+            for job in jobs:
+                job()
+            self.background_seconds_.append(time.thread_time() - start)
+
         if not self.background:
-            job()
+            run()
             return
         self._wait_for_files()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topomap")
-        self._pending = self._executor.submit(job)
+        self._pending = self._executor.submit(run)
 
     def _wait_for_files(self):
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()  # re-raises an error of the writer thread here
 
-    def _render(self, key, maps, titles, limits, suptitle, path=None, writer=None):
+    def _render(self, key, maps, titles, limits, suptitle, path, frame=True):
         """Draws one layer's overall map (``key = ("map", layer)``, maps ``(H, W)``) or group
         maps (``("groups", layer)``, ``(G, H, W)``) into its figure -- built on first use,
-        then updated in place -- and saves it to ``path`` or grabs it as a ``writer`` frame."""
+        then updated in place -- saves it as the PNG ``path`` and, with ``frame``, keeps the
+        same pixels as a frame of the layer's GIF."""
         kind, _ = key
         entry = self._figures.get(key)
         if kind == "groups":
@@ -797,10 +837,18 @@ class TopoMapCallback(keras.callbacks.Callback):
             entry["image"].set_clim(*limits)
         fig = entry["figure"]
         fig.suptitle(suptitle, fontsize=10)
-        if writer is not None:
-            writer.grab_frame()
-        else:
-            fig.savefig(path, dpi=80)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        with open(path, "wb") as f:
+            f.write(buffer.getvalue())
+        if frame:
+            from PIL import Image
+
+            # Palette-quantized here, in the writer thread, so that the GIF at train end is
+            # only a concatenation; ~50 kB per frame.
+            buffer.seek(0)
+            with Image.open(buffer) as image:
+                self._gif_frames.setdefault(key, []).append(image.convert("RGB").quantize())
         if not entry.get("frozen"):
             # Freeze the layout solved by the first save: re-solving it on every later save
             # would cost more than drawing the maps.
@@ -808,16 +856,18 @@ class TopoMapCallback(keras.callbacks.Callback):
             entry["frozen"] = True
 
     def _npz_arrays(self):
+        """The history as float32 arrays (stored uncompressed: rewriting it every logged epoch
+        must stay cheap as it grows)."""
         arrays = {"epochs": np.asarray(self._epochs, dtype=np.int64)}
         history = self.history_
         raw = self.raw_history_
         for name in self.layers_:
-            arrays[f"map/{name}"] = history[name]
-            arrays[f"raw/{name}"] = raw[name]
+            arrays[f"map/{name}"] = history[name].astype(np.float32)
+            arrays[f"raw/{name}"] = raw[name].astype(np.float32)
             arrays[f"grid/{name}"] = np.asarray(self.grids_[name], dtype=np.int64)
         for name, values in self.group_history_.items():
-            arrays[f"group_map/{name}"] = values
-            arrays[f"group_raw/{name}"] = self.raw_group_history_[name]
+            arrays[f"group_map/{name}"] = values.astype(np.float32)
+            arrays[f"group_raw/{name}"] = self.raw_group_history_[name].astype(np.float32)
         for name, values in self.scores_.items():
             arrays[f"topo_score/{name}"] = values
         for name, values in self.penalties_.items():
@@ -854,31 +904,19 @@ class TopoMapCallback(keras.callbacks.Callback):
                 self._render(
                     ("groups", name), self._group_maps[name][-1], self.group_names_,
                     (-limit, limit), f"{name} - epoch {number}: group mean - mean over groups",
-                    path=self._png_path(name, "groups_epoch", number),
+                    path=self._png_path(name, "groups_epoch", number), frame=False,
                 )
 
     def _write_gifs(self):
-        from matplotlib.animation import PillowWriter
-
-        numbers = [e + 1 for e in self._epochs]
-        for name in self.layers_:
-            maps = self.history_[name]
-            jobs = [("map", maps, None, _nonempty(maps.min(), maps.max()), "", "")]
-            if name in self._group_maps:
-                groups = self.group_history_[name]
-                limit = float(np.abs(groups).max()) or 1.0
-                jobs.append(("groups", groups, self.group_names_, (-limit, limit),
-                             ": group mean - mean over groups", "_groups"))
-            for kind, frames, titles, limits, caption, suffix in jobs:
-                path = os.path.join(self.out_dir, f"{_safe_name(name)}{suffix}.gif")
-                self._render((kind, name), frames[0], titles, limits, name, path=os.devnull)
-                writer = PillowWriter(fps=self.fps)
-                with writer.saving(self._figures[(kind, name)]["figure"], path, 80):
-                    for number, frame in zip(numbers, frames):
-                        self._render(
-                            (kind, name), frame, titles, limits,
-                            f"{name} - epoch {number}{caption}", writer=writer,
-                        )
+        """One GIF per layer (and per layer's groups, with ``group_pngs``): the frames drawn
+        for the PNGs, in epoch order."""
+        duration = max(int(round(1000 / self.fps)), 20)
+        for (kind, name), frames in self._gif_frames.items():
+            suffix = "_groups" if kind == "groups" else ""
+            path = os.path.join(self.out_dir, f"{_safe_name(name)}{suffix}.gif")
+            frames[0].save(
+                path, save_all=True, append_images=frames[1:], duration=duration, loop=0
+            )
 
     # ------------------------------------------------------------------------------------------
     # Results
@@ -914,6 +952,26 @@ class TopoMapCallback(keras.callbacks.Callback):
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
+
+
+class _PenaltyReadout(keras.layers.Layer):
+    """Outputs ``[layer.kernel_regularizer(layer.kernel) for layer in layers]`` (shape
+    ``(n,)``, no batch axis), ignoring its input: puts the penalties into the compiled probe
+    model, which reads the current weights (on JAX, the state the trainer passes in)."""
+
+    def __init__(self, layers, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        # A closure, not an attribute: the layers must not become sublayers of this one.
+        self._penalties = lambda: [layer.kernel_regularizer(layer.kernel) for layer in layers]
+        self._count = len(layers)
+
+    def call(self, inputs):
+        return keras.ops.stack(
+            [keras.ops.cast(value, "float32") for value in self._penalties()]
+        )
+
+    def compute_output_shape(self, input_shape):
+        return (self._count,)
 
 
 def _positive_int(value, what):
