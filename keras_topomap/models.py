@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import keras
 
@@ -140,6 +141,7 @@ def wav2letter(
     strength=0.01,
     dropout=0.0,
     neighborhood=3,
+    seed=None,
     name=None,
 ):
     """Build a Wav2Letter-style CTC recognizer (logits out, no softmax).
@@ -155,6 +157,10 @@ def wav2letter(
         strength: the regularizer's strength (ignored when ``topographic=False``).
         dropout: rate of a ``Dropout`` after every hidden convolution (0 adds none).
         neighborhood: the regularizer's odd neighbourhood side.
+        seed: seed of the dropout masks (layer ``k`` gets ``seed + k``). ``None`` draws one
+            from Python's ``random`` (seeded by ``keras.utils.set_random_seed``). Explicit
+            seeds also make the PyTorch backend draw its masks from the saved seed state
+            (unseeded, it uses torch's global generator), so resumed runs replay them.
         name: the model's name (default ``"wav2letter_<config>"``).
 
     Returns:
@@ -178,6 +184,9 @@ def wav2letter(
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
 
     grids = cfg.layer_grids()
+    if seed is None:
+        seed = random.randrange(2**31 - 64)
+    dropout_seeds = iter(range(int(seed), int(seed) + 64))
 
     def regularizer(layer_name):
         if not topographic:
@@ -197,7 +206,9 @@ def wav2letter(
             name=layer_name,
         )(x)
         if dropout > 0:
-            x = keras.layers.Dropout(float(dropout), name=f"{layer_name}_dropout")(x)
+            x = keras.layers.Dropout(
+                float(dropout), seed=next(dropout_seeds), name=f"{layer_name}_dropout"
+            )(x)
         return x
 
     names = cfg.layer_names()

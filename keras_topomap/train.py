@@ -96,7 +96,8 @@ class TrainConfig:
         data: ``"bundled"`` (sentence hold-out split of the bundled corpus),
             ``"bundled-voice"`` (hold out the voice ``ked_diphone``), ``"tts:DIR"`` (a corpus
             built with ``keras-topomap build-corpus``), or ``"librispeech:DIR"``, ``"timit:DIR"``,
-            ``"textgrid:DIR"`` (read with :mod:`keras_topomap.datasets` readers).
+            ``"textgrid:AUDIO_DIR,TEXTGRID_DIR"`` (read with the :mod:`keras_topomap.datasets`
+            readers).
         test_data: the test corpus for reader-based ``data`` (same syntax); ``None`` holds out
             ``test_fraction`` of the sentences of ``data``.
         test_fraction: share of sentences held out for testing when ``test_data`` is ``None``
@@ -218,7 +219,17 @@ def _read(spec):
     from keras_topomap import datasets
 
     kind, path = _split_spec(spec)
-    utterances = getattr(datasets, _READERS[kind])(path)
+    reader = getattr(datasets, _READERS[kind])
+    if kind == "textgrid":
+        audio_root, sep, textgrid_root = path.partition(",")
+        if not sep:
+            raise ValueError(
+                "textgrid data needs the audio and the TextGrid folders: "
+                f"'textgrid:AUDIO_DIR,TEXTGRID_DIR'. Received: {spec!r}"
+            )
+        utterances = reader(audio_root, textgrid_root)
+    else:
+        utterances = reader(path)
     if not utterances:
         raise ValueError(f"No utterances found in {path!r} (data {spec!r}).")
     return utterances
@@ -453,6 +464,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             state["early_stopping"] = self.early_stopping.state()
         if self.budget is not None:
             state["budget_stopped"] = self.budget.stopped
+        state["rng_states"] = rng_states(self.model)
         _save_model(self.model, self.out / "checkpoint.keras")
         _write_json(self.out / "state.json", state)
 
@@ -470,6 +482,39 @@ def _tensorboard(log_dir):
         )
         return []
     return [keras.callbacks.TensorBoard(log_dir=str(log_dir))]
+
+
+def _rng_variables(model):
+    # Dropout's random-seed state is a model variable but not a weight, so .keras files do not
+    # keep it; without it a resumed run would draw different dropout masks. Keyed by layer name:
+    # the order of model.variables can change when a model is loaded.
+    found = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        states = [v for v in layer.variables if v.path.endswith("seed_generator_state")]
+        if states:
+            found[layer.name] = states
+    return found
+
+
+def rng_states(model):
+    """The model's random-seed states (dropout masks): ``{layer_name: [[int, int], ...]}``."""
+    return {
+        name: [np.asarray(keras.ops.convert_to_numpy(v.value)).tolist() for v in states]
+        for name, states in _rng_variables(model).items()
+    }
+
+
+def set_rng_states(model, states):
+    """Restore what :func:`rng_states` returned (same architecture)."""
+    variables = _rng_variables(model)
+    if sorted(states) != sorted(variables):
+        raise ValueError(
+            f"Model {model.name!r} has random-seed states in layers {sorted(variables)}. "
+            f"Received states for: {sorted(states)}"
+        )
+    for name, values in states.items():
+        for variable, value in zip(variables[name], values):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 def _save_model(model, path):
@@ -505,6 +550,7 @@ def _build(config, n_features):
         strength=config.strength,
         dropout=config.dropout,
         neighborhood=config.neighborhood,
+        seed=config.seed,
     )
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm)
     model.compile(optimizer=optimizer, loss=ctc.CTCLoss(stride=models_lib.total_stride(model)))
@@ -616,6 +662,7 @@ def train(config=None, data=None, **overrides):
 
     if config.resume:
         model = keras.saving.load_model(out / "checkpoint.keras")
+        set_rng_states(model, state.get("rng_states", {}))
     else:
         model = _build(config, feature_config.n_features)
     stride = models_lib.total_stride(model)
@@ -658,6 +705,9 @@ def train(config=None, data=None, **overrides):
             epochs=config.epochs,
             initial_epoch=state["epochs_done"],
             callbacks=callbacks,
+            # SpeechBatches shuffles from (seed, epoch); Keras' own batch shuffling would draw
+            # from Python's global RNG, which a resumed run cannot replay.
+            shuffle=False,
             verbose=config.verbose,
         )
     last_loss = state["history"][-1].get("loss") if state["history"] else None
@@ -744,7 +794,8 @@ def build_parser():
     p.add_argument("--out", default=defaults.out, help="output folder")
     p.add_argument(
         "--data", default=defaults.data,
-        help="bundled (default), bundled-voice, tts:DIR, librispeech:DIR, timit:DIR, textgrid:DIR",
+        help="bundled (default), bundled-voice, tts:DIR, librispeech:DIR, timit:DIR or "
+        "textgrid:AUDIO_DIR,TEXTGRID_DIR",
     )
     p.add_argument("--test-data", default=None, help="test corpus for KIND:PATH data")
     p.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
