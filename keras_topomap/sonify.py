@@ -12,15 +12,18 @@ what is inverted is exactly what :func:`~keras_topomap.datasets.extract_features
 2. **Features to a mel power spectrogram.** Log-mel: ``db_to_power``. MFCC:
    :func:`librosa.feature.inverse.mfcc_to_mel` (the dropped higher coefficients are taken as 0,
    which smooths the spectral envelope).
-3. **Mel power to audio**: :func:`librosa.feature.inverse.mel_to_audio` (pseudo-inverse of the
-   mel filter bank, then Griffin-Lim phase reconstruction) with the same FFT size, window, hop
-   and centring as extraction.
+3. **Mel power to audio**, as :func:`librosa.feature.inverse.mel_to_audio` does it
+   (non-negative least-squares inverse of the mel filter bank, then Griffin-Lim phase
+   reconstruction, here with a seeded start) with the FFT size, window, hop and centring of
+   extraction.
 
 Limits, so nobody expects more than a sketch: the normalisation constants are corpus averages,
 not the (non-existent) utterance's own; the mel filter bank and MFCC truncation throw away
 spectral detail, so the inverse is smooth and buzzy; phase is invented by Griffin-Lim; values
-an optimiser pushed beyond the data's range become very loud or very quiet bands; the audio is
-peak-normalised before writing. The point is to *hear which bands and rhythms* a region likes.
+an optimiser pushed beyond the data's range become very loud or very quiet bands; bands that
+are mostly at the 80 dB floor have a tiny per-utterance standard deviation, so normalised values
+there mean little and come back as faint noise; the audio is peak-normalised before writing.
+The point is to *hear which bands and rhythms* a region likes.
 
 Example:
 
@@ -84,7 +87,7 @@ def _corpus_statistics(config, n_utterances=32):
     return feature_statistics(load_tts_corpus("train")[:n_utterances], config)
 
 
-def features_to_audio(features, config=None, stats=None, n_iter=32):
+def features_to_audio(features, config=None, stats=None, n_iter=32, seed=0):
     """Inverts ``(T, n_features)`` log-mel or MFCC frames to a waveform.
 
     Args:
@@ -94,6 +97,7 @@ def features_to_audio(features, config=None, stats=None, n_iter=32):
         stats: ``(mean, std)`` per feature to undo the normalisation with (only used when
             ``config.normalize``); default: averages over 32 utterances of the bundled corpus.
         n_iter: Griffin-Lim iterations.
+        seed: seed of Griffin-Lim's random start phase (same seed, same audio).
 
     Returns:
         float32 waveform at ``config.sample_rate`` with ``(T - 1) * hop_length`` samples.
@@ -129,28 +133,31 @@ def features_to_audio(features, config=None, stats=None, n_iter=32):
         mel_power = librosa.feature.inverse.mfcc_to_mel(coefficients, n_mels=config.n_mels, ref=1.0)
     else:
         mel_power = librosa.db_to_power(coefficients, ref=1.0)
-    audio = librosa.feature.inverse.mel_to_audio(
-        mel_power,
-        sr=config.sample_rate,
-        n_fft=config.n_fft,
+    # mel_to_audio, done in its two steps so the Griffin-Lim start is seeded (repeatable audio)
+    magnitude = librosa.feature.inverse.mel_to_stft(
+        mel_power, sr=config.sample_rate, n_fft=config.n_fft, power=2.0
+    )
+    audio = librosa.griffinlim(
+        magnitude,
+        n_iter=int(n_iter),
         hop_length=config.hop_length,
         win_length=config.win_length,
+        n_fft=config.n_fft,
         window="hann",
         center=True,
         pad_mode="constant",
-        power=2.0,
-        n_iter=int(n_iter),
+        random_state=int(seed),
     )
     return audio.astype(np.float32)
 
 
-def write_wav(path, features, config=None, stats=None, n_iter=32, peak=0.9):
+def write_wav(path, features, config=None, stats=None, n_iter=32, peak=0.9, seed=0):
     """Inverts features to audio (:func:`features_to_audio`) and writes a 16-bit WAV.
 
     Args:
         path: output file.
         features: ``(T, n_features)``.
-        config, stats, n_iter: see :func:`features_to_audio`.
+        config, stats, n_iter, seed: see :func:`features_to_audio`.
         peak: the waveform is scaled so its largest absolute sample is ``peak`` (silence stays
             silent).
 
@@ -160,7 +167,7 @@ def write_wav(path, features, config=None, stats=None, n_iter=32, peak=0.9):
     import soundfile
 
     config = _config(config)
-    audio = features_to_audio(features, config, stats=stats, n_iter=n_iter)
+    audio = features_to_audio(features, config, stats=stats, n_iter=n_iter, seed=seed)
     top = float(np.max(np.abs(audio))) if audio.size else 0.0
     if top > 0:
         audio = (audio * (peak / top)).astype(np.float32)
