@@ -213,14 +213,19 @@ def extract_features(utterance, config=None):
     Log energies are in dB, floored 80 dB below the utterance's loudest bin so digital silence
     (exact zeros, common in synthetic speech) gives finite values.
     """
-    import librosa
-
     config = _check_config(config)
     audio = _resampled(utterance, config)
     if audio.shape[0] == 0:
         raise ValueError(f"Utterance {utterance.id!r} has no audio samples.")
     if not np.all(np.isfinite(audio)):
         raise ValueError(f"Utterance {utterance.id!r}: audio contains NaN or infinite samples.")
+    with _single_threaded_blas():
+        return _extract(audio, config)
+
+
+def _extract(audio, config):
+    import librosa
+
     spectrum = librosa.stft(
         audio,
         n_fft=config.n_fft,
@@ -231,8 +236,8 @@ def extract_features(utterance, config=None):
         pad_mode="constant",
     )
     power = spectrum.real**2 + spectrum.imag**2
-    # A plain matmul with a cached filterbank: librosa.feature.melspectrogram's einsum path is
-    # ~30x slower here, and recomputing the filterbank per utterance adds up over a corpus.
+    # librosa.feature.melspectrogram rebuilds the filterbank on every call and projects with
+    # einsum; a cached filterbank and one matmul is several times faster over a corpus.
     mel = _mel_basis(config.sample_rate, config.n_fft, config.n_mels) @ power
     log_mel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=80.0)
     if config.kind == "mfcc":
@@ -357,17 +362,25 @@ def cache_dir():
     return Path(os.environ.get("KERAS_TOPOMAP_CACHE") or Path.home() / ".cache" / "keras_topomap")
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # optional: scikit-learn (a librosa dependency) brings it
+        return None
+    return ThreadpoolController()  # inspecting the loaded libraries is slow: do it once
+
+
 def _single_threaded_blas():
-    """Limit BLAS to one thread while extracting many utterances.
+    """Limit BLAS to one thread while extracting features.
 
     The per-utterance matrices are small; multi-threaded OpenBLAS spends its time synchronising
-    (measured 10x slower for the mel projection on 2 busy cores).
+    (measured 4-10x slower per utterance on 2 busy cores).
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: scikit-learn (a librosa dependency) brings it
+    controller = _blas_controller()
+    if controller is None:
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return controller.limit(limits=1, user_api="blas")
 
 
 @dataclasses.dataclass
@@ -413,13 +426,12 @@ class FeatureSet:
 
             bar = keras.utils.Progbar(len(utterances), unit_name="utterance")
         feats, labels = [], []
-        with _single_threaded_blas():
-            for i, utt in enumerate(utterances):
-                x = extract_features(utt, config)
-                feats.append(x)
-                labels.append(frame_labels(utt, len(x), config))
-                if bar is not None and ((i + 1) % 50 == 0 or i + 1 == len(utterances)):
-                    bar.update(i + 1)
+        for i, utt in enumerate(utterances):
+            x = extract_features(utt, config)
+            feats.append(x)
+            labels.append(frame_labels(utt, len(x), config))
+            if bar is not None and ((i + 1) % 50 == 0 or i + 1 == len(utterances)):
+                bar.update(i + 1)
         return cls(
             ids=[u.id for u in utterances],
             speakers=[u.speaker for u in utterances],
