@@ -406,7 +406,10 @@ class ActivationGradients:
 
         def step(x, *extras):
             with torch.enable_grad():
-                if self.input_gradient:
+                if self.input_gradient or self.layer_gradients:
+                    # Also when only activations are differentiated: a weightless path from the
+                    # input must still be on the autograd tape. Unrequested input gradients are
+                    # pruned by the engine.
                     x = x.detach().requires_grad_(True)
                 outputs = model(x, training=False)
                 acts, out = self._split(outputs)

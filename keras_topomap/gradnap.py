@@ -28,7 +28,8 @@ topographic grid (the paper's Figure 1B). Definitions (``method.md`` §2 of the 
 - Time-resolved view (``window=w``): for every occurrence of a group (a run of equal input frame
   labels), the ``2w + 1`` layer frames around the layer frame nearest the run's centre are
   averaged per group -> ``(n_groups, 2w + 1, n_filters)``; positions outside the utterance do not
-  count.
+  count. ``anchor="saliency"`` centres the window instead on the occurrence's layer frame of
+  highest saliency (mean over filters of ``|g|``), as in the authors' later code.
 
 Batches: ``(x, frame_labels)`` with ``x`` float ``(B, T, F)`` and ``frame_labels`` int ``(B, T)``
 (``-1`` = none), as :class:`keras_topomap.datasets.SpeechBatches` yields with ``mode="frames"``;
@@ -123,6 +124,9 @@ class GradNAP:
             :class:`~keras_topomap.TopographicRegularizer` (and to override theirs).
         batch_size: rows per step; also used to split array data given to :meth:`fit`.
         window: half width ``w`` of the time-resolved profiles (None: off).
+        anchor: where the window of an occurrence is centred: ``"center"`` (the layer frame
+            nearest the occurrence's centre) or ``"saliency"`` (its layer frame of highest mean
+            ``|g|``; needs gradients, i.e. ``adjust != "none"``).
         blank: the CTC blank class (skipped by ``target="prediction"``; 0 for keras' CTC).
         time_bucket: pad the time axis to a multiple of this (bounds JAX compilations).
         verbose: 1 shows a progress bar during :meth:`fit`.
@@ -152,6 +156,7 @@ class GradNAP:
         grids=None,
         batch_size=None,
         window=None,
+        anchor="center",
         blank=0,
         time_bucket=32,
         verbose=1,
@@ -188,6 +193,13 @@ class GradNAP:
         if window is not None and (not isinstance(window, (int, np.integer)) or window < 0):
             raise ValueError(f"window must be a non-negative integer. Received: window={window!r}")
         self.window = None if window is None else int(window)
+        _check_choice("anchor", anchor, ("center", "saliency"))
+        if anchor == "saliency" and adjust == "none":
+            raise ValueError(
+                "anchor='saliency' needs gradients; use adjust='gradient' or 'abs_gradient'. "
+                "Received: adjust='none'"
+            )
+        self.anchor = anchor
         if not isinstance(time_bucket, (int, np.integer)) or time_bucket < 1:
             raise ValueError(f"time_bucket must be a positive integer. Received: {time_bucket!r}")
         self.time_bucket = int(time_bucket)
@@ -326,12 +338,16 @@ class GradNAP:
         layers = self.layers
         adjust = self.adjust
         keep_frames = self.window is not None
+        keep_saliency = keep_frames and self.anchor == "saliency"
 
         def reduce(result, *extras):
             onehots = extras[n_target_extras:]
-            sums, frames = {}, {}
+            sums, frames, saliency = {}, {}, {}
             for name, onehot in zip(layers, onehots):
                 a = ops.cast(result.activations[name], "float32")
+                if keep_saliency:
+                    g_abs = ops.abs(ops.cast(result.gradients[name], "float32"))
+                    saliency[name] = ops.mean(g_abs, axis=-1)
                 if adjust == "gradient":
                     a = a * ops.cast(result.gradients[name], "float32")
                 elif adjust == "abs_gradient":
@@ -339,7 +355,7 @@ class GradNAP:
                 sums[name] = ops.einsum("btg,btf->gf", onehot, a)
                 if keep_frames:
                     frames[name] = a
-            return {"sums": sums, "frames": frames, "value": result.value}
+            return {"sums": sums, "frames": frames, "saliency": saliency, "value": result.value}
 
         needs_grad = adjust != "none"
         step = ActivationGradients(
@@ -546,7 +562,8 @@ class GradNAP:
             lab = layer_labels[name]
             self._counts[name] += np.bincount(lab[lab >= 0], minlength=g)[:g]
             if self.window is not None:
-                self._accumulate_windows(name, timing[name], padded, result["frames"][name], g)
+                self._accumulate_windows(name, timing[name], padded, result["frames"][name], g,
+                                         result["saliency"].get(name))
         self.n_frames_ += int((batch.labels >= 0).sum())
         self.target_total_ += float(result["value"])
 
@@ -571,8 +588,8 @@ class GradNAP:
                 "CTC loss would be infinite."
             )
 
-    def _accumulate_windows(self, name, lt, padded, frames, g):
-        """Averages +-window layer frames around each occurrence's centre (vectorised)."""
+    def _accumulate_windows(self, name, lt, padded, frames, g, saliency=None):
+        """Averages +-window layer frames around each occurrence's anchor (vectorised)."""
         labels = padded.labels
         rows, t = labels.shape
         prev = np.concatenate([np.full((rows, 1), -2), labels[:, :-1]], axis=1)
@@ -585,6 +602,8 @@ class GradNAP:
         group = labels[starts[:, 0], starts[:, 1]]
         centre = (starts[:, 1] + ends[:, 1]) / 2.0
         anchor = np.floor((centre - lt.offset) / lt.stride + 0.5).astype(np.int64)
+        if saliency is not None:
+            anchor = _saliency_anchor(saliency, lt, b, starts[:, 1], ends[:, 1], anchor)
         w = self.window
         idx = anchor[:, None] + np.arange(-w, w + 1)[None, :]  # (n_occ, 2w+1)
         frame_in_input = np.floor(idx * lt.stride + lt.offset)
@@ -711,6 +730,7 @@ class GradNAP:
             "grids": {k: list(v) for k, v in self.grids_.items()},
             "n_filters": self.n_filters_,
             "window": self.window,
+            "anchor": self.anchor,
             "blank": self.blank,
             "time_bucket": self.time_bucket,
             "n_frames": self.n_frames_,
@@ -728,7 +748,8 @@ class GradNAP:
         if not parts:
             raise ValueError("GradNAP.merge needs at least one GradNAP.")
         first = parts[0]
-        keys = ("layers", "target", "adjust", "baseline", "grids", "window", "n_filters")
+        keys = ("layers", "target", "adjust", "baseline", "grids", "window", "anchor",
+                "n_filters")
         ref = {k: first._config()[k] for k in keys}
         for i, part in enumerate(parts[1:], start=1):
             other = {k: part._config()[k] for k in keys}
@@ -816,7 +837,8 @@ class GradNAP:
             model, config["layers"], target=target, adjust=config["adjust"],
             baseline=config["baseline"], group_names=config["group_names"],
             n_groups=config["n_groups"] or None, grids=grids if model is not None else None,
-            window=config["window"], blank=config["blank"], time_bucket=config["time_bucket"],
+            window=config["window"], anchor=config.get("anchor", "center"),
+            blank=config["blank"], time_bucket=config["time_bucket"],
         )
         gn.target = config["target"] if config["target"] == "callable" else target
         if model is None:
@@ -869,6 +891,22 @@ def _profiles(sums, counts, baseline):
     base = np.where(n_present > 0, base, 0.0)
     profiles = np.where(present[..., None], means - base, 0.0)
     return profiles, means, base
+
+
+def _saliency_anchor(saliency, lt, rows, starts, ends, fallback):
+    """Per occurrence, the layer frame of highest saliency among the layer frames attributed to
+    it (centre input frame in ``[start, end]``); ``fallback`` where it has none."""
+    lo = np.maximum(np.ceil((starts - lt.offset) / lt.stride), 0).astype(np.int64)
+    hi = np.minimum(np.ceil((ends + 1 - lt.offset) / lt.stride) - 1, lt.length - 1)
+    hi = hi.astype(np.int64)
+    has = hi >= lo
+    if not has.any():
+        return fallback
+    span = int((hi - lo + 1)[has].max())
+    idx = lo[:, None] + np.arange(span)[None, :]
+    inside = idx <= hi[:, None]
+    values = np.where(inside, saliency[rows[:, None], np.clip(idx, 0, lt.length - 1)], -np.inf)
+    return np.where(has, lo + np.argmax(values, axis=1), fallback)
 
 
 def _grown_copy(part, n_groups):

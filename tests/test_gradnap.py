@@ -241,6 +241,24 @@ def test_time_resolved_profiles_by_hand():
     np.testing.assert_allclose(gn.time_profiles_["id"][..., 0], means - means.mean(axis=0))
 
 
+@pytest.mark.backend
+def test_time_resolved_saliency_anchor_by_hand():
+    """Target sum(out**2) on an identity layer: g = 2x, saliency |2x|, adjusted a*g = 2x**2."""
+    x_in = keras.Input((None, 1))
+    model = keras.Model(x_in, L.Activation("linear", name="id")(x_in))
+    x = np.array([1, 5, 2, 0, 3, 1, 7, 4, 0, 0], "float32").reshape(1, 10, 1)
+    labels = np.array([[0, 0, 0, 1, 1, 1, 0, 0, -1, -1]])
+    gn = GradNAP(model, ["id"], window=1, anchor="saliency", grids={"id": (1, 1)}, n_groups=2,
+                 target=lambda out: ops.sum(out**2), verbose=0).fit([(x, labels)])
+    # peaks: frame 1 (g0), frame 4 (g1), frame 6 (g0; the centre anchor would pick 7)
+    np.testing.assert_array_equal(gn.time_counts_["id"], [[2, 2, 2], [1, 1, 1]])
+    means = np.array([[(2 + 2) / 2, (50 + 98) / 2, (8 + 32) / 2], [0, 18, 2]])
+    np.testing.assert_allclose(gn.time_profiles_["id"][..., 0], means - means.mean(axis=0),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="anchor='saliency' needs gradients"):
+        GradNAP(model, ["id"], window=1, anchor="saliency", adjust="none", grids={"id": (1, 1)})
+
+
 def test_save_load_round_trip(tmp_path):
     model = _planted_model()
     names = [f"g{k}" for k in range(9)]
@@ -307,6 +325,7 @@ def test_errors(tmp_path):
         (dict(batch_size=0), "batch_size must be"),
         (dict(window=-1), "window must be"),
         (dict(time_bucket=0), "time_bucket must be"),
+        (dict(anchor="peak"), "anchor must be one of"),
     ]:
         with pytest.raises(ValueError, match=match):
             GradNAP(model, ["topo"], **kwargs)
