@@ -5,8 +5,9 @@ Builds the paper-size Wav2Letter stack (Conv1D 256x48 stride 2, seven 256x7, 204
 features with random phone labels, and times
 
 - ``model.predict`` over all batches (after a warm-up call), and
-- ``GradNAP.partial_fit`` over the same batches for every conv layer at once (after a warm-up
-  batch, so compilation is excluded on both sides),
+- ``GradNAP.fit`` over the same batches for every hidden conv layer at once (after a warm-up
+  batch, so compilation is excluded on both sides), and the plain NAP (``adjust="none"``, no
+  backward pass),
 
 interleaved ``--repeats`` times; the best time of each is reported with their ratio (target:
 <= 2.0). Run one backend per process::
@@ -63,10 +64,12 @@ def run(config, n_batches, batch_size, n_frames, repeats):
                for i in range(0, len(x), batch_size)]
     grids = {name: grid.infer_grid(model.get_layer(name).filters) for name in names}
     gn = GradNAP(model, names, grids=grids, n_groups=39, verbose=0)
+    nap = GradNAP(model, names, grids=grids, n_groups=39, adjust="none", verbose=0)
 
     model.predict(x[:batch_size], batch_size=batch_size, verbose=0)  # warm-up / compile
     gn.partial_fit(batches[:1])  # warm-up / compile
-    predict_times, gradnap_times = [], []
+    nap.partial_fit(batches[:1])
+    predict_times, gradnap_times, nap_times = [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         model.predict(x, batch_size=batch_size, verbose=0)
@@ -74,7 +77,10 @@ def run(config, n_batches, batch_size, n_frames, repeats):
         t0 = time.perf_counter()
         gn.fit(batches)
         gradnap_times.append(time.perf_counter() - t0)
-    best_p, best_g = min(predict_times), min(gradnap_times)
+        t0 = time.perf_counter()
+        nap.fit(batches)
+        nap_times.append(time.perf_counter() - t0)
+    best_p, best_g, best_n = min(predict_times), min(gradnap_times), min(nap_times)
     return {
         "backend": keras.backend.backend(),
         "config": config,
@@ -84,6 +90,8 @@ def run(config, n_batches, batch_size, n_frames, repeats):
         "predict_s": round(best_p, 3),
         "gradnap_s": round(best_g, 3),
         "ratio": round(best_g / best_p, 2),
+        "nap_s": round(best_n, 3),
+        "nap_ratio": round(best_n / best_p, 2),
     }
 
 
@@ -115,11 +123,13 @@ def main(argv=None):
 
 
 def print_table(rows):
-    print("| backend | config | layers | data | predict (s) | GradNAP (s) | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("| backend | config | layers | data | predict (s) | GradNAP (s) | ratio | NAP (s) "
+          "| ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['backend']} | {r['config']} | {r['layers']} | {r['batches']} x {r['batch']} "
-              f"| {r['predict_s']} | {r['gradnap_s']} | {r['ratio']} |")
+              f"| {r['predict_s']} | {r['gradnap_s']} | {r['ratio']} | {r['nap_s']} "
+              f"| {r['nap_ratio']} |")
 
 
 if __name__ == "__main__":
