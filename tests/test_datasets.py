@@ -139,6 +139,9 @@ def test_corpus_utterances_are_well_formed(corpus_all):
     words = [s.word for s in corpus_all[0].phones if s.word]
     assert set(words) == set(corpus_all[0].transcript.split())
     assert not corpus_all[0].audio.flags.writeable
+    assert load_tts_corpus("all")[0] is corpus_all[0]  # decoded once per process
+    datasets.clear_tts_corpus_cache()
+    assert load_tts_corpus("all")[0] is not corpus_all[0]
 
 
 def test_alignment_sanity_silence_quieter_and_labels_cover(corpus_all):

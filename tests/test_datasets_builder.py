@@ -148,7 +148,7 @@ def test_festival_script_sets_voice_and_variation(tmp_path):
     assert '(SynthText "Say \\"hi\\".")' in script
     hts = [{"id": "slt_0001", "voice": "cmu_us_slt_arctic_hts", "speech_text": "Hi.",
             "params": {"speed": 0.9, "halftones": -1.5}}]  # fmt: skip
-    assert "'(\"-r\" 0.9) '(\"-fm\" -1.5)" in build.festival_script(hts, hts[0]["voice"], tmp_path)
+    assert '\'("-r" 0.9) \'("-fm" -1.5)' in build.festival_script(hts, hts[0]["voice"], tmp_path)
 
 
 def test_main_tells_what_to_install_without_festival(capsys, tmp_path):
