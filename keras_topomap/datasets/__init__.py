@@ -31,6 +31,7 @@ from keras_topomap.datasets.corpus import (
     clear_tts_corpus_cache,
     load_tts_corpus,
     read_audio,
+    split_ids,
     tts_corpus_dir,
     tts_corpus_info,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "read_textgrid",
     "read_textgrid_corpus",
     "read_timit",
+    "split_ids",
     "text_to_labels",
     "tts_corpus_dir",
     "tts_corpus_info",
