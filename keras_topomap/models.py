@@ -19,8 +19,14 @@ name             layer (``"paper"`` config)
 ===============  ====================================================================
 
 All hidden layers use ReLU and ``"same"`` padding, so ``T`` input frames give ``ceil(T / 2)``
-output frames. With ``dropout > 0`` a ``Dropout`` layer named ``<conv name>_dropout`` follows
-every hidden convolution. With ``topographic=True`` every hidden convolution carries a
+output frames. The strided first layer has an *even* width in every config: with ``"same"``
+padding an odd width at stride 2 would shift the frame grid by one input frame between odd and
+even ``T``, so an utterance's transcript would depend on how much it was padded in a batch.
+Zero padding after an utterance still changes the outputs of its last frames (those whose
+receptive field reaches into the padding), as for any convolutional recognizer.
+
+With ``dropout > 0`` a ``Dropout`` layer named ``<conv name>_dropout`` follows every hidden
+convolution. With ``topographic=True`` every hidden convolution carries a
 :class:`~keras_topomap.TopographicRegularizer` on its kernel; its grid is in :data:`CONFIGS`
 (``paper``: 16 x 16 for the 256-filter layers, 64 x 32 for the 2048-filter ones).
 
@@ -106,7 +112,7 @@ class Wav2LetterConfig:
 CONFIGS = {
     "paper": Wav2LetterConfig("paper", 256, 48, 2, 7, 256, 7, 2048, 32, (16, 16), (64, 32)),
     "small": Wav2LetterConfig("small", 64, 48, 2, 7, 64, 7, 256, 32, (8, 8), (16, 16)),
-    "tiny": Wav2LetterConfig("tiny", 16, 11, 2, 2, 16, 5, 32, 7, (4, 4), (8, 4)),
+    "tiny": Wav2LetterConfig("tiny", 16, 12, 2, 2, 16, 5, 32, 7, (4, 4), (8, 4)),
 }
 
 

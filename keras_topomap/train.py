@@ -673,7 +673,8 @@ def train(config=None, data=None, **overrides):
     )
     batches.set_epoch(state["epochs_done"])
     val_batches = _eval_batches(val_set, config.batch_size, config.pad_to_multiple)
-    val_prefix = "val" if config.val_fraction > 0 else "train"
+    # Without a held-out split (val_fraction=0) the "validation" utterances are training ones.
+    val_prefix = "train" if data is None and config.val_fraction == 0 else "val"
     monitor = f"{val_prefix}_cer"
 
     callbacks = [
@@ -740,7 +741,7 @@ def train(config=None, data=None, **overrides):
     results = {
         "test": test,
         "validation": validation,
-        "validation_split": "held-out sentences" if config.val_fraction > 0 else "training",
+        "validation_split": "training utterances" if val_prefix == "train" else "held out",
         "topography": topography,
         "penalty": penalties,
         "training_seconds": state["seconds"],
