@@ -4,10 +4,12 @@ Lay a layer's filters out on a 2D grid, make neighbouring filters similar with
 :class:`TopographicRegularizer`, and read activations as smooth topographic maps.
 """
 
-from keras_topomap import grid, metrics
+from keras_topomap import ctc, grid, metrics, models
 from keras_topomap.callbacks import TopoMapCallback
+from keras_topomap.ctc import CTCLoss, transcribe
 from keras_topomap.gradnap import GradNAP
 from keras_topomap.metrics import topography_score, topography_test
+from keras_topomap.models import wav2letter
 from keras_topomap.optimal_inputs import OptimalInputs, optimal_inputs
 from keras_topomap.receptive_field import LayerTiming, receptive_fields
 from keras_topomap.regularizers import (
@@ -28,6 +30,11 @@ __all__ = [
     "TopographicRegularizer",
     "grid",
     "metrics",
+    "models",
+    "ctc",
+    "wav2letter",
+    "CTCLoss",
+    "transcribe",
     "topographic_layers",
     "topographic_penalty",
     "topography_score",
