@@ -19,9 +19,9 @@ per grid); ``v`` is built straight from the raw kernel (``beta_cj / ||k_j||`` we
 copies of ``k``), so ``u`` is never materialised. ``v`` is also, up to the normalisation's
 projection, the gradient, so the penalty carries a hand-written gradient
 (:func:`keras.ops.custom_gradient`) that reuses it: value and gradient together read the kernel
-a few times and write one kernel-sized buffer. Large kernels are processed in slabs of rows (no
-loop over filters): memory, not arithmetic, is the cost, and slab-sized temporaries are recycled
-by the allocator while kernel-sized ones are fresh pages every step.
+a few times and write ``v`` and the gradient. The neighbour sum of a large kernel is built in
+slabs of rows (no loop over filters): memory, not arithmetic, is the cost, and slab-sized
+temporaries are recycled by the allocator while kernel-sized ones are fresh pages every step.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ __all__ = ["TopographicRegularizer", "topographic_layers", "topographic_penalty"
 _REDUCTIONS = ("sum", "mean")
 
 
-# Work on the kernel in slabs of at most this many elements (16 MB in float32). Every temporary
-# of the penalty is then slab-sized: the allocator recycles those blocks step after step, whereas a
-# buffer the size of a big kernel (64 MB for the paper's 2048x32 layer) is a fresh memory mapping
-# each time, and its page faults -- not the arithmetic -- dominated the cost.
+# The neighbour sum of a large kernel is built in slabs of rows of at most this many elements
+# (16 MB in float32): its padded copy and partial sums are then slab-sized blocks the allocator
+# recycles step after step, whereas a buffer the size of a big kernel (64 MB for the paper's
+# 2048x32 layer) is a fresh memory mapping, whose page faults cost more than the arithmetic.
 _SLAB_ELEMENTS = 1 << 22
 
 
@@ -138,32 +138,27 @@ def topographic_penalty(kernel, grid, size=3, wrap=False, epsilon=1e-7):
     def _penalty(k):
         k2 = ops.reshape(k, (depth, n_filters))
         slabs = [k2[lo:hi] for lo, hi in bounds] if len(bounds) > 1 else [k2]
-        sq_norm = None
-        for slab in slabs:
-            part = ops.sum(ops.square(slab), axis=0)
-            sq_norm = part if sq_norm is None else sq_norm + part
+        # Whole-kernel reductions: fewer operations than per slab (in eager TF/torch each one
+        # pays a thread-pool round trip), and XLA reads the kernel in place.
+        sq_norm = ops.sum(ops.square(k2), axis=0)
         inv_norm = ops.rsqrt(sq_norm + epsilon)  # (F,)
         # v_c = sum_j beta_cj u_j with u = k / ||k||: the weights of the raw neighbours k_j.
         coefficients = ops.convert_to_tensor(weights_np) * ops.take(
             inv_norm, ops.convert_to_tensor(gather_np)
         )
         v_parts = [_neighbour_sum(slab, shifts, coefficients) for slab in slabs]
-        kv = None  # <k_c, v_c>
-        for slab, v in zip(slabs, v_parts):
-            part = ops.sum(slab * v, axis=0)
-            kv = part if kv is None else kv + part
+        v = ops.concatenate(v_parts, axis=0) if len(v_parts) > 1 else v_parts[0]
+        kv = ops.sum(k2 * v, axis=0)
         uv = inv_norm * kv  # <u_c, v_c> = sum_j beta_cj cos(c, j)
         value = n_centres - 0.5 * ops.sum(uv)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            # d(-1/2 sum <u, v>)/dk = -(v - <u, v> u) / ||k||   (projection of the unit norm);
-            # per slab, so the only kernel-sized buffer is the gradient itself.
+            # d(-1/2 sum <u, v>)/dk = -(v - <u, v> u) / ||k||   (projection of the unit norm)
             scale = inv_norm * ops.cast(upstream, "float32")
             along_k = uv * inv_norm * scale
-            g = [slab * along_k - v * scale for slab, v in zip(slabs, v_parts)]
-            g = ops.concatenate(g, axis=0) if len(g) > 1 else g[0]
+            g = k2 * along_k - v * scale
             return ops.reshape(g, shape)
 
         return value, grad
