@@ -12,7 +12,9 @@ Usage::
     python benchmarks/regularizer_overhead.py                 # all three backends, one process each
     python benchmarks/regularizer_overhead.py --backend jax --steps 20
 
-Prints one table row per backend (median step times, their ratio, the penalty's own time).
+Prints one table row per backend: median step times and their ratio, the median of paired
+step ratios, the ratio of median process CPU times per step (less sensitive to other jobs on a
+shared machine), the penalty's own time, and the 1-minute load average while it ran.
 """
 
 from __future__ import annotations
@@ -112,14 +114,17 @@ def measure(backend, steps, warmup):
         plain.train_on_batch(x, y)
         topo.train_on_batch(x, y)
     times = {"plain": [], "topo": []}
+    cpu_times = {"plain": [], "topo": []}  # process CPU time: less sensitive to other jobs
+    load_before = os.getloadavg()[0]
     for i in range(steps):  # interleaved, alternating which goes first
         order = [("plain", plain), ("topo", topo)]
         if i % 2:
             order.reverse()
         for name, model in order:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             model.train_on_batch(x, y)
             times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - cpu_start)
     run = penalty_timer(topo)
     for _ in range(warmup):
         run()
@@ -133,6 +138,7 @@ def measure(backend, steps, warmup):
     # Paired ratios (each topographic step against the plain step next to it) are robust to
     # slow drifts in machine load.
     paired = np.median(np.array(times["topo"]) / np.array(times["plain"]))
+    cpu_ratio = np.median(cpu_times["topo"]) / np.median(cpu_times["plain"])
     return {
         "backend": backend,
         "keras": keras.__version__,
@@ -141,7 +147,9 @@ def measure(backend, steps, warmup):
         "topo_ms": round(topo_ms, 1),
         "ratio_of_medians": round(topo_ms / plain_ms, 3),
         "paired_ratio": round(float(paired), 3),
+        "cpu_ratio": round(float(cpu_ratio), 3),
         "penalty_value_and_grad_ms": round(1000 * float(np.median(reg_times)), 1),
+        "load_average": round((load_before + os.getloadavg()[0]) / 2, 1),
         "steps": steps,
     }
 
@@ -177,14 +185,15 @@ def main(argv=None):
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(
         "| backend | step without (ms) | step with (ms) | ratio (medians) | paired ratio "
-        "| penalty value+grad (ms) | date |"
+        "| CPU-time ratio | penalty value+grad (ms) | load average | date |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     date = time.strftime("%Y-%m-%d")
     for r in rows:
         print(
             f"| {r['backend']} | {r['plain_ms']} | {r['topo_ms']} | {r['ratio_of_medians']} "
-            f"| {r['paired_ratio']} | {r['penalty_value_and_grad_ms']} | {date} |"
+            f"| {r['paired_ratio']} | {r['cpu_ratio']} | {r['penalty_value_and_grad_ms']} "
+            f"| {r['load_average']} | {date} |"
         )
 
 
