@@ -808,6 +808,8 @@ def build_parser():
     p.add_argument("--max-eval", type=int, default=None, help="use N val/test utterances")
     p.add_argument("--features", default=defaults.features, choices=("logmel", "mfcc"))
     p.add_argument("--n-mels", type=int, default=defaults.n_mels)
+    p.add_argument("--pad-to-multiple", type=int, default=defaults.pad_to_multiple,
+                   help="pad batch lengths to a multiple of this (fewer compiled shapes)")
     p.add_argument("--n-permutations", type=int, default=defaults.n_permutations)
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     p.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2))
