@@ -244,9 +244,11 @@ class ActivationGradients:
         include_output: run the model to its output (False stops at the deepest tapped layer).
         jit: compile (``tf.function`` / ``jax.jit``); False runs eagerly (debugging).
         fast_conv_grad: JAX only. XLA's CPU backend computes the input gradient of a stride-1
-            ``Conv1D`` about 2x slower than the forward convolution; with this flag such layers
-            run through a ``jax.custom_vjp`` whose backward pass *is* a forward convolution (with
-            the flipped, transposed kernel). Same values, fewer seconds.
+            ``Conv1D`` about 2x slower than the forward convolution (it convolves with a
+            transposed *view* of the kernel); with this flag such layers run through a
+            ``jax.custom_vjp`` whose backward pass is a forward convolution with a flipped,
+            transposed kernel kept as a contiguous copy (refreshed when the weights change).
+            Same values, fewer seconds, one extra copy of those kernels in memory.
 
     Attributes:
         trace_count: how many times the step was traced (TensorFlow: 1 for any shapes; JAX: one
@@ -390,7 +392,11 @@ class ActivationGradients:
 
         compiled = jax.jit(step) if self.jit else step
 
+        fast_layers = [layer for layer in model.layers if isinstance(layer, _FastGradConv1D)]
+
         def call(x, *extras):
+            for layer in fast_layers:
+                layer.refresh()
             trainable = [v.value for v in model.trainable_variables]
             non_trainable = [v.value for v in model.non_trainable_variables]
             return compiled(trainable, non_trainable, x, *extras)
@@ -461,7 +467,8 @@ def _fast_conv_eligible(layer):
 
 
 def _conv1d_fast_vjp(kernel_size, pad_left, pad_right):
-    """A stride-1 NWC conv whose input gradient is computed as a forward conv."""
+    """A stride-1 NWC conv ``f(x, w, w_flipped)`` whose input gradient is a forward conv with
+    ``w_flipped`` (``w`` reversed along width, in/out channels swapped, stored contiguously)."""
     import jax
     import jax.numpy as jnp
 
@@ -472,28 +479,45 @@ def _conv1d_fast_vjp(kernel_size, pad_left, pad_right):
         return jax.lax.conv_general_dilated(x, w, (1,), [padding], dimension_numbers=numbers)
 
     @jax.custom_vjp
-    def f(x, w):
+    def f(x, w, w_flipped):
         return conv(x, w, (pad_left, pad_right))
 
-    def f_fwd(x, w):
-        return f(x, w), (x, w)
+    def f_fwd(x, w, w_flipped):
+        return f(x, w, w_flipped), (x, w, w_flipped)
 
     def f_bwd(residuals, cotangent):
-        x, w = residuals
+        x, w, w_flipped = residuals
         # d/dx of y[t] = sum_j x[t - pad_left + j] w[j]: correlate the cotangent with the
-        # flipped kernel (in/out channels swapped), padded by k - 1 - pad on each side.
-        flipped = jnp.swapaxes(jnp.flip(w, axis=0), 1, 2)
-        dx = conv(cotangent, flipped, (k - 1 - pad_left, k - 1 - pad_right))
-        # Weight gradient by XLA's own rule; dropped (dead code) when weights aren't requested.
+        # flipped kernel, padded by k - 1 - pad on each side.
+        dx = conv(cotangent, w_flipped, (k - 1 - pad_left, k - 1 - pad_right))
+        # Weight gradient by XLA's own rule; dead code (dropped) when weights aren't requested.
         dw = jax.vjp(lambda w_: conv(x, w_, (pad_left, pad_right)), w)[1](cotangent)[0]
-        return dx, dw
+        return dx, dw, jnp.zeros_like(w_flipped)
 
     f.defvjp(f_fwd, f_bwd)
     return f
 
 
+_FLIP = {}
+
+
+def _flip_kernel(kernel):
+    """``kernel[::-1].swapaxes(1, 2)`` as a contiguous array (computed outside the step: inside
+    a jit XLA keeps the transposed view, and its CPU convolution on that layout is ~2x slower)."""
+    import jax
+    import jax.numpy as jnp
+
+    if "fn" not in _FLIP:
+        _FLIP["fn"] = jax.jit(lambda w: jnp.swapaxes(jnp.flip(w, axis=0), 1, 2))
+    return _FLIP["fn"](kernel)
+
+
 class _FastGradConv1D(keras.layers.Layer):
-    """Calls a built stride-1 ``Conv1D`` (sharing its weights) through :func:`_conv1d_fast_vjp`."""
+    """Calls a built stride-1 ``Conv1D`` (sharing its weights) through :func:`_conv1d_fast_vjp`.
+
+    Holds the flipped kernel as a non-trainable weight (one extra copy of the kernel), refreshed
+    by :meth:`refresh` whenever the conv's kernel array changes.
+    """
 
     def __init__(self, conv):
         super().__init__(name=f"{conv.name}_fastgrad", dtype=conv.dtype_policy)
@@ -501,11 +525,26 @@ class _FastGradConv1D(keras.layers.Layer):
         k = int(conv.kernel_size[0])
         pads = {"valid": (0, 0), "causal": (k - 1, 0), "same": ((k - 1) // 2, k - 1 - (k - 1) // 2)}
         self._fn = _conv1d_fast_vjp(k, *pads[conv.padding])
+        kernel = conv.kernel
+        self._source = kernel.value
+        flipped = _flip_kernel(self._source)
+        self.flipped_kernel = self.add_weight(
+            name="flipped_kernel", shape=flipped.shape, dtype=kernel.dtype, trainable=False,
+            initializer=lambda shape, dtype: flipped,
+        )
         self.built = True
+
+    def refresh(self):
+        """Recomputes the flipped kernel if the conv's kernel was reassigned since."""
+        current = self.conv.kernel.value
+        if current is not self._source:
+            self.flipped_kernel.assign(_flip_kernel(current))
+            self._source = current
 
     def call(self, inputs):
         kernel = ops.cast(self.conv.kernel, inputs.dtype)
-        outputs = self._fn(inputs, kernel)
+        flipped = ops.cast(self.flipped_kernel, inputs.dtype)
+        outputs = self._fn(inputs, kernel, flipped)
         if self.conv.use_bias:
             outputs = outputs + ops.cast(self.conv.bias, outputs.dtype)
         if self.conv.activation is not None:

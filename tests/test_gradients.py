@@ -159,3 +159,8 @@ def test_fast_conv_gradient_path_matches_autodiff():
         np.testing.assert_allclose(a.activations[name], b.activations[name], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a.input_gradient, b.input_gradient, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a.output, b.output, rtol=1e-5, atol=1e-6)
+    # New weights (e.g. more training) reach the fast path's cached flipped kernels too.
+    layer = model.get_layer("c1")
+    layer.kernel.assign(np.random.default_rng(1).normal(size=layer.kernel.shape))
+    a, b = fast(xb), plain(xb)
+    np.testing.assert_allclose(a.gradients["c0"], b.gradients["c0"], rtol=1e-5, atol=1e-6)
