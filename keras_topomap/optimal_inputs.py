@@ -14,6 +14,10 @@ interpretable (smooth, bounded, free of high-frequency noise):
   ``jitter`` frames and rolled back, so the pattern must work at slightly different positions;
 - **value range**: values are clipped to ``value_range`` (normalised features rarely leave
   +-3 standard deviations).
+- **polish**: the last ``polish`` fraction of the steps (default 20%) skip blur and jitter and
+  take smaller steps, so every input ends at a maximum of its target; without it the result is
+  whatever the last blur left, and comparisons between inputs (is a filter's own input its best?
+  does the joint input beat every single-filter input on the region?) become a matter of luck.
 
 The *target* is the activation of a filter of ``layer`` at the layer's **centre time step**: the
 layer frame whose receptive field sits in the middle of the input window. With ``filters`` each
@@ -67,6 +71,9 @@ __all__ = ["OptimalInputs", "optimal_inputs"]
 #: that a filter whose ReLU is off still moves (does not change where the ReLU is on much).
 _LEAK = 0.01
 
+#: Step size of the polishing steps relative to ``learning_rate``.
+_POLISH_RATE = 0.2
+
 
 class OptimalInputs:
     """Activation maximisation for filters of one layer (scikit-learn style: ``fit()`` -> self).
@@ -94,6 +101,13 @@ class OptimalInputs:
         jitter: largest random time shift (frames) per step (0 disables).
         value_range: ``(low, high)`` bounds on input values (None: unbounded). The default suits
             per-utterance normalised features (:class:`keras_topomap.datasets.FeatureConfig`).
+        polish: fraction of the steps, at the end, run without blur and jitter at a fifth of
+            the step size (decay, clipping and bounds stay), so each input ends at a maximum of
+            its target rather than just after a blur (0: regularise to the last step, as
+            Yosinski et al.).
+        restarts: random starts per target, optimised together as extra rows of the batch; the
+            one reaching the highest activation is kept. Default: 8 with ``joint`` (one target,
+            so extra starts are nearly free and a sum of filters has more local maxima), else 1.
         init_scale: standard deviation of the random start.
         grid: ``(H, W)`` grid of the layer for ``region=(center, size)``; default: the grid of
             the layer's :class:`~keras_topomap.TopographicRegularizer`.
@@ -111,7 +125,8 @@ class OptimalInputs:
         center_frame_: the layer frame (of the original model on ``T`` frames) that is the
             target.
         receptive_field_: the layer's receptive field in input frames.
-        history_: float ``(steps, n)``: the (surrogate) target per input after each step.
+        history_: float ``(steps, n)``: the (surrogate) target per input at each step (of the
+            kept start).
         cone_: True if the cone model was used.
 
     Example:
@@ -125,8 +140,8 @@ class OptimalInputs:
 
     def __init__(self, model, layer, filters=None, region=None, joint=False, length=None,
                  steps=200, learning_rate=0.5, l2=1e-4, blur=1.0, blur_every=4, clip=0.0,
-                 jitter=4, value_range=(-3.0, 3.0), init_scale=0.1, grid=None, seed=0,
-                 cone=True, progress=False):
+                 jitter=4, value_range=(-3.0, 3.0), polish=0.2, restarts=None, init_scale=0.1,
+                 grid=None, seed=0, cone=True, progress=False):
         self.model = model
         self.layer = layer
         self.filters = filters
@@ -141,6 +156,8 @@ class OptimalInputs:
         self.clip = clip
         self.jitter = jitter
         self.value_range = value_range
+        self.polish = polish
+        self.restarts = restarts
         self.init_scale = init_scale
         self.grid = grid
         self.seed = seed
@@ -162,7 +179,9 @@ class OptimalInputs:
         self._steps = positive_int("steps", self.steps)
         self._blur_every = positive_int("blur_every", self.blur_every)
         self._jitter = positive_int("jitter", self.jitter, minimum=0)
-        for name in ("learning_rate", "l2", "blur", "clip", "init_scale"):
+        restarts = (8 if self.joint else 1) if self.restarts is None else self.restarts
+        self._restarts = positive_int("restarts", restarts)
+        for name in ("learning_rate", "l2", "blur", "clip", "polish", "init_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.number)) or not math.isfinite(value) or (
                 value < 0
@@ -175,10 +194,10 @@ class OptimalInputs:
             raise ValueError(
                 f"OptimalInputs: learning_rate must be > 0. Received: {self.learning_rate!r}"
             )
-        if not (0 <= self.l2 < 1 and 0 <= self.clip < 1):
+        if not (0 <= self.l2 < 1 and 0 <= self.clip < 1 and 0 <= self.polish <= 1):
             raise ValueError(
-                f"OptimalInputs: l2 and clip must lie in [0, 1). Received: l2={self.l2!r}, "
-                f"clip={self.clip!r}"
+                f"OptimalInputs: l2 and clip must lie in [0, 1), polish in [0, 1]. Received: "
+                f"l2={self.l2!r}, clip={self.clip!r}, polish={self.polish!r}"
             )
         if self.value_range is not None:
             low, high = (float(v) for v in self.value_range)
@@ -447,10 +466,16 @@ class OptimalInputs:
         else:
             step = _objective(self.model, self.layer, center, None)
 
-        x = self._optimise(step, weights, length, n_features)
-        response = self.layer_response(x)
-        self.inputs_ = x
-        self.activations_ = np.sum(response * weights, axis=1)
+        # Restarts are extra rows of the same batch; the best start of each target is kept.
+        restarts = self._restarts
+        starts_weights = np.repeat(weights, restarts, axis=0)
+        x = self._optimise(step, starts_weights, length, n_features)
+        achieved = np.sum(self.layer_response(x) * starts_weights, axis=1)
+        first = np.arange(len(weights)) * restarts
+        best = first + np.argmax(achieved.reshape(-1, restarts), axis=1)
+        self.inputs_ = x[best]
+        self.activations_ = achieved[best]
+        self.history_ = self.history_[:, best]
         self.filters_ = filters.copy()
         self.region_ = region
         self.center_frame_ = center
@@ -477,8 +502,13 @@ class OptimalInputs:
         rows = np.arange(n)[:, None]
         frames = np.arange(length)[None, :]
         bar = keras.utils.Progbar(self._steps, unit_name="step") if self.progress else None
+        # The last `polish` fraction of steps: no blur or jitter, a fifth of the step size, so
+        # the input ends at a maximum of its (decayed, bounded) target, not just after a blur.
+        start_polish = int(round(self._steps * (1 - self.polish)))
         for i in range(self._steps):
-            if self._jitter:
+            polishing = i >= start_polish
+            lr = self.learning_rate * (_POLISH_RATE if polishing else 1.0)
+            if self._jitter and not polishing:
                 shift = rng.integers(-self._jitter, self._jitter + 1, size=n)
                 index = (frames - shift[:, None]) % length  # row r: x rolled by shift[r]
                 grad, value = step(x[rows, index], weights)
@@ -488,10 +518,10 @@ class OptimalInputs:
             else:
                 grad, value = step(x, weights)
             rms = np.sqrt(np.mean(np.square(grad), axis=(1, 2), keepdims=True))
-            x = x + self.learning_rate * grad / (rms + 1e-12)
+            x = x + lr * grad / (rms + 1e-12)
             if self.l2:
                 x *= 1.0 - self.l2
-            if kernel is not None and (i + 1) % self._blur_every == 0:
+            if kernel is not None and (i + 1) % self._blur_every == 0 and not polishing:
                 x = _blur(x, kernel)
             if self.clip:
                 cut = np.quantile(np.abs(x), self.clip, axis=(1, 2), keepdims=True)
@@ -591,8 +621,8 @@ def _blur(x, kernel):
 
 def optimal_inputs(model, layer, filters=None, region=None, joint=False, length=None, steps=200,
                    learning_rate=0.5, l2=1e-4, blur=1.0, blur_every=4, jitter=4, seed=0, *,
-                   clip=0.0, value_range=(-3.0, 3.0), init_scale=0.1, grid=None, cone=True,
-                   progress=False, return_activations=False):
+                   clip=0.0, value_range=(-3.0, 3.0), polish=0.2, restarts=None, init_scale=0.1,
+                   grid=None, cone=True, progress=False, return_activations=False):
     """Inputs that maximally drive filters of ``layer`` (see :class:`OptimalInputs`).
 
     Returns:
@@ -611,7 +641,8 @@ def optimal_inputs(model, layer, filters=None, region=None, joint=False, length=
     fitted = OptimalInputs(
         model, layer, filters=filters, region=region, joint=joint, length=length, steps=steps,
         learning_rate=learning_rate, l2=l2, blur=blur, blur_every=blur_every, clip=clip,
-        jitter=jitter, value_range=value_range, init_scale=init_scale, grid=grid, seed=seed,
+        jitter=jitter, value_range=value_range, polish=polish, restarts=restarts,
+        init_scale=init_scale, grid=grid, seed=seed,
         cone=cone, progress=progress,
     ).fit()
     if return_activations:

@@ -17,7 +17,7 @@ N_FEATURES = 20
 N_CLASSES = 5
 LAYER = "conv_big_1"  # 32 filters on an 8 x 4 grid in the tiny config
 GRID = (8, 4)
-FAST = dict(steps=120)  # enough for the tiny model; the defaults are for real ones
+FAST = dict(steps=80)  # enough for the tiny model; the defaults are for real ones
 
 
 def synthetic_speech(n, frames, rng):
@@ -50,7 +50,7 @@ def trained():
         optimizer=keras.optimizers.Adam(1e-2),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    model.fit(x, labels[:, ::2], epochs=12, batch_size=16, verbose=0)
+    model.fit(x, labels[:, ::2], epochs=10, batch_size=32, verbose=0)
     taps = keras.Model(model.input, model.get_layer(LAYER).output)
     acts = keras.ops.convert_to_numpy(taps(x[:48], training=False))
     return model, acts.reshape(-1, acts.shape[-1]).mean(axis=0)
@@ -61,6 +61,13 @@ def live_filters(mean_activation, k):
     alive = np.flatnonzero(mean_activation > 0.05 * mean_activation.max())
     assert len(alive) >= k, "the trained fixture model has too few live filters"
     return alive[np.unique(np.linspace(0, len(alive) - 1, k).round().astype(int))]
+
+
+def frame_fits(model, length, layer=LAYER):
+    """Whether some frame of ``layer`` has its receptive field inside ``length`` input frames."""
+    timing = receptive_fields(model, n_frames=length)[layer]
+    starts = timing.centers(timing.length) - (timing.size - 1) / 2
+    return bool(np.any((starts >= 0) & (starts + timing.size <= length)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,7 +94,6 @@ def test_each_input_drives_its_filter_far_above_data_and_other_inputs(trained):
     assert beats.sum() >= 0.8 * len(filters) * (len(filters) - 1), response
 
 
-@pytest.mark.backend
 def test_inputs_for_dissimilar_filters_are_specific(trained):
     import keras
 
@@ -104,7 +110,6 @@ def test_inputs_for_dissimilar_filters_are_specific(trained):
     assert response[0, 0] > response[1, 0] and response[1, 1] > response[0, 1], response
 
 
-@pytest.mark.backend
 def test_joint_input_drives_the_region_sum_above_every_single_filter_input(trained):
     model, mean = trained
     region = grid_lib.most_responsive_region(mean.reshape(GRID), size=3)
@@ -115,14 +120,18 @@ def test_joint_input_drives_the_region_sum_above_every_single_filter_input(train
     single_sums = single.layer_response(single.inputs_)[:, region.filters].sum(axis=1)
     joint_sum = joint.layer_response(joint.inputs_)[:, region.filters].sum(axis=1)
     np.testing.assert_allclose(joint.activations_, joint_sum, rtol=1e-5)
-    assert joint_sum[0] > single_sums.max(), (joint_sum, single_sums)
+    # The joint input is at least as good as the best single-filter input on the region sum
+    # (up to 1%: when one filter's maximiser, a corner of the bounded input box, also maximises
+    # the sum, both runs end at the same input) and clearly better than the typical one.
+    assert joint_sum[0] >= 0.99 * single_sums.max(), (joint_sum, single_sums)
+    assert joint_sum[0] > 1.1 * np.median(single_sums), (joint_sum, single_sums)
 
 
 @pytest.mark.backend
 def test_same_seed_same_result_other_seed_other_result(trained):
     model, mean = trained
     filters = live_filters(mean, 3)
-    kwargs = dict(filters=filters, steps=20)
+    kwargs = dict(filters=filters, steps=10)
     a = OptimalInputs(model, LAYER, seed=3, **kwargs).fit()
     b = OptimalInputs(model, LAYER, seed=3, **kwargs).fit()
     c = OptimalInputs(model, LAYER, seed=4, **kwargs).fit()
@@ -134,13 +143,15 @@ def test_same_seed_same_result_other_seed_other_result(trained):
 @pytest.mark.backend
 def test_cone_model_equals_the_model_at_the_target_frame(trained):
     model, _ = trained
-    for length in (40, 41, 47, 52):  # odd/even lengths: the strided layer's alignment changes
+    field = receptive_fields(model)[LAYER].size
+    lengths = [n for n in range(field, field + 14) if frame_fits(model, n)]
+    for length in lengths[:2] + lengths[-2:]:  # odd and even: the strided frames' alignment
         opt = OptimalInputs(model, LAYER, filters=[0], length=length, steps=1)
         opt.fit()
         assert opt.cone_, length  # fit checks the cone against the model on a random input
-    timing = receptive_fields(model, n_frames=52)[LAYER]
-    starts = timing.centers(timing.length) - (timing.size - 1) / 2
-    assert 0 <= starts[opt.center_frame_] and starts[opt.center_frame_] + timing.size <= 52
+        timing = receptive_fields(model, n_frames=length)[LAYER]
+        start = timing.centers(timing.length)[opt.center_frame_] - (timing.size - 1) / 2
+        assert 0 <= start and start + timing.size <= length
 
 
 def test_full_model_path_without_a_chain(trained):
@@ -169,8 +180,9 @@ def test_default_length_covers_the_receptive_field_plus_jitter(trained):
     model, _ = trained
     field = receptive_fields(model)[LAYER].size
     opt = OptimalInputs(model, LAYER, filters=[1], jitter=3, steps=2).fit()
-    assert opt.receptive_field_ == field == 39
+    assert opt.receptive_field_ == field
     assert field + 6 <= opt.inputs_.shape[1] <= field + 6 + 2
+    assert frame_fits(model, opt.inputs_.shape[1])
     assert opt.history_.shape == (2, 1)
     x, acts = optimal_inputs(model, LAYER, filters=[1, 2], length=60, steps=2,
                              return_activations=True)
@@ -246,16 +258,32 @@ def test_bad_regions(trained):
 
 def test_bad_lengths_and_parameters(trained):
     model, _ = trained
-    with pytest.raises(ValueError, match=r"receptive field of layer 'conv_big_1', 39 input frames"):
-        optimal_inputs(model, LAYER, filters=[0], length=38, steps=1)
+    field = receptive_fields(model)[LAYER].size
+    with pytest.raises(ValueError, match=f"receptive field of layer 'conv_big_1', {field} input"):
+        optimal_inputs(model, LAYER, filters=[0], length=field - 1, steps=1)
     with pytest.raises(ValueError, match="length"):
-        optimal_inputs(model, LAYER, filters=[0], length=40.0, steps=1)
-    # 39 frames hold the field, but the stride-2 frames' fields start at odd input frames
-    with pytest.raises(ValueError, match="lies entirely inside the input; use length=40"):
-        optimal_inputs(model, LAYER, filters=[0], length=39, steps=1)
+        optimal_inputs(model, LAYER, filters=[0], length=float(field + 2), steps=1)
+    # A window can hold the field but no frame's field: with an odd width at stride 2 and
+    # "same" padding, frames' fields start at odd input frames for even lengths.
+    import keras
+
+    odd = keras.Sequential([
+        keras.Input((None, 3)),
+        keras.layers.Conv1D(4, 11, strides=2, padding="same", name="strided"),
+        keras.layers.Conv1D(4, 5, padding="same", name="top"),
+    ])
+    size = receptive_fields(odd)["top"].size
+    misaligned = [n for n in range(size, size + 4) if not frame_fits(odd, n, "top")]
+    assert misaligned
+    for length in misaligned:
+        with pytest.raises(ValueError, match="lies entirely inside the input; use length="):
+            optimal_inputs(odd, "top", filters=[0], length=length, steps=1)
+    fine = [n for n in range(size, size + 4) if frame_fits(odd, n, "top")][0]
+    x = optimal_inputs(odd, "top", filters=[0, 3], length=fine, steps=3)
+    assert x.shape == (2, fine, 3)
     for bad in (dict(steps=0), dict(learning_rate=0.0), dict(l2=1.0), dict(clip=-0.1),
                 dict(jitter=-1), dict(blur_every=0), dict(value_range=(1.0, -1.0)),
-                dict(blur=float("nan"))):
+                dict(blur=float("nan")), dict(polish=1.5), dict(restarts=0)):
         with pytest.raises(ValueError, match="Received"):
             optimal_inputs(model, LAYER, filters=[0], **bad)
     with pytest.raises(ValueError, match="not fitted"):
