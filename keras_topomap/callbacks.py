@@ -58,9 +58,10 @@ class TopoMapCallback(keras.callbacks.Callback):
     """Logs smoothed topographic activation maps of a fixed probe every ``every`` epochs.
 
     At train begin the callback builds one feature-extraction model
-    ``keras.Model(model.inputs, [layer.output, ...])`` over the watched layers (sharing the
-    model's weights) and runs the probe through it once, so shape problems surface before the
-    first epoch and the compiled predict function is traced once. At the end of every
+    ``keras.Model(model.input, [layer.output, ...] + [penalties])`` over the watched layers
+    (sharing the model's weights; the last output holds the regularized layers' penalties) and
+    runs the probe through it once, so shape problems surface before the first epoch and the
+    compiled predict function is traced once. At the end of every
     ``every``-th epoch (and of the last one) it:
 
     1. runs the probe through the extractor (``predict_on_batch`` per probe batch);
@@ -133,8 +134,8 @@ class TopoMapCallback(keras.callbacks.Callback):
             anyway).
         background: write the TensorBoard summaries and the ``out_dir`` files in a background
             thread, so the next epoch trains meanwhile (at most one epoch in flight; an error
-            there is raised at the next logged epoch or at train end). ``False`` writes them before
-            ``on_epoch_end`` returns.
+            there is raised at the next logged epoch or at train end). ``False`` writes them
+            before ``on_epoch_end`` returns.
 
     Attributes (filled during ``fit``; several fits append):
         layers_: names of the watched layers.

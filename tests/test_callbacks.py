@@ -207,6 +207,7 @@ def test_group_maps_follow_labels_strides_and_lengths(tmp_path):
 
 def test_group_summaries_in_tensorboard_and_group_pngs_every_epoch(tmp_path):
     model = tiny_model()
+    layer_names = [layer.name for layer in model.layers]
     x, y = data()
     labels = np.tile(np.repeat([0, 1], T_IN // 2), (4, 1))
     callback = TopoMapCallback(
@@ -223,6 +224,14 @@ def test_group_summaries_in_tensorboard_and_group_pngs_every_epoch(tmp_path):
         assert gif.n_frames == 2
     events = read_events(str(tmp_path))
     assert [step for step, _ in events[("images", "nap/c2/ah")]] == [0, 1]
+    assert [step for step, _ in events[("scalars", "penalty/c2")]] == [0, 1]
+    # The probe model (with its penalty read-out) leaves the trained model as it was.
+    assert [layer.name for layer in model.layers] == layer_names
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(
+        restored.predict_on_batch(x[:2]), model.predict_on_batch(x[:2]), rtol=1e-6
+    )
     assert ("images", "nap/c2/sil") in events and ("images", "nap/c2/ah") in events
     assert ("images", "topomap/c2") in events and ("images", "topomap/c1") not in events
 
@@ -266,9 +275,17 @@ def test_every_unregularized_layer_and_layer_objects():
         (x[:4], y[:4]), layers=[model.get_layer("c2"), "out"], grids={"c2": (4, 3), "out": (3, 1)},
         every=2, smooth=1,
     )
-    history = model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback])
+    extractors = []
+    spy = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: extractors.append(callback._extractor)
+    )
+    history = model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback, spy])
     # every=2 logs epochs 2 and 3 (the last epoch is always logged).
     np.testing.assert_array_equal(callback.epochs_, [1, 2])
+    # One feature extractor for the whole fit, its predict function traced once (train begin).
+    assert all(extractor is extractors[0] for extractor in extractors)
+    if keras.backend.backend() == "tensorflow":
+        assert extractors[0].predict_function.experimental_get_tracing_count() == 1
     assert callback.grids_ == {"c2": (4, 3), "out": (3, 1)}
     assert callback.history_["out"].shape == (2, 3, 1)
     assert callback.penalties_ == {}  # nothing regularized
