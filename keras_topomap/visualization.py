@@ -486,6 +486,9 @@ def plot_optimal_input(ax, features, title=None, feature_config=None, vmax=None,
         ax.set_ylabel("feature", fontsize=7)
     if title:
         ax.set_title(title, fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(3))  # small panels: a few time ticks stay legible
     ax.tick_params(labelsize=6)
     return mesh
 
@@ -569,10 +572,12 @@ def plot_optimal_inputs(inputs, region=None, joint=None, filters=None, feature_c
             title = None
         mesh = plot_optimal_input(ax, inputs[i], title=title, feature_config=feature_config,
                                   vmax=limit, cmap=cmap)
-        if int(rows[i]) != n_rows - 1:
+        if int(rows[i]) != n_rows - 1:  # axis labels and tick labels on the outer panels only
             ax.set_xlabel("")
+            ax.tick_params(labelbottom=False)
         if int(cols[i]) != 0:
             ax.set_ylabel("")
+            ax.tick_params(labelleft=False)
     if joint is not None:
         ax = fig.add_subplot(spec[:, -1])
         mesh = plot_optimal_input(ax, joint, title="joint (region sum)",
