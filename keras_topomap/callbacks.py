@@ -314,6 +314,7 @@ class TopoMapCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
+        self._ensure_graph(model)
         watched = self._resolve_layers(model)
         if self.layers_ and list(watched) != self.layers_:
             self._reset_history()  # another set of layers: an earlier history does not continue
@@ -329,6 +330,28 @@ class TopoMapCallback(keras.callbacks.Callback):
         self._check_outputs(outputs)
         self._prepare_reductions(model, outputs)
         self._open_writer()
+
+    def _ensure_graph(self, model):
+        """Builds a Sequential model defined without ``keras.Input`` from the probe's shape.
+
+        Such a model has no graph to read layer outputs from (and, on some backends, no
+        weights yet at train begin). Batch and time/space axes are left free, so training data
+        of any length still fits; a model that cannot be built that way is built for the
+        probe's exact shape.
+        """
+        if not isinstance(model, keras.Sequential) or model._functional is not None:
+            return
+        leaves = keras.tree.flatten(self._batches[0])
+        if len(leaves) != 1 or np.ndim(leaves[0]) < 2:
+            return
+        shape = np.shape(leaves[0])
+        for input_shape in ((None,) * (len(shape) - 1) + shape[-1:], (None,) + shape[1:]):
+            try:
+                model.build(input_shape)
+            except Exception:  # noqa: S110 - the next shape, then _build_extractor, explain
+                continue
+            if model._functional is not None:
+                return
 
     def _resolve_layers(self, model):
         """{name: (layer, grid, regularizer or None)} in the order requested (or model order)."""
@@ -387,8 +410,10 @@ class TopoMapCallback(keras.callbacks.Callback):
                     [self._layer_objects[name] for name in self._regularized],
                     name="topomap_penalties",
                 )
-                outputs.append(readout(model.input))
-            return keras.Model(model.input, outputs, name=f"{model.name}_topomap_probe")
+                outputs.append(readout(layers[0].output))
+            # A Sequential model's graph lives in its inner functional model.
+            graph = getattr(model, "_functional", None) or model
+            return keras.Model(graph.input, outputs, name=f"{model.name}_topomap_probe")
         except Exception as e:  # Keras raises several types for graphs it cannot cut
             raise ValueError(
                 "TopoMapCallback needs a Functional or Sequential model (built on keras.Input) "
@@ -410,8 +435,9 @@ class TopoMapCallback(keras.callbacks.Callback):
                     f"batch {i} holds {len(leaves)} arrays."
                 )
             shape = tuple(np.shape(leaves[0]))
+            # The batch axis is not checked: Keras may fix it to the training batch size.
             fits = len(shape) == len(expected) and all(
-                e is None or e == s for s, e in zip(shape, expected)
+                e is None or e == s for s, e in zip(shape[1:], expected[1:])
             )
             if not fits:
                 raise ValueError(

@@ -268,6 +268,26 @@ def test_dataset_probe_equals_one_batch():
         )
 
 
+@pytest.mark.backend
+def test_sequential_model_without_input_layer():
+    # Built by fit from the data (or not at all before on_train_begin, depending on the
+    # backend), with the batch size of the training data fixed in its input shape.
+    model = keras.Sequential([
+        keras.layers.Conv1D(
+            16, 3, padding="same", name="seq_conv",
+            kernel_regularizer=TopographicRegularizer((4, 4)),
+        ),
+        keras.layers.Conv1D(2, 1),
+    ])
+    model.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 12, 5)).astype("float32")
+    callback = TopoMapCallback(x[:2], groups=np.tile(np.arange(12) % 3, (2, 1)))
+    model.fit(x, np.zeros((8, 12, 2), "float32"), epochs=1, verbose=0, callbacks=[callback])
+    assert callback.history_["seq_conv"].shape == (1, 4, 4)
+    assert callback.group_history_["seq_conv"].shape == (1, 3, 4, 4)
+    assert callback.penalties_["seq_conv"].shape == (1,)
+
+
 def test_every_unregularized_layer_and_layer_objects():
     model = tiny_model(regularize_second=False)
     x, y = data()
