@@ -348,7 +348,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         for input_shape in ((None,) * (len(shape) - 1) + shape[-1:], (None,) + shape[1:]):
             try:
                 model.build(input_shape)
-            except Exception:  # noqa: S110 - the next shape, then _build_extractor, explain
+            except Exception:  # try the next shape; _build_extractor explains a failure
                 continue
             if model._functional is not None:
                 return
