@@ -352,7 +352,10 @@ class GradNAP:
                     a = a * ops.cast(result.gradients[name], "float32")
                 elif adjust == "abs_gradient":
                     a = a * ops.abs(ops.cast(result.gradients[name], "float32"))
-                sums[name] = ops.einsum("btg,btf->gf", onehot, a)
+                # Per-group sums as one matmul: (groups, frames) @ (frames, filters).
+                flat_onehot = ops.reshape(onehot, (-1, onehot.shape[-1]))
+                flat_a = ops.reshape(a, (-1, a.shape[-1]))
+                sums[name] = ops.matmul(ops.transpose(flat_onehot), flat_a)
                 if keep_frames:
                     frames[name] = a
             return {"sums": sums, "frames": frames, "saliency": saliency, "value": result.value}
