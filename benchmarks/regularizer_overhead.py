@@ -180,8 +180,11 @@ def main(argv=None):
             env=env,
             capture_output=True,
             text=True,
-            check=True,
         )
+        if out.returncode != 0:
+            raise RuntimeError(
+                f"The {backend} run failed (exit status {out.returncode}):\n{out.stderr[-3000:]}"
+            )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(
         "| backend | step without (ms) | step with (ms) | ratio (medians) | paired ratio "
