@@ -22,8 +22,11 @@ $(VENV)/.test-deps: pyproject.toml setup.cfg | $(PY)
 	$(PY) -m pip install --quiet -e ".[all,dev]" "$(TORCH_SPEC)"
 	touch $@
 
-$(VENV)/.demo-deps: pyproject.toml setup.cfg | $(PY)
-	$(PY) -m pip install --quiet -e ".[jax,audio]"
+# The demo installs only its backend (DEMO_BACKEND = jax, tensorflow or torch).
+DEMO_PKGS := $(if $(filter torch,$(DEMO_BACKEND)),"$(TORCH_SPEC)",)
+
+$(VENV)/.demo-deps-$(DEMO_BACKEND): pyproject.toml setup.cfg | $(PY)
+	$(PY) -m pip install --quiet -e ".[$(DEMO_BACKEND),audio]" $(DEMO_PKGS)
 	touch $@
 
 venv: $(VENV)/.test-deps
@@ -37,7 +40,7 @@ test: $(VENV)/.test-deps
 	KERAS_BACKEND=jax $(PY) -m pytest -m backend
 	KERAS_BACKEND=torch $(PY) -m pytest -m backend
 
-demo: $(VENV)/.demo-deps
+demo: $(VENV)/.demo-deps-$(DEMO_BACKEND)
 	KERAS_BACKEND=$(DEMO_BACKEND) $(PY) -m keras_topomap.demo $(ARGS)
 
 clean:

@@ -44,7 +44,11 @@ import numpy as np
 
 from keras_topomap import grid as grid_lib
 from keras_topomap.metrics import topography_score
-from keras_topomap.receptive_field import input_frames_to_layer, receptive_fields
+from keras_topomap.receptive_field import (
+    check_frame_labels,
+    input_frames_to_layer,
+    receptive_fields,
+)
 from keras_topomap.regularizers import _walk_layers, topographic_layers
 from keras_topomap.visualization import new_figure, plot_grid_maps, plot_grid_mosaic
 
@@ -267,21 +271,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         top = -1
         for i, (x, labels) in enumerate(zip(self._batches, self._groups)):
             shape = _leading_shape(x, i)
-            if len(shape) < 2 or labels.shape != shape[:2]:
-                raise ValueError(
-                    f"groups for probe batch {i} must have shape (batch, T_in) = {shape[:2]}, "
-                    f"one label per input frame. Received: shape={labels.shape}"
-                )
-            if not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(
-                    f"groups must hold integer labels (-1 = no label). Received: "
-                    f"dtype={labels.dtype} for probe batch {i}"
-                )
-            if labels.size and labels.min() < -1:
-                raise ValueError(
-                    f"groups labels must be >= -1 (-1 = no label). Received: min "
-                    f"{labels.min()} in probe batch {i}"
-                )
+            check_frame_labels(labels, shape[:2], f"groups for probe batch {i}")
             top = max(top, int(labels.max()) if labels.size else -1)
         if top < 0:
             raise ValueError("groups holds no label >= 0: every probe frame is marked -1.")

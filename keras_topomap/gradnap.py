@@ -65,7 +65,11 @@ from keras import ops
 
 from keras_topomap import grid as grid_lib
 from keras_topomap.gradients import ActivationGradients, find_layer
-from keras_topomap.receptive_field import input_frames_to_layer, receptive_fields
+from keras_topomap.receptive_field import (
+    check_frame_labels,
+    input_frames_to_layer,
+    receptive_fields,
+)
 
 __all__ = ["GradNAP", "Clustering"]
 
@@ -410,25 +414,11 @@ class GradNAP:
                 + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
             )
         x = np.asarray(x, dtype=np.float32)
-        labels = np.asarray(labels)
         if x.ndim != 3:
             raise ValueError(
                 f"Batch {index}: x must be (batch, time, features). Received: shape={x.shape}"
             )
-        if labels.shape != x.shape[:2]:
-            raise ValueError(
-                f"Batch {index}: frame_labels must be (batch, time) = {x.shape[:2]} like x. "
-                f"Received: shape={labels.shape}"
-            )
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"Batch {index}: frame_labels must be integers (-1 = no label). Received: "
-                f"dtype={labels.dtype}"
-            )
-        if labels.size and labels.min() < -1:
-            raise ValueError(
-                f"Batch {index}: frame labels must be >= -1. Received: min={labels.min()}"
-            )
+        labels = check_frame_labels(labels, x.shape[:2], f"Batch {index}")
         if self.group_names is not None and labels.size and labels.max() >= self.n_groups_:
             raise ValueError(
                 f"Batch {index}: frame label {labels.max()} has no group name (there are "

@@ -58,6 +58,7 @@ __all__ = [
     "receptive_fields",
     "layer_frame_centers",
     "input_frames_to_layer",
+    "check_frame_labels",
 ]
 
 
@@ -448,3 +449,37 @@ def input_frames_to_layer(values, timing, n_layer_frames, fill=-1):
         mask_shape = (1, len(index)) + (1,) * (values.ndim - 2)
         picked = np.where(inside.reshape(mask_shape), picked, np.asarray(fill, dtype=values.dtype))
     return picked
+
+
+def check_frame_labels(labels, shape, where):
+    """Validates per-input-frame labels and returns them as an integer array.
+
+    Frame labels (phoneme ids and the like) are one int per input frame, ``-1`` where a frame
+    has no label (silence that is not modelled, padding). Used by every tool that maps labels
+    to a layer's frames (GradNAP, TopoMapCallback).
+
+    Args:
+        labels: array ``(batch, T_in)``.
+        shape: the ``(batch, T_in)`` the labels must have (the inputs' leading axes).
+        where: what the labels belong to, for error messages (e.g. ``"Batch 3"``).
+
+    Raises:
+        ValueError: naming ``where``, for a wrong shape, a non-integer dtype or labels < -1.
+    """
+    labels = np.asarray(labels)
+    shape = tuple(int(v) for v in shape)
+    if labels.shape != shape:
+        raise ValueError(
+            f"{where}: frame labels must have shape (batch, T_in) = {shape}, one label per "
+            f"input frame. Received: shape={labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{where}: frame labels must be integers (-1 = no label). Received: "
+            f"dtype={labels.dtype}"
+        )
+    if labels.size and labels.min() < -1:
+        raise ValueError(
+            f"{where}: frame labels must be >= -1 (-1 = no label). Received: min={labels.min()}"
+        )
+    return labels

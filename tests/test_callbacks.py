@@ -398,8 +398,8 @@ def test_unwritable_out_dir_at_construction(tmp_path):
     [
         ({"smooth": 2}, "smooth must be an odd integer >= 3"),
         ({"every": 0}, "every must be a positive integer"),
-        ({"groups": np.zeros((4, T_IN - 1), int)}, r"groups for probe batch 0 must have shape"),
-        ({"groups": np.zeros((4, T_IN))}, "groups must hold integer labels"),
+        ({"groups": np.zeros((4, T_IN - 1), int)}, r"probe batch 0: frame labels must have shape"),
+        ({"groups": np.zeros((4, T_IN))}, "probe batch 0: frame labels must be integers"),
         ({"groups": -np.ones((4, T_IN), int)}, "no label >= 0"),
         ({"groups": np.full((4, T_IN), 2), "group_names": ["a", "b"]}, "name every label up to 2"),
         ({"group_names": ["a"]}, "group_names was given without groups"),

@@ -335,7 +335,7 @@ def test_errors(tmp_path):
     gn = GradNAP(model, ["topo"], n_groups=9, verbose=0)
     x, y = data[0]
     bad_batches = [
-        ([(x, y[:, :5])], "frame_labels must be \\(batch, time\\)"),
+        ([(x, y[:, :5])], "Batch 0: frame labels must have shape \\(batch, T_in\\)"),
         ([(x, y.astype("float32"))], "must be integers"),
         ([(x, y - 5)], "must be >= -1"),
         ([(x[0], y)], "x must be \\(batch, time, features\\)"),

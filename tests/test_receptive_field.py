@@ -172,3 +172,16 @@ def test_errors():
         receptive_fields(short, n_frames=0)
     with pytest.raises(ValueError, match="Layers with a time axis: \\['v'\\]"):
         layer_frame_centers(short, "nope", n_frames=8)
+
+
+def test_check_frame_labels():
+    from keras_topomap.receptive_field import check_frame_labels
+
+    ok = check_frame_labels([[0, -1, 2]], (1, 3), "Batch 0")
+    assert ok.dtype.kind == "i"
+    with pytest.raises(ValueError, match=r"Batch 2: frame labels must have shape .* = \(1, 4\)"):
+        check_frame_labels(np.zeros((1, 3), int), (1, 4), "Batch 2")
+    with pytest.raises(ValueError, match="must be integers"):
+        check_frame_labels(np.zeros((1, 3)), (1, 3), "Batch 0")
+    with pytest.raises(ValueError, match=r">= -1.*min=-2"):
+        check_frame_labels(np.array([[0, -2, 1]]), (1, 3), "Batch 0")
