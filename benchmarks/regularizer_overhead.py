@@ -26,29 +26,20 @@ import subprocess
 import sys
 import time
 
-PAPER_LAYERS = [(256, 48, 2)] + [(256, 7, 1)] * 7 + [(2048, 32, 1), (2048, 1, 1)]
-
 
 def build(topographic, n_features=40, n_classes=29):
+    """The package's paper-size recognizer (the stack above), compiled with Adam and MSE."""
     import keras
 
-    from keras_topomap import TopographicRegularizer
+    from keras_topomap.models import wav2letter
 
-    inputs = keras.Input((None, n_features))
-    x = inputs
-    for i, (filters, width, stride) in enumerate(PAPER_LAYERS):
-        reg = TopographicRegularizer(strength=0.01) if topographic else None
-        x = keras.layers.Conv1D(
-            filters,
-            width,
-            strides=stride,
-            padding="same",
-            activation="relu",
-            kernel_regularizer=reg,
-            name=f"conv_{i}",
-        )(x)
-    outputs = keras.layers.Conv1D(n_classes, 1, name="logits")(x)
-    model = keras.Model(inputs, outputs)
+    model = wav2letter(
+        "paper",
+        n_features=n_features,
+        n_classes=n_classes,
+        topographic=topographic,
+        strength=0.01,
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse")
     return model
 
