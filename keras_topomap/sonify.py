@@ -138,15 +138,7 @@ def features_to_audio(features, config=None, stats=None, n_iter=32, seed=0):
         mel_power, sr=config.sample_rate, n_fft=config.n_fft, power=2.0
     )
     audio = librosa.griffinlim(
-        magnitude,
-        n_iter=int(n_iter),
-        hop_length=config.hop_length,
-        win_length=config.win_length,
-        n_fft=config.n_fft,
-        window="hann",
-        center=True,
-        pad_mode="constant",
-        random_state=int(seed),
+        magnitude, n_iter=int(n_iter), random_state=int(seed), **config.stft_params()
     )
     return audio.astype(np.float32)
 

@@ -148,6 +148,21 @@ class FeatureConfig:
     def n_features(self):
         return self.n_mels if self.kind == "logmel" else self.n_mfcc
 
+    def stft_params(self):
+        """The STFT framing as librosa keyword arguments (``stft``, ``griffinlim``, ...).
+
+        One definition for extraction and for inversion back to audio
+        (:mod:`keras_topomap.sonify`), so the two always frame the signal the same way.
+        """
+        return {
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+            "win_length": self.win_length,
+            "window": "hann",
+            "center": True,
+            "pad_mode": "constant",
+        }
+
     @property
     def frame_rate(self):
         """Frames per second."""
@@ -226,15 +241,7 @@ def extract_features(utterance, config=None):
 def _extract(audio, config):
     import librosa
 
-    spectrum = librosa.stft(
-        audio,
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        win_length=config.win_length,
-        window="hann",
-        center=True,
-        pad_mode="constant",
-    )
+    spectrum = librosa.stft(audio, **config.stft_params())
     power = spectrum.real**2 + spectrum.imag**2
     # librosa.feature.melspectrogram rebuilds the filterbank on every call and projects with
     # einsum; a cached filterbank and one matmul is several times faster over a corpus.
