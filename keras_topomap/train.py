@@ -601,7 +601,7 @@ def layer_topography(model, grids, n_permutations=100, seed=0):
     return result
 
 
-def train(config=None, data=None, **overrides):
+def train(config=None, data=None, callbacks=None, **overrides):
     """Run one training (see the module docstring); returns the results written to metrics.json.
 
     Args:
@@ -677,7 +677,7 @@ def train(config=None, data=None, **overrides):
     val_prefix = "train" if data is None and config.val_fraction == 0 else "val"
     monitor = f"{val_prefix}_cer"
 
-    callbacks = [
+    fit_callbacks = [
         ValidationCER(val_batches, stride, prefix=val_prefix),
         keras.callbacks.TerminateOnNaN(),
     ]
@@ -687,14 +687,15 @@ def train(config=None, data=None, **overrides):
             initial_state=state["early_stopping"], monitor=monitor, mode="min",
             patience=config.patience, min_delta=1e-4,
         )
-        callbacks.append(early)
+        fit_callbacks.append(early)
     budget = None
     if config.max_minutes is not None:
         budget = TimeBudget(60.0 * config.max_minutes, used=state["seconds"])
-        callbacks.append(budget)
-    callbacks.append(TrainingCheckpoint(out, state, early, budget, monitor=monitor))
+        fit_callbacks.append(budget)
+    fit_callbacks.append(TrainingCheckpoint(out, state, early, budget, monitor=monitor))
     if config.tensorboard:
-        callbacks += _tensorboard(out / "logs")
+        fit_callbacks += _tensorboard(out / "logs")
+    fit_callbacks += list(callbacks or [])
 
     already_over = state.get("budget_stopped") or (
         early is not None and state["early_stopping"] is not None
@@ -705,7 +706,7 @@ def train(config=None, data=None, **overrides):
             batches,
             epochs=config.epochs,
             initial_epoch=state["epochs_done"],
-            callbacks=callbacks,
+            callbacks=fit_callbacks,
             # SpeechBatches shuffles from (seed, epoch); Keras' own batch shuffling would draw
             # from Python's global RNG, which a resumed run cannot replay.
             shuffle=False,
