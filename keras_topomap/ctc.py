@@ -191,7 +191,9 @@ class CTCLoss(keras.losses.Loss):
     Args:
         stride: the model's cumulative stride (input frames per output frame).
         blank_index: the CTC blank class.
-        reduction, name, dtype: as for ``keras.losses.Loss`` (default: mean over the batch).
+        reduction: as for ``keras.losses.Loss`` (default: mean over the batch).
+        name: the loss name.
+        dtype: as for ``keras.losses.Loss``.
 
     Example:
 
@@ -360,7 +362,8 @@ def transcribe(
             utterance object with ``audio`` and ``sample_rate``, or a list of these.
         sample_rate: Hz of a waveform array.
         feature_config: a :class:`keras_topomap.datasets.FeatureConfig` (default: defaults).
-        strategy, beam_width: see :func:`ctc_decode`.
+        strategy: ``"greedy"`` or ``"beam_search"``, see :func:`ctc_decode`.
+        beam_width: beams for ``"beam_search"``, see :func:`ctc_decode`.
         stride: the model's cumulative stride (default: read from the model).
 
     Returns:

@@ -115,7 +115,8 @@ def topography_score(kernel, grid=None, neighborhood=3, wrap=False):
     Args:
         kernel: array or tensor ``(..., F)``.
         grid: ``(H, W)``; None infers it like :class:`~keras_topomap.TopographicRegularizer`.
-        neighborhood, wrap: as for the regularizer.
+        neighborhood: odd side of the neighbourhood block, as for the regularizer.
+        wrap: whether the grid is a torus, as for the regularizer.
 
     Returns:
         float in ``[-1, 1]``.

@@ -149,7 +149,10 @@ def write_wav(path, features, config=None, stats=None, n_iter=32, peak=0.9, seed
     Args:
         path: output file.
         features: ``(T, n_features)``.
-        config, stats, n_iter, seed: see :func:`features_to_audio`.
+        config: the feature configuration, see :func:`features_to_audio`.
+        stats: ``(mean, std)`` per feature, see :func:`features_to_audio`.
+        n_iter: Griffin-Lim iterations.
+        seed: seed of Griffin-Lim's random start phase.
         peak: the waveform is scaled so its largest absolute sample is ``peak`` (silence stays
             silent).
 

@@ -387,8 +387,10 @@ def read_textgrid_corpus(
         audio_root: directory with the audio.
         textgrid_root: directory with the ``.TextGrid`` files (searched recursively).
         on_error: ``"raise"`` (default) or ``"skip"``.
-        phone_tier, word_tier: tier names; default the tiers named ``phones`` / ``words``
-            (or ``"<speaker> - phones"`` as MFA writes for several speakers).
+        phone_tier: name of the phone tier; default the tier named ``phones`` (or
+            ``"<speaker> - phones"`` as MFA writes for several speakers).
+        word_tier: name of the word tier; default the tier named ``words`` (or
+            ``"<speaker> - words"``).
         tolerance: seconds an alignment may run past the end of the audio (rounding).
         extensions: audio file extensions to look for.
         limit: read at most this many utterances (in sorted order).
