@@ -120,6 +120,9 @@ def topography_score(kernel, grid=None, neighborhood=3, wrap=False):
 
     Returns:
         float in ``[-1, 1]``.
+
+    Raises:
+        ValueError: for a kernel with NaN/inf or a grid that does not hold its filters.
     """
     u = unit_filters(kernel)
     grid = _resolve(u.shape, grid, neighborhood)
@@ -130,10 +133,30 @@ def topography_test(kernel, grid=None, neighborhood=3, wrap=False, n_permutation
     """Topography score with a permutation z-score.
 
     The filters are randomly re-ordered ``n_permutations`` times; each order's score forms the
-    null distribution of "no topography".
+    null distribution of "no topography". The null mean is not 0 when a layer's filters share a
+    common component (all pairs similar, wherever they sit): read the score against it.
+
+    Args:
+        kernel: array or tensor ``(..., F)``.
+        grid: ``(H, W)``; None infers it like :class:`~keras_topomap.TopographicRegularizer`.
+        neighborhood: odd side of the neighbourhood block, as for the regularizer.
+        wrap: whether the grid is a torus, as for the regularizer.
+        n_permutations: number of random orders (at least 2).
+        seed: seed of the permutations (same seed, same null distribution).
 
     Returns:
         :class:`TopographyResult`.
+
+    Raises:
+        ValueError: for ``n_permutations < 2``, a kernel with NaN/inf, or a grid that does not
+            hold the kernel's filters.
+
+    Example:
+
+    >>> kernel = np.random.default_rng(0).normal(size=(7, 16, 64))
+    >>> result = topography_test(kernel, grid=(8, 8), n_permutations=20, seed=0)
+    >>> abs(result.z) < 4  # random filters: no topography
+    True
     """
     if int(n_permutations) < 2:
         raise ValueError(f"n_permutations must be >= 2. Received: n_permutations={n_permutations}")
@@ -162,27 +185,56 @@ def _check_map(grid_map, what="map"):
     return m
 
 
+def _is_constant(m):
+    """True when all cells are equal up to float rounding.
+
+    Tested on the spread of the values themselves: the variance after subtracting a rounded mean
+    is not exactly 0 for a constant map like 0.1 everywhere, and would turn rounding noise into
+    a pattern.
+    """
+    return float(np.ptp(m)) <= 1e-12 * float(np.abs(m).max())
+
+
 def morans_i(grid_map, neighborhood=3, wrap=False):
     """Moran's I spatial autocorrelation of a grid map.
 
-    Uses the grid's neighbour weights (reciprocal distance within the ``neighborhood`` block,
-    symmetrised as in :func:`keras_topomap.grid.neighbor_pairs`)::
+    Uses the grid's neighbour weights ``alpha`` (reciprocal distance within the ``neighborhood``
+    block, each cell's weights summing to 1; :func:`keras_topomap.grid.neighbor_weights`)::
 
-        I = (N / S0) * sum_ij w_ij (x_i - mean)(x_j - mean) / sum_i (x_i - mean)^2
+        I = (N / S0) * sum_c sum_j alpha_cj (x_c - mean)(x_j - mean) / sum_c (x_c - mean)^2
 
-    Near 1 for smooth maps, near ``-1/(N-1)`` for spatially random ones, negative for
-    alternating patterns such as a checkerboard.
+    with ``S0 = sum of all weights = N``. Near 1 for smooth maps (a linear ramp on a 64 x 64 grid:
+    0.998), near ``-1/(N-1)`` for spatially random ones, negative for alternating patterns. A
+    checkerboard is not -1 here, as it would be with edge neighbours only: its diagonal
+    neighbours have the same sign, so on a torus (``wrap=True``) or far from the border
+    ``I = (2 * sqrt(2) - 4) / (2 * sqrt(2) + 4) = 2 * sqrt(2) - 3 ~ -0.172``; border cells
+    (fewer diagonals) make it somewhat more negative on a finite grid (-0.232 on 12 x 12).
+
+    Args:
+        grid_map: ``(H, W)`` map.
+        neighborhood: odd side of the neighbourhood block (3: the 8 surrounding cells).
+        wrap: treat the grid as a torus.
+
+    Returns:
+        float in ``[-1, 1]``.
 
     Raises:
-        ValueError: for a constant map, where I is undefined.
+        ValueError: for a constant map, where I is undefined, or a map that is not 2-D or holds
+            NaN/inf.
+
+    Example:
+
+    >>> rows, cols = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+    >>> round(morans_i((rows + cols).astype(float)), 3)
+    0.957
     """
     m = _check_map(grid_map)
     first, second, weight = grid_lib.neighbor_pairs(m.shape, neighborhood, wrap)
-    x = m.ravel() - m.mean()
-    denominator = float((x * x).sum())
-    if denominator <= 1e-300:
+    if _is_constant(m):
         raise ValueError(f"Moran's I is undefined for a constant map (shape {m.shape}).")
     # each unordered pair appears once in the pair list; w is symmetric, so both orders count
+    x = m.ravel() - m.mean()
+    denominator = float((x * x).sum())
     s0 = 2.0 * float(weight.sum())
     numerator = 2.0 * float((weight * x[first] * x[second]).sum())
     return (x.size / s0) * numerator / denominator
@@ -195,10 +247,24 @@ def blur_error_auc(grid_map, sigmas=None):
     increasing width (in grid cells, edges extended), and the mean absolute change is integrated
     over the widths (trapezoid rule) and divided by the width range. A smooth map changes little
     under blurring (small value); a noisy or alternating one changes a lot. A constant map scores 0.
+    The standardisation makes the score independent of the map's scale and offset.
 
     Args:
         grid_map: ``(H, W)`` map.
-        sigmas: increasing blur widths (default ``0.5, 1.0, ..., 3.0``).
+        sigmas: increasing blur widths in grid cells (default ``0.5, 1.0, ..., 3.0``).
+
+    Returns:
+        float >= 0 (lower = smoother).
+
+    Raises:
+        ValueError: for bad ``sigmas`` or a map that is not 2-D or holds NaN/inf.
+
+    Example:
+
+    >>> rows, cols = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+    >>> ramp, checker = (rows + cols).astype(float), (-1.0) ** (rows + cols)
+    >>> blur_error_auc(ramp) < blur_error_auc(checker)
+    True
     """
     from scipy import ndimage
 
@@ -206,10 +272,9 @@ def blur_error_auc(grid_map, sigmas=None):
     sigmas = np.arange(0.5, 3.01, 0.5) if sigmas is None else np.asarray(sigmas, dtype=np.float64)
     if sigmas.ndim != 1 or sigmas.size < 2 or np.any(np.diff(sigmas) <= 0) or sigmas[0] < 0:
         raise ValueError(f"sigmas must be >= 2 increasing non-negative widths. Received: {sigmas}")
-    std = m.std()
-    if std <= 1e-300:
+    if _is_constant(m):
         return 0.0
-    z = (m - m.mean()) / std
+    z = (m - m.mean()) / m.std()
     errors = np.array(
         [np.abs(ndimage.gaussian_filter(z, s, mode="nearest") - z).mean() for s in sigmas]
     )  # a handful of widths, each one vectorised filter
@@ -220,16 +285,44 @@ def blur_error_auc(grid_map, sigmas=None):
 def localization(grid_map, size=3):
     """Share of a map's positive mass inside its most responsive ``size x size`` region.
 
-    1.0 when all positive values sit in one block, small when they are spread over the grid.
-    Returns 0.0 for a map without positive values (nothing to localise).
+    The region is the one of :func:`keras_topomap.grid.most_responsive_region` (the block of
+    highest mean value). Where that block is cut by the grid's border, it is moved inwards until
+    all its ``size x size`` cells lie on the grid (it still holds every cell of the cut block),
+    so that every map is measured with the same number of cells: otherwise a region in a corner
+    would count 4 cells instead of 9 and a map's score would depend on where its peak lies.
+
+    Args:
+        grid_map: ``(H, W)`` map (e.g. one phoneme's GradNAP on a layer's grid).
+        size: odd side of the region, at least 3 and at most ``min(H, W)``.
+
+    Returns:
+        float in ``[0, 1]``: 1.0 when all positive values sit in one block,
+        ``size**2 / (H * W)`` for a uniform positive map, and 0.0 for a map without positive
+        values (nothing to localise).
+
+    Raises:
+        ValueError: for a map that is not 2-D or holds NaN/inf, or a bad ``size``.
+
+    Example:
+
+    >>> m = np.zeros((8, 8)); m[0, 0] = 5.0
+    >>> localization(m)
+    1.0
+    >>> localization(np.ones((8, 8)))  # 9 / 64
+    0.140625
     """
     m = _check_map(grid_map)
+    grid_lib.validate_neighborhood(size, m.shape, what="size")
     positive = np.clip(m, 0.0, None)
     total = float(positive.sum())
     if total <= 0.0:
         return 0.0
     region = grid_lib.most_responsive_region(m, size)
-    return float(positive.ravel()[region.filters].sum() / total)
+    r = size // 2
+    row = min(max(region.center[0], r), m.shape[0] - 1 - r)
+    col = min(max(region.center[1], r), m.shape[1] - 1 - r)
+    filters = grid_lib.region_filters((row, col), size, m.shape)
+    return float(positive.ravel()[filters].sum() / total)
 
 
 def connected_regions(grid_map, threshold=None):

@@ -94,3 +94,128 @@ def test_localization_and_regions():
     assert labels[3, 4] != labels[7, 7]
     with pytest.raises(ValueError, match="NaN"):
         localization(np.full((3, 3), np.nan))
+
+
+# --- Hand-made maps with known values -----------------------------------------------------------
+
+
+def _reference_morans_i(grid_map, size=3):
+    """Moran's I written out from the definition (method.md §1 weights), loop by loop."""
+    h, w = grid_map.shape
+    x = grid_map - grid_map.mean()
+    r = size // 2
+    numerator = 0.0
+    for row in range(h):
+        for col in range(w):
+            neighbours = [
+                (row + dy, col + dx, 1.0 / np.hypot(dy, dx))
+                for dy in range(-r, r + 1)
+                for dx in range(-r, r + 1)
+                if (dy, dx) != (0, 0) and 0 <= row + dy < h and 0 <= col + dx < w
+            ]
+            norm = sum(d for _, _, d in neighbours)
+            numerator += sum(d / norm * x[row, col] * x[nr, nc] for nr, nc, d in neighbours)
+    # each cell's weights sum to 1, so S0 = N and I = numerator / sum(x^2)
+    return numerator / float((x * x).sum())
+
+
+def test_morans_i_checkerboard_has_the_closed_form_value():
+    from keras_topomap.metrics import morans_i
+
+    n = 12
+    _, checker, _ = _maps()
+    # Edge neighbours (weight 1/d = 1) differ in sign, diagonal ones (1/sqrt(2)) agree, so each
+    # cell contributes (diagonal weight - edge weight) / (diagonal weight + edge weight).
+    interior = (2 * np.sqrt(2) - 4) / (2 * np.sqrt(2) + 4)  # = 2 sqrt(2) - 3
+    side = (np.sqrt(2) - 3) / (np.sqrt(2) + 3)  # 3 edge, 2 diagonal neighbours
+    corner = (1 / np.sqrt(2) - 2) / (1 / np.sqrt(2) + 2)  # 2 edge, 1 diagonal
+    expected = ((n - 2) ** 2 * interior + 4 * (n - 2) * side + 4 * corner) / n**2
+    assert morans_i(checker) == pytest.approx(expected, abs=1e-12)
+    assert morans_i(checker) == pytest.approx(-0.232205, abs=1e-6)
+    # on a torus every cell is interior
+    assert interior == pytest.approx(2 * np.sqrt(2) - 3)
+    assert morans_i(checker, wrap=True) == pytest.approx(interior, abs=1e-12)
+    # and a checkerboard scaled and shifted is the same map for Moran's I
+    assert morans_i(5 * checker + 3) == pytest.approx(expected, abs=1e-12)
+
+
+def test_morans_i_matches_the_definition_and_gradients_approach_one():
+    from keras_topomap.metrics import morans_i
+
+    gradient, checker, noise = _maps()
+    rng = np.random.default_rng(4)
+    for m in (gradient, checker, noise, rng.normal(size=(5, 9))):
+        assert morans_i(m) == pytest.approx(_reference_morans_i(m), abs=1e-12)
+    assert morans_i(gradient) == pytest.approx(0.956857, abs=1e-6)
+    rows, cols = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+    assert morans_i((rows + cols).astype(float)) > 0.998  # border effects fade on larger grids
+    assert morans_i(rows.astype(float)) > 0.998
+    # random maps centre on the expectation -1/(N-1)
+    values = [morans_i(rng.normal(size=(16, 16))) for _ in range(50)]
+    assert abs(np.mean(values) + 1 / 255) < 0.01
+
+
+def test_constant_and_smooth_maps():
+    from keras_topomap.metrics import blur_error_auc, localization, morans_i
+
+    constant = np.full((8, 8), 0.7)
+    assert blur_error_auc(constant) == 0.0
+    with pytest.raises(ValueError, match="constant map"):
+        morans_i(constant)
+    assert localization(constant) == pytest.approx(9 / 64)  # uniform positive mass
+    assert localization(np.zeros((8, 8))) == 0.0
+    gradient, checker, noise = _maps()
+    # blurring a linear ramp only changes its border cells: a small area under the curve
+    assert blur_error_auc(gradient) < 0.1
+    assert blur_error_auc(checker) > 0.9
+    bump = np.exp(-((np.arange(12)[:, None] - 6) ** 2 + (np.arange(12)[None] - 4) ** 2) / 8.0)
+    assert blur_error_auc(bump) < blur_error_auc(noise) < blur_error_auc(checker)
+    assert morans_i(bump) > 0.8
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (16, 16), (6, 10)])
+def test_localization_of_single_peak_and_uniform_maps(grid):
+    from keras_topomap.metrics import localization
+
+    h, w = grid
+    # one positive cell anywhere, corners and borders included, is fully localised
+    for row, col in [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (h // 2, 0), (h // 2, w // 2)]:
+        m = np.full(grid, -0.5)
+        m[row, col] = 3.0
+        assert localization(m) == pytest.approx(1.0)
+    # a uniform positive map: the region holds 9 of the H*W cells wherever it lies
+    assert localization(np.ones(grid)) == pytest.approx(9 / (h * w))
+    assert localization(np.ones(grid), size=5) == pytest.approx(25 / (h * w))
+    # two equal peaks far apart: half the mass
+    m = np.zeros(grid)
+    m[0, 0] = m[h - 1, w - 1] = 1.0
+    assert localization(m) == pytest.approx(0.5)
+
+
+def test_localization_region_is_the_most_responsive_one_kept_inside_the_grid():
+    from keras_topomap import grid as grid_lib
+    from keras_topomap.metrics import localization
+
+    m = np.zeros((8, 8))
+    m[0, 0] = 4.0  # the corner block (2 x 2 cells on the grid) has the highest mean
+    m[1, 2] = 1.0  # outside the 2 x 2 corner block, inside the 3 x 3 block moved inwards
+    m[5, 5] = 1.0  # elsewhere
+    assert grid_lib.most_responsive_region(m).center == (0, 0)
+    assert localization(m) == pytest.approx(5.0 / 6.0)
+    with pytest.raises(ValueError, match="size"):
+        localization(m, size=2)
+    with pytest.raises(ValueError, match="larger than"):
+        localization(np.ones((4, 8)), size=5)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        localization(np.ones(16))
+
+
+@pytest.mark.parametrize("value", [0.0, 0.1, 0.7, -3.3, 1e5 / 3])
+def test_constant_maps_are_constant_despite_rounding(value):
+    from keras_topomap.metrics import blur_error_auc, morans_i
+
+    # 0.1 - mean(0.1, ...) is not exactly 0 in floating point; that noise must not become a map
+    constant = np.full((8, 8), value)
+    assert blur_error_auc(constant) == 0.0
+    with pytest.raises(ValueError, match="constant map"):
+        morans_i(constant)
