@@ -23,6 +23,8 @@ COMMANDS = {
     ),
     "train": ("keras_topomap.train", "train the Wav2Letter-style recognizer with CTC"),
     "demo": ("keras_topomap.demo", "run the main demo and write its figures"),
+    "gradnap": ("keras_topomap.gradnap_cli", "GradNAP over one shard of a corpus (--shard i/n)"),
+    "gradnap-merge": ("keras_topomap.gradnap_merge_cli", "merge GradNAP shard files into one"),
 }
 
 

@@ -38,6 +38,19 @@ True
 
 A ``reduce`` function (``keras.ops``, runs inside the compiled step) shrinks what comes back to
 the host, e.g. per-group sums instead of full ``(batch, time, filters)`` arrays.
+
+Distributions: a step can spread each batch over the replicas of the distribution that is active
+when it is called (``replica_reduce`` says how per-replica results combine):
+
+- **JAX** with a ``keras.distribution`` distribution set (e.g. ``DataParallel``): the batch
+  arguments are laid out along the distribution's batch axis, the weights by its variable layouts,
+  and the same jitted step runs as one SPMD program over the device mesh; XLA inserts the
+  cross-device reductions (a sum over frames becomes a sum over all devices' frames).
+- **TensorFlow** inside ``tf.distribute.Strategy.scope()`` with more than one replica: the batch
+  is split into one slice per replica, the step runs on each with ``strategy.run``, and the
+  per-replica results are summed (``"sum"``) or concatenated along the batch axis
+  (``"concat"``) with ``strategy.reduce`` / ``strategy.gather``.
+- **PyTorch** has no such engine in Keras; the step runs on the default device.
 """
 
 from __future__ import annotations
@@ -243,6 +256,13 @@ class ActivationGradients:
         input_gradient: also compute ``d target / d input``.
         include_output: run the model to its output (False stops at the deepest tapped layer).
         jit: compile (``tf.function`` / ``jax.jit``); False runs eagerly (debugging).
+        replica_reduce: how results of replicas combine when a distribution is active (see the
+            module doc): a nest shaped like what ``reduce`` returns, with the leaf ``"sum"``
+            (add the replicas' values) or ``"concat"`` (join them along axis 0, the batch). Only
+            needed for a custom ``reduce`` on TensorFlow; without it such a step ignores a
+            ``tf.distribute`` strategy and runs on one device. Arguments whose first axis is the
+            batch of ``x`` are split over the replicas, other arguments are passed to each
+            replica whole.
         fast_conv_grad: JAX only. XLA's CPU backend computes the input gradient of a stride-1
             ``Conv1D`` about 2x slower than the forward convolution (it convolves with a
             transposed *view* of the kernel); with this flag such layers run through a
@@ -257,13 +277,24 @@ class ActivationGradients:
     """
 
     def __init__(self, model, layers, target, reduce=None, layer_gradients=True,
-                 input_gradient=False, include_output=True, jit=True, fast_conv_grad=True):
+                 input_gradient=False, include_output=True, jit=True, fast_conv_grad=True,
+                 replica_reduce=None):
         if not callable(target):
             raise ValueError(f"target must be callable. Received: target={target!r}")
         self.model = model
         self.layers = list(layers)
         self.target = target
         self.reduce = reduce or _identity_reduce
+        if replica_reduce is None and reduce is None:
+            replica_reduce = GradientResult("sum", "concat", "concat", "concat", "concat")
+        if replica_reduce is not None:
+            bad = [leaf for leaf in tree.flatten(replica_reduce) if leaf not in ("sum", "concat")]
+            if bad:
+                raise ValueError(
+                    "replica_reduce leaves must be 'sum' or 'concat'. Received: "
+                    f"{sorted(set(map(repr, bad)))}"
+                )
+        self.replica_reduce = replica_reduce
         self.layer_gradients = bool(layer_gradients)
         self.input_gradient = bool(input_gradient)
         self.include_output = bool(include_output)
@@ -287,6 +318,7 @@ class ActivationGradients:
                 f"ActivationGradients supports the tensorflow, jax and torch backends. "
                 f"Received: backend={self.backend!r}"
             )
+        self._tf_dist_fns = {}
         self._step = builders[self.backend]()
 
     # -- shared pieces (backend tensors in, GradientResult out) --------------------------------
@@ -303,14 +335,88 @@ class ActivationGradients:
             return ops.zeros(())
         return _scalar(self.target(out, acts, *extras))
 
+    def n_replicas(self):
+        """How many replicas a call made now would split its batch over (1: no distribution).
+
+        JAX: the size of the batch axis of the ``keras.distribution`` device mesh;
+        TensorFlow: ``num_replicas_in_sync`` of the strategy whose scope is entered (when this
+        step knows how to combine replicas, see ``replica_reduce``).
+        """
+        if self.backend == "jax":
+            distribution = keras.distribution.distribution()
+            if distribution is None:
+                return 1
+            mesh = distribution.device_mesh
+            return int(mesh.shape[mesh.axis_names.index(distribution.batch_dim_name)])
+        if self.backend == "tensorflow" and self.replica_reduce is not None:
+            strategy = _tf_strategy()
+            return 1 if strategy is None else int(strategy.num_replicas_in_sync)
+        return 1
+
     def __call__(self, x, *extras):
-        """Runs the step on one batch; returns numpy (a :class:`GradientResult` by default)."""
+        """Runs the step on one batch; returns numpy (a :class:`GradientResult` by default).
+
+        Raises:
+            ValueError: under a distribution, when the batch does not split evenly over the
+                replicas (JAX).
+        """
+        if self.backend == "tensorflow" and self.replica_reduce is not None:
+            strategy = _tf_strategy()
+            if strategy is not None:
+                out = self._tf_distributed(strategy, x, extras)
+                return _convert_output(out)
         x = ops.convert_to_tensor(x, dtype=self.flat_model.inputs[0].dtype)
         extras = [ops.convert_to_tensor(e) for e in extras]
         out = self._step(x, *extras)
-        if isinstance(out, GradientResult):
-            return _result_to_numpy(out)
-        return tree.map_structure(_to_numpy, out)
+        return _convert_output(out)
+
+    def _tf_distributed(self, strategy, x, extras):
+        """One call spread over the replicas of ``strategy`` (TensorFlow), results combined."""
+        import numpy as np
+        import tensorflow as tf
+
+        x = np.asarray(x, dtype=self.flat_model.inputs[0].dtype)
+        extras = [np.asarray(e) for e in extras]
+        n = int(strategy.num_replicas_in_sync)
+        rows = x.shape[0]
+        # Even slices of the batch axis (the last ones shorter when it does not divide).
+        bounds = np.linspace(0, rows, n + 1).round().astype(int)
+
+        def slices(value):
+            if value.ndim and value.shape[0] == rows:
+                return [value[bounds[i]: bounds[i + 1]] for i in range(n)]
+            return [value] * n
+
+        parts = [slices(v) for v in (x, *extras)]
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tuple(tf.constant(p[ctx.replica_id_in_sync_group]) for p in parts)
+        )
+        key = id(strategy)
+        if key not in self._tf_dist_fns:
+            self._tf_dist_fns[key] = self._build_tf_distributed(strategy)
+        return self._tf_dist_fns[key](per_replica)
+
+    def _build_tf_distributed(self, strategy):
+        import tensorflow as tf
+
+        step = self._step
+        plan = self.replica_reduce
+
+        def combine(how, value):
+            if value is None:
+                return None
+            if isinstance(value, dict):
+                return {k: combine(how, v) for k, v in value.items()}
+            if how == "sum":
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            return strategy.gather(value, axis=0)
+
+        def run(per_replica):
+            outputs = strategy.run(lambda args: step(*args), args=(per_replica,))
+            return _map_plan(combine, plan, outputs)
+
+        # One trace per distinct shape at first; then shapes are generalised (fewer traces).
+        return tf.function(run, reduce_retracing=True) if self.jit else run
 
     # -- TensorFlow ---------------------------------------------------------------------------
 
@@ -394,11 +500,30 @@ class ActivationGradients:
 
         fast_layers = [layer for layer in model.layers if isinstance(layer, _FastGradConv1D)]
 
+        placed = {}
+
+        def weights(variables, distribution):
+            if distribution is None:
+                return [v.value for v in variables]
+            # Weights made before the distribution was set sit on one device; lay them out as
+            # the distribution says (replicated for DataParallel), once per weight array.
+            values = []
+            for v in variables:
+                key = (id(v), id(distribution))
+                if key not in placed or placed[key][0] is not v.value:
+                    layout = distribution.get_variable_layout(v)
+                    placed[key] = (v.value, _jax_distribute(v.value, layout))
+                values.append(placed[key][1])
+            return values
+
         def call(x, *extras):
             for layer in fast_layers:
                 layer.refresh()
-            trainable = [v.value for v in model.trainable_variables]
-            non_trainable = [v.value for v in model.non_trainable_variables]
+            distribution = keras.distribution.distribution()
+            trainable = weights(model.trainable_variables, distribution)
+            non_trainable = weights(model.non_trainable_variables, distribution)
+            if distribution is not None:
+                x, *extras = _jax_distribute_batch(distribution, [x, *extras])
             return compiled(trainable, non_trainable, x, *extras)
 
         return call
@@ -553,6 +678,68 @@ class _FastGradConv1D(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
+
+
+def _tf_strategy():
+    """The ``tf.distribute`` strategy whose scope is entered, if it has several replicas."""
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return None
+    strategy = tf.distribute.get_strategy()
+    return strategy if strategy.num_replicas_in_sync > 1 else None
+
+
+def _map_plan(fn, plan, values):
+    """``fn(leaf_of_plan, value)`` over ``values`` following the nest ``plan`` (a prefix)."""
+    if isinstance(plan, str):
+        return fn(plan, values)
+    if isinstance(plan, dict):
+        return {k: _map_plan(fn, plan[k], values[k]) for k in plan}
+    mapped = [_map_plan(fn, p, v) for p, v in zip(plan, values)]
+    if isinstance(plan, tuple) and hasattr(plan, "_fields"):
+        return type(values)(*mapped)
+    return type(plan)(mapped)
+
+
+def _jax_distribute(value, layout):
+    from keras.src.backend.jax.distribution_lib import distribute_tensor
+
+    return distribute_tensor(value, layout)
+
+
+def _jax_distribute_batch(distribution, arrays):
+    """Lays the batch arguments out along the distribution's batch axis (other ones are
+    replicated); the batch must split evenly over that axis."""
+    import jax
+
+    mesh = distribution.device_mesh
+    n = int(mesh.shape[mesh.axis_names.index(distribution.batch_dim_name)])
+    rows = arrays[0].shape[0]
+    if rows % n:
+        raise ValueError(
+            f"Under {type(distribution).__name__} the batch ({rows} rows) must split evenly over "
+            f"the {n} devices of the batch axis '{distribution.batch_dim_name}'. Received: batch "
+            f"of {rows}"
+        )
+    placed = []
+    for value in arrays:
+        if len(value.shape) and value.shape[0] == rows:
+            layout = distribution.get_data_layout(value.shape).backend_layout
+            # Every process holds the same host batch here (one process: the whole batch).
+            placed.append(jax.device_put(value, layout))
+        else:
+            replicated = keras.distribution.TensorLayout(
+                [None] * len(value.shape), mesh
+            ).backend_layout
+            placed.append(jax.device_put(value, replicated))
+    return placed
+
+
+def _convert_output(out):
+    if isinstance(out, GradientResult):
+        return _result_to_numpy(out)
+    return tree.map_structure(_to_numpy, out)
 
 
 def _dynamic_spec(tensor):

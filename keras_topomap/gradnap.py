@@ -146,6 +146,7 @@ class GradNAP:
         n_groups_: number of groups.
         n_frames_: labelled input frames seen.
         target_total_: the target summed over all batches (0 for ``adjust="none"``).
+        info_: the ``info`` dict given to :meth:`save` (read back by :meth:`load`).
     """
 
     def __init__(
@@ -213,6 +214,7 @@ class GradNAP:
         self._steps = {}
         self._timing_cache = {}
         self._rows = batch_size
+        self.info_ = {}
         if model is not None:
             self._inspect_model(model)
         else:
@@ -365,9 +367,17 @@ class GradNAP:
             return {"sums": sums, "frames": frames, "saliency": saliency, "value": result.value}
 
         needs_grad = adjust != "none"
+        # Under a distribution: sums add over replicas, per-frame results join along the batch.
+        per_layer = {name: "sum" for name in layers}
+        replica_reduce = {
+            "sums": per_layer,
+            "frames": {name: "concat" for name in layers} if keep_frames else {},
+            "saliency": {name: "concat" for name in layers} if keep_saliency else {},
+            "value": "sum",
+        }
         step = ActivationGradients(
             self.model, layers, target, reduce=reduce, layer_gradients=needs_grad,
-            include_output=needs_grad,
+            include_output=needs_grad, replica_reduce=replica_reduce,
         )
         self._steps[n_groups] = (step, n_target_extras)
         return self._steps[n_groups]
@@ -448,12 +458,13 @@ class GradNAP:
         return _Batch(x, labels.astype(np.int64), lengths,
                       ctc[0] if ctc else None, ctc[1] if ctc else None)
 
-    def _pad(self, b):
-        """Pads time to a multiple of time_bucket and rows to the step's row count."""
+    def _pad(self, b, replicas=1):
+        """Pads time to a multiple of time_bucket and rows to the step's row count (a multiple
+        of the number of replicas of an active distribution)."""
         n, t = b.x.shape[:2]
         t_pad = max(self.time_bucket, -(-t // self.time_bucket) * self.time_bucket)
         self._rows = max(self._rows or n, n)
-        rows = self._rows
+        rows = -(-self._rows // replicas) * replicas
         x = np.zeros((rows, t_pad, b.x.shape[2]), np.float32)
         x[:n, :t] = b.x
         labels = np.full((rows, t_pad), -1, np.int64)
@@ -493,7 +504,20 @@ class GradNAP:
     # Fitting
 
     def fit(self, data):
-        """Computes the profiles from scratch over ``data`` (see the class doc). Returns self."""
+        """Computes the profiles from scratch over ``data`` (see the class doc). Returns self.
+
+        Under an active distribution each batch is spread over its replicas and the per-group
+        sums are reduced over them, with the same result as on one device (up to float
+        rounding): on JAX with a ``keras.distribution`` distribution set (e.g.
+        ``keras.distribution.DataParallel()``), on TensorFlow inside a ``tf.distribute``
+        strategy's ``scope()`` (e.g. ``MirroredStrategy``). Batches are padded with empty rows
+        to a multiple of the number of replicas.
+
+        Example:
+
+        >>> keras.distribution.set_distribution(keras.distribution.DataParallel())  # JAX
+        >>> gn = GradNAP(model, ["conv_1"], batch_size=8).fit(batches)
+        """
         self._reset()
         return self.partial_fit(data)
 
@@ -527,10 +551,11 @@ class GradNAP:
     def _accumulate(self, batch, index):
         if batch.labels.size and batch.labels.max() >= self.n_groups_:
             self._grow(int(batch.labels.max()) + 1)
-        padded, n_real = self._pad(batch)
+        g = self.n_groups_
+        step, _ = self._step_for(g)
+        padded, n_real = self._pad(batch, step.n_replicas())
         t_pad = padded.x.shape[1]
         timing = self._timing(t_pad)
-        g = self.n_groups_
         eye = np.eye(g + 1, dtype=np.float32)[:, :g]  # row g (label -1) is all zeros
         layer_labels, onehots = {}, []
         for name in self.layers:
@@ -548,7 +573,6 @@ class GradNAP:
             row_valid = (np.arange(len(out_lengths)) < n_real).astype(np.float32)
             extras += [padded.ctc_labels, padded.ctc_label_lengths,
                        np.maximum(out_lengths, 1).astype(np.int32), row_valid]
-        step, _ = self._step_for(g)
         result = step(padded.x, *extras, *onehots)
         for name in self.layers:
             self._sums[name] += result["sums"][name].astype(np.float64)
@@ -728,21 +752,67 @@ class GradNAP:
             "time_bucket": self.time_bucket,
             "n_frames": self.n_frames_,
             "target_total": self.target_total_,
-            "model": getattr(self.model, "name", None),
+            "model": self._model_name(),
         }
+
+    def _model_name(self):
+        if self.model is not None:
+            return self.model.name
+        return getattr(self, "_saved_model_name", None)
+
+    def model_fingerprint(self):
+        """A digest of the model's weights (sha256 over every weight's bytes, in order).
+
+        Saved with the sums, so that :meth:`merge` can refuse parts fitted with different
+        weights. ``None`` for a GradNAP loaded without a model from a file written before
+        fingerprints were saved.
+        """
+        if self.model is None:
+            return getattr(self, "_saved_fingerprint", None)
+        import hashlib
+
+        digest = hashlib.sha256()
+        for weight in self.model.weights:
+            value = np.ascontiguousarray(ops.convert_to_numpy(weight))
+            digest.update(f"{weight.path}:{value.dtype}:{value.shape};".encode())
+            digest.update(value.tobytes())
+        return digest.hexdigest()
 
     @classmethod
     def merge(cls, parts):
         """One GradNAP holding the sums of several fitted on different data (same settings).
 
-        Merging is exact: the result equals one fit over all the data.
+        Merging adds the running sums and counts of the parts: the counts equal one fit over
+        all the data exactly, the profiles up to float rounding (the sums are float64, added in a
+        different order). Parts may be live objects or ones read by :meth:`load` (without a
+        model), e.g. shards fitted on different machines
+        (``keras-topomap gradnap --shard i/n``).
+
+        Args:
+            parts: GradNAPs with the same settings (layers, target, adjust, baseline, grids,
+                window, anchor, blank, group names) fitted with the same model weights.
+
+        Returns:
+            A new GradNAP; it keeps the first part's model (if any), so it can go on fitting.
+
+        Raises:
+            ValueError: when there are no parts, or parts differ in a setting, in their group
+                names, in the model's name or in its weights (:meth:`model_fingerprint`).
+
+        Example:
+
+        >>> halves = [GradNAP(model, ["conv_1"]).partial_fit(part) for part in (a, b)]
+        >>> merged = GradNAP.merge(halves)   # == GradNAP(model, ["conv_1"]).fit(a + b)
         """
         parts = list(parts)
         if not parts:
             raise ValueError("GradNAP.merge needs at least one GradNAP.")
+        bad = [type(p).__name__ for p in parts if not isinstance(p, GradNAP)]
+        if bad:
+            raise ValueError(f"GradNAP.merge takes GradNAP objects. Received: {bad}")
         first = parts[0]
         keys = ("layers", "target", "adjust", "baseline", "grids", "window", "anchor",
-                "n_filters")
+                "n_filters", "blank")
         ref = {k: first._config()[k] for k in keys}
         for i, part in enumerate(parts[1:], start=1):
             other = {k: part._config()[k] for k in keys}
@@ -754,12 +824,33 @@ class GradNAP:
                 )
             names = [p.group_names for p in (first, part) if p.group_names is not None]
             if len(names) == 2 and names[0] != names[1]:
-                raise ValueError(f"GradNAP.merge: part {i} has different group_names.")
+                raise ValueError(
+                    f"GradNAP.merge: part {i} has different group_names. Received: "
+                    f"{names[1]} (part 0: {names[0]})"
+                )
+        models = [p._model_name() for p in parts]
+        known = {m for m in models if m is not None}
+        if len(known) > 1:
+            raise ValueError(
+                f"GradNAP.merge: the parts were fitted with different models. Received model "
+                f"names: {models}"
+            )
+        prints = [p.model_fingerprint() for p in parts]
+        if len({f for f in prints if f is not None}) > 1:
+            raise ValueError(
+                "GradNAP.merge: the parts were fitted with different weights of model "
+                f"{next(iter(known), '?')!r} (weight fingerprints differ: "
+                f"{[f[:12] if f else None for f in prints]})."
+            )
         merged = cls.__new__(cls)
         merged.__dict__.update({k: v for k, v in first.__dict__.items() if not k.startswith("_")})
         merged._grids_arg = dict(first._grids_arg)
         merged._steps, merged._timing_cache = first._steps, first._timing_cache
         merged._rows = first._rows
+        merged.info_ = {}
+        for attr in ("_saved_model_name", "_saved_fingerprint"):
+            if hasattr(first, attr):
+                setattr(merged, attr, getattr(first, attr))
         if hasattr(first, "_output_layer"):
             merged._output_layer, merged._output_timed = first._output_layer, first._output_timed
         n_groups = max(p.n_groups_ for p in parts)
@@ -783,9 +874,21 @@ class GradNAP:
         merged._finalize(warn=False)
         return merged
 
-    def save(self, path):
-        """Writes ``<path>.npz`` (running sums) and ``<path>.json`` (settings). Returns the npz
-        path. A callable target is stored as ``"callable"``."""
+    def save(self, path, info=None):
+        """Writes ``<path>.npz`` (running sums and counts) and ``<path>.json`` (settings).
+
+        The files hold the running state, not only the profiles, so a loaded GradNAP can be
+        merged exactly with others (:meth:`merge`) or go on fitting (:meth:`load` with a model).
+        A callable target is stored as ``"callable"``.
+
+        Args:
+            path: file stem (``.npz``/``.json`` may be given; both files are written).
+            info: optional JSON-serialisable dict stored alongside (read back as ``info_``),
+                e.g. which shard of which data this is.
+
+        Returns:
+            The path of the ``.npz`` file.
+        """
         stem = _stem(path)
         directory = os.path.dirname(stem)
         if directory:
@@ -798,8 +901,11 @@ class GradNAP:
                 arrays[f"tsums_{i}"] = self._tsums[name]
                 arrays[f"tcounts_{i}"] = self._tcounts[name]
         np.savez(stem + ".npz", **arrays)
+        config = self._config()
+        config["model_fingerprint"] = self.model_fingerprint()
+        config["info"] = dict(info if info is not None else getattr(self, "info_", {}))
         with open(stem + ".json", "w") as f:
-            json.dump(self._config(), f, indent=2)
+            json.dump(config, f, indent=2)
         return stem + ".npz"
 
     @classmethod
@@ -851,6 +957,17 @@ class GradNAP:
                 gn._tcounts = {n: data[f"tcounts_{i}"] for i, n in enumerate(gn.layers)}
         gn.n_frames_ = int(config["n_frames"])
         gn.target_total_ = float(config.get("target_total", 0.0))
+        gn.info_ = dict(config.get("info") or {})
+        gn._saved_model_name = config.get("model")
+        gn._saved_fingerprint = config.get("model_fingerprint")
+        if model is not None and gn._saved_fingerprint is not None:
+            # Continuing a fit with other weights would silently mix two models.
+            if gn.model_fingerprint() != gn._saved_fingerprint:
+                warnings.warn(
+                    f"GradNAP.load: the weights of model '{model.name}' differ from those the "
+                    f"saved sums in {stem + '.json'!r} were computed with.",
+                    stacklevel=2,
+                )
         gn._finalize(warn=False)
         return gn
 
