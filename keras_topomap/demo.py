@@ -1,183 +1,611 @@
-"""The quick demo: does the topographic constraint order a layer's filters?
+"""The main demo: the paper end to end on speech (``make demo``, ``python -m keras_topomap.demo``).
 
-Trains the same small Conv1D network twice on a synthetic sequence-labelling task -- once with
-:class:`~keras_topomap.TopographicRegularizer` on its hidden convolutions, once without -- and
-prints, for every hidden layer, the kernel topography score of each run next to the score of a
-random permutation of the same filters (the "no topography" baseline, with its z-score).
+One run does what the paper did, at laptop scale, and writes everything to ``--out``
+(default ``outputs/``):
 
-The task: each sequence is a chain of segments; every segment is a noisy copy of one of
-``n_classes`` random prototype patterns (a "phoneme"), and the network labels every frame with
-its segment's class. It is small enough to train in about a minute on two CPU cores.
+1. **Train** the topographic Wav2Letter-style recognizer (``--config small`` by default) on
+   the bundled phone-aligned corpus (or ``--data librispeech:DIR`` etc.) with
+   :func:`keras_topomap.train.train` for a time budget (``--minutes``), while a
+   :class:`~keras_topomap.TopoMapCallback` records the layers' activation maps every epoch
+   (the animation). ``--model PATH`` skips training and analyses a saved ``.keras`` model.
+2. **GradNAP** (:class:`~keras_topomap.GradNAP`) of every phoneme on every topographic layer,
+   over the test split.
+3. **Optimal inputs** (:mod:`keras_topomap.optimal_inputs`) of the most responsive region of
+   /AE/, /AA/, /T/ (and the ``--phonemes`` named) on the figure layer (``conv_2``, the paper's
+   second layer), single-filter and joint, and their sound (:func:`keras_topomap.sonify.write_wav`).
+4. **Figures and metrics**: Figure 1A (filter neighbourhoods of the first layer), Figure 1B,
+   the combined Figure 1, the dendrogram of phoneme profiles, GradNAP maps of all phonemes per
+   layer, the map animation, the learning curve, ``metrics.json`` / ``metrics.md`` (kernel
+   topography score with permutation z-score per layer; Moran's I, blur-error AUC and
+   localisation of the GradNAP maps) and ``index.html`` showing all of it
+   (:mod:`keras_topomap.report`).
 
-Run it with ``make demo`` or ``python -m keras_topomap.demo [--epochs N] [--strength S]``.
+The default (small model, 8 training minutes) finishes in about 12-15 minutes on two CPU cores.
+``--synthetic`` runs the older synthetic demo (:mod:`keras_topomap.synthetic_demo`) instead.
+
+Example (command line)::
+
+    make demo
+    make demo ARGS="--minutes 20 --phonemes s iy"
+    python -m keras_topomap.demo --model runs/topo/model.keras --out outputs/topo
+
+Example (Python):
+
+>>> from keras_topomap.demo import run_demo
+>>> summary = run_demo(out="outputs", config="tiny", minutes=1, epochs=1, steps=20)
+>>> summary["index"]
+'outputs/index.html'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import sys
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_sequence_task", "build_conv_model", "run_synthetic_demo", "main"]
+__all__ = [
+    "DEFAULT_PHONEMES",
+    "build_parser",
+    "gradnap_metrics",
+    "main",
+    "parse_phonemes",
+    "run_demo",
+]
+
+#: The phonemes of the paper's Figure 1B.
+DEFAULT_PHONEMES = ("ae", "aa", "t")
+_STAGES = 6
 
 
-def make_sequence_task(
-    n_sequences=512,
-    length=96,
-    n_features=12,
-    n_classes=12,
-    segment=(4, 12),
-    noise=1.5,
-    seed=0,
-    sample_seed=0,
-):
-    """Synthetic frame-labelling data.
+def parse_phonemes(names):
+    """Phoneme names (``"/AE/"``, ``"ae"``, ARPAbet such as ``"ao"``) -> classes of the 39 set.
 
-    ``seed`` fixes the task (the class prototypes); ``sample_seed`` draws the sequences, so a
-    validation set is the same task with another ``sample_seed``.
+    Folds ARPAbet symbols (:func:`keras_topomap.datasets.fold_phone`), drops duplicates and keeps
+    the order.
+
+    Raises:
+        ValueError: for a name that is not a phone, or one that folds to silence.
+    """
+    from keras_topomap.datasets import phones
+
+    result = []
+    for name in names:
+        text = str(name).strip().strip("/").lower()
+        try:
+            folded = phones.fold_phone(text)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"Unknown phoneme {name!r}. Phonemes: {list(phones.PHONES_39)}. "
+                             f"({e})") from None
+        if folded is None:
+            raise ValueError(f"Phoneme {name!r} has no class in the 39-phone set.")
+        if folded not in result:
+            result.append(folded)
+    return result
+
+
+def _stage(index, text, verbose):
+    if verbose:
+        print(f"\n[{index}/{_STAGES}] {text}", flush=True)
+
+
+def _load_model(path):
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--model: no such file. Received: {str(path)!r}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many kinds for a file that is not a model
+        raise ValueError(f"--model: {str(path)!r} is not a loadable .keras model ({e}).") from e
+
+
+def _feature_settings(model_path):
+    """``{"features": kind, "n_mels": n}`` of a saved model's training run, when known."""
+    from keras_topomap.train import load_feature_config
+
+    try:
+        features = load_feature_config(Path(model_path).parent)
+    except (ValueError, OSError, KeyError):
+        return {}
+    return {"features": features.kind, "n_mels": features.n_mels}
+
+
+def _morans_i(grid_map):
+    from keras_topomap.metrics import morans_i
+
+    try:
+        return float(morans_i(grid_map))
+    except ValueError:  # a constant map (e.g. all zero): undefined
+        return None
+
+
+def gradnap_metrics(gradnap, n_permutations=20, seed=0):
+    """Smoothness and localisation of every GradNAP map, per layer.
+
+    For every layer and every group with frames: Moran's I
+    (:func:`keras_topomap.metrics.morans_i`) of the map on the grid, the same for the map with
+    its filters randomly permuted (the "no topography" baseline, mean over ``n_permutations``),
+    the blur-error AUC (:func:`~keras_topomap.metrics.blur_error_auc`, lower = smoother) and the
+    localisation (:func:`~keras_topomap.metrics.localization`: share of positive mass inside the
+    most responsive 3x3 region).
 
     Returns:
-        ``(x, y)``: x float32 ``(n_sequences, length, n_features)``, y int32
-        ``(n_sequences, length)`` frame classes.
+        ``{layer: {"groups": {name: {...}}, "mean": {...}, "median": {...}}}``.
     """
-    task = np.random.default_rng(seed)
-    prototypes = task.normal(size=(n_classes, n_features))
-    # each prototype also has a slow temporal shape so that filters need context
-    ramps = np.sin(np.linspace(0, np.pi, 16))[:, None] * task.normal(
-        size=(n_classes, 1, n_features)
-    )
-    rng = np.random.default_rng([seed, sample_seed])
-    lengths = rng.integers(segment[0], segment[1] + 1, size=(n_sequences, length))
-    classes = rng.integers(0, n_classes, size=(n_sequences, length))
-    # segment id of every frame: cumulative segment lengths, vectorised over sequences
-    bounds = np.cumsum(lengths, axis=1)
-    frame = np.arange(length)
-    seg_index = (bounds[:, None, :] <= frame[None, :, None]).sum(axis=2)
-    y = np.take_along_axis(classes, seg_index, axis=1)
-    seg_start = np.where(
-        seg_index > 0, np.take_along_axis(bounds, np.maximum(seg_index - 1, 0), 1), 0
-    )
-    position = np.clip(frame[None, :] - seg_start, 0, 15)
-    x = (
-        prototypes[y]
-        + ramps[y, position]
-        + noise * rng.normal(size=(n_sequences, length, n_features))
-    )
-    return x.astype("float32"), y.astype("int32")
+    from keras_topomap.metrics import blur_error_auc, localization
+
+    rng = np.random.default_rng(seed)
+    result = {}
+    for layer in gradnap.layers:
+        maps = gradnap.maps(layer)
+        grid = maps.shape[1:]
+        groups = {}
+        for index in np.nonzero(gradnap.counts_[layer] > 0)[0]:
+            grid_map = maps[index]
+            flat = grid_map.ravel()
+            permuted = [_morans_i(flat[rng.permutation(flat.size)].reshape(grid))
+                        for _ in range(n_permutations)]
+            permuted = [p for p in permuted if p is not None]
+            groups[gradnap.group_name(index)] = {
+                "morans_i": _morans_i(grid_map),
+                "morans_i_permuted": float(np.mean(permuted)) if permuted else None,
+                "blur_error_auc": float(blur_error_auc(grid_map)),
+                "localization": float(localization(grid_map)),
+                "frames": int(gradnap.counts_[layer][index]),
+            }
+        summary = {}
+        for how, fn in (("mean", np.mean), ("median", np.median)):
+            summary[how] = {
+                key: (float(fn(values)) if values else None)
+                for key in ("morans_i", "morans_i_permuted", "blur_error_auc", "localization")
+                for values in [[g[key] for g in groups.values() if g[key] is not None]]
+            }
+        result[layer] = {"groups": groups, **summary}
+    return result
 
 
-def build_conv_model(
-    n_features=12,
-    n_classes=12,
-    filters=64,
-    width=5,
-    n_hidden=3,
-    topographic=True,
-    strength=0.01,
-    seed=0,
-):
-    """A small fully convolutional frame classifier; hidden convs on square grids if topographic."""
-    import keras
-
-    from keras_topomap import TopographicRegularizer
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((None, n_features), name="features")
-    x = inputs
-    for i in range(n_hidden):
-        reg = TopographicRegularizer(strength=strength) if topographic else None
-        x = keras.layers.Conv1D(
-            filters,
-            width,
-            padding="same",
-            activation="relu",
-            kernel_regularizer=reg,
-            name=f"conv_{i + 1}",
-        )(x)
-    outputs = keras.layers.Conv1D(n_classes, 1, name="logits")(x)
-    return keras.Model(inputs, outputs, name="topographic" if topographic else "unconstrained")
+def _fmt(value, spec):
+    return "n/a" if value is None else format(value, spec)
 
 
-def run_synthetic_demo(
-    epochs=12, strength=0.01, batch_size=32, n_permutations=200, seed=0, verbose=1
-):
-    """Trains both models and returns ``{run: {layer: TopographyResult}}`` plus accuracies."""
-    import keras
-
-    from keras_topomap.metrics import topography_test
-
-    x, y = make_sequence_task(seed=seed)
-    x_val, y_val = make_sequence_task(n_sequences=128, seed=seed, sample_seed=1)
-    results = {}
-    for topographic in (True, False):
-        name = "topographic" if topographic else "unconstrained"
-        if verbose:
-            print(f"\nTraining the {name} model ({epochs} epochs)")
-        model = build_conv_model(
-            n_features=x.shape[-1],
-            n_classes=int(y.max()) + 1,
-            topographic=topographic,
-            strength=strength,
-            seed=seed,
-        )
-        model.compile(
-            optimizer=keras.optimizers.Adam(3e-3),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        start = time.perf_counter()
-        model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose, shuffle=True)
-        seconds = time.perf_counter() - start
-        _, accuracy = model.evaluate(x_val, y_val, verbose=0)
-        scores = {
-            layer.name: topography_test(layer.kernel, n_permutations=n_permutations, seed=seed)
-            for layer in model.layers
-            if layer.name.startswith("conv_")
-        }
-        results[name] = {"scores": scores, "accuracy": float(accuracy), "seconds": seconds}
-    return results
-
-
-def format_results(results):
+def metrics_table(metrics):
+    """The per-layer metrics as a Markdown table (also printed at the end of the demo)."""
     lines = [
-        "",
-        "Kernel topography score S (1 = every filter equals its grid neighbours, 0 = no order)",
-        f"{'layer':<8} {'run':<14} {'S':>7} {'permuted S':>18} {'z':>8}",
+        "| layer | grid | topography S | permuted S | z | Moran's I | permuted I | "
+        "blur-error AUC | localisation |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for run, result in results.items():
-        for layer, r in result["scores"].items():
-            lines.append(
-                f"{layer:<8} {run:<14} {r.score:7.3f} {r.null_mean:9.3f} +- {r.null_std:5.3f} "
-                f"{r.z:8.1f}"
-            )
-    lines.append("")
-    for run, result in results.items():
+    for layer, topo in metrics["topography"].items():
+        gn = metrics["gradnap"].get(layer, {}).get("mean", {})
         lines.append(
-            f"{run:<14} validation frame accuracy {result['accuracy']:.3f} "
-            f"(trained in {result['seconds']:.0f} s)"
+            f"| {layer} | {topo['grid'][0]}x{topo['grid'][1]} | {topo['score']:.3f} | "
+            f"{topo['null_mean']:+.3f} ± {topo['null_std']:.3f} | {topo['z']:.1f} | "
+            f"{_fmt(gn.get('morans_i'), '.3f')} | {_fmt(gn.get('morans_i_permuted'), '+.3f')} | "
+            f"{_fmt(gn.get('blur_error_auc'), '.3f')} | {_fmt(gn.get('localization'), '.3f')} |"
         )
     return "\n".join(lines)
 
 
+def _save(fig, path, dpi=110):
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _plot_history(history, path):
+    from keras_topomap.visualization import new_figure
+
+    fig = new_figure(figsize=(7.5, 2.8))
+    left, right = fig.subplots(1, 2)
+    epochs = [h["epoch"] for h in history]
+    for key, style in (("loss", "-"), ("val_ctc_loss", "--"), ("train_ctc_loss", "--")):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            left.plot(epochs, values, style, label=key)
+    left.set_xlabel("epoch")
+    left.set_ylabel("CTC loss")
+    left.legend(fontsize=7)
+    for key in ("val_cer", "train_cer"):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            right.plot(epochs, values, label=key)
+    scores = {k: [h.get(k) for h in history] for k in history[-1] if k.startswith("topo_score/")}
+    right.set_xlabel("epoch")
+    right.set_ylabel("character error rate")
+    if scores:
+        twin = right.twinx()
+        for key, values in scores.items():
+            twin.plot(epochs, values, ":", linewidth=0.8, label=key.split("/", 1)[1])
+        twin.set_ylabel("kernel topography score", fontsize=8)
+        twin.legend(fontsize=5, ncol=2, loc="center right")
+    right.legend(fontsize=7, loc="upper right")
+    return _save(fig, path)
+
+
+def run_demo(
+    out="outputs",
+    config="small",
+    minutes=8.0,
+    data="bundled",
+    model=None,
+    phonemes=(),
+    seed=0,
+    strength=0.01,
+    layer=None,
+    epochs=200,
+    steps=200,
+    max_train=None,
+    max_eval=None,
+    n_permutations=100,
+    target="prediction",
+    verbose=1,
+):
+    """Runs the demo (see the module docstring) and writes its outputs to ``out``.
+
+    Args:
+        out: output folder (created; a previous demo's training run in ``out/training`` is
+            replaced).
+        config: model size for training, ``"tiny"``, ``"small"`` or ``"paper"``.
+        minutes: training time budget in minutes.
+        data: training/test data, as ``keras-topomap train --data`` (``"bundled"``,
+            ``"librispeech:DIR"``, ``"timit:DIR"``, ``"textgrid:AUDIO_DIR,TEXTGRID_DIR"``, ...).
+        model: path of a saved trained ``.keras`` model: skip training and analyse it.
+        phonemes: phonemes for Figure 1B in addition to /AE/, /AA/ and /T/.
+        seed: seeds training, data subsets and the optimal inputs.
+        strength: strength of the topographic regularizer.
+        layer: the layer of Figure 1B (default ``conv_2``, the paper's second layer).
+        epochs: maximum training epochs (the time budget usually stops training first).
+        steps: optimisation steps per optimal input.
+        max_train, max_eval: use this many training / test utterances (quick runs).
+        n_permutations: permutations of the kernel topography z-scores.
+        target: GradNAP target, ``"prediction"`` or ``"ctc_loss"``; ``"prediction"`` falls back
+            to ``"ctc_loss"`` for a model that predicts only blanks.
+        verbose: 1 prints stages and progress bars; 0 is silent.
+
+    Returns:
+        dict with the paths written (``index``, ``figure1``, ``figure1a``, ``figure1b``,
+        ``dendrogram``, ``animation``, ``metrics``, ``wavs``), ``metrics`` (the metrics.json
+        content) and ``seconds`` per stage.
+
+    Raises:
+        ValueError: for bad options (unknown phoneme, config, data spec, model file, layer).
+    """
+    import keras
+
+    from keras_topomap import report
+    from keras_topomap import train as train_lib
+    from keras_topomap.datasets import PHONES_39, SpeechBatches
+    from keras_topomap.gradnap import GradNAP
+    from keras_topomap.regularizers import topographic_layers
+
+    wanted = parse_phonemes([*DEFAULT_PHONEMES, *phonemes])
+    if target not in ("prediction", "ctc_loss"):
+        raise ValueError(f"target must be 'prediction' or 'ctc_loss'. Received: {target!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    started = time.perf_counter()
+
+    # ---- 1. data
+    _stage(1, f"Loading data ({data})", verbose)
+    tick = time.perf_counter()
+    overrides = _feature_settings(model) if model is not None else {}
+    train_config = train_lib.TrainConfig(
+        config=config, data=data, seed=seed, strength=strength, epochs=epochs,
+        max_minutes=minutes, max_train=max_train, max_eval=max_eval,
+        out=str(out / "training"), tensorboard=False, n_permutations=n_permutations,
+        verbose=verbose, **overrides,
+    )
+    loaded = _load_model(model) if model is not None else None
+    if loaded is not None and not overrides:
+        n_features = int(loaded.input_shape[-1])
+        train_config = train_lib.TrainConfig(**{**train_config.to_dict(), "n_mels": n_features})
+    train_set, val_set, test_set = train_lib.load_data(train_config)
+    if verbose:
+        print(f"training {len(train_set)}, validation {len(val_set)}, test {len(test_set)} "
+              "utterances")
+    seconds["data"] = time.perf_counter() - tick
+
+    # ---- 2. training with the map animation
+    tick = time.perf_counter()
+    topomap_dir = out / "topomaps"
+    history = []
+    training = None
+    if loaded is None:
+        from keras_topomap.callbacks import TopoMapCallback
+
+        _stage(2, f"Training the {config} topographic recognizer for up to {minutes:g} min",
+               verbose)
+        run_dir = out / "training"
+        if (run_dir / "state.json").exists():
+            if verbose:
+                print(f"replacing the previous demo training run in {run_dir}")
+            shutil.rmtree(run_dir)
+        if topomap_dir.exists():
+            shutil.rmtree(topomap_dir)
+        probe = SpeechBatches(val_set, batch_size=16, mode="all", shuffle=False)[0]
+        callback = TopoMapCallback(
+            probe["features"], groups=probe["frame_labels"], group_names=PHONES_39,
+            probe_lengths=probe["feature_lengths"], out_dir=topomap_dir,
+            interpolation="bicubic", fps=3,
+        )
+        training = train_lib.train(train_config, data=(train_set, val_set, test_set),
+                                   callbacks=[callback])
+        net = keras.saving.load_model(training["model_path"], compile=False)
+        history = training["history"]
+    else:
+        _stage(2, f"Using the trained model {model} (no training)", verbose)
+        net = loaded
+    seconds["training"] = time.perf_counter() - tick
+
+    grids = {name: info["grid"] for name, info in topographic_layers(net).items()}
+    if not grids:
+        raise ValueError(
+            f"Model {net.name!r} has no topographic layers (no TopographicRegularizer); the demo "
+            "needs a model trained with topographic=True."
+        )
+    names = list(grids)
+    fig_layer = layer or ("conv_2" if "conv_2" in grids else names[min(1, len(names) - 1)])
+    if fig_layer not in grids:
+        raise ValueError(f"--layer must be a topographic layer {names}. Received: {fig_layer!r}")
+
+    # ---- 3. GradNAP of every phoneme on every topographic layer
+    _stage(3, f"GradNAP of {len(PHONES_39)} phonemes on {len(names)} layers "
+              f"({len(test_set)} test utterances)", verbose)
+    tick = time.perf_counter()
+    batches = SpeechBatches(test_set, batch_size=8, mode="all", shuffle=False,
+                            pad_to_multiple=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gradnap = GradNAP(net, layers=names, group_names=PHONES_39, target=target,
+                          verbose=verbose).fit(batches)
+        if target == "prediction" and gradnap.target_total_ == 0:
+            if verbose:
+                print("The model predicts only blanks; GradNAP uses target='ctc_loss' instead.")
+            target = "ctc_loss"
+            gradnap = GradNAP(net, layers=names, group_names=PHONES_39, target=target,
+                              verbose=verbose).fit(batches)
+    counts = gradnap.counts_[fig_layer]
+    absent = [PHONES_39[i] for i in np.nonzero(counts == 0)[0]]
+    if verbose and absent:
+        print(f"phonemes without test frames (no GradNAP): {absent}")
+    other = [w for w in caught if "no frames" not in str(w.message).lower()]
+    for w in other:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    gradnap.save(out / "gradnap")
+    shown = [p for p in wanted if p not in absent]
+    skipped = [p for p in wanted if p in absent]
+    if not shown:
+        raise ValueError(f"None of the phonemes {wanted} occurs in the test data.")
+    seconds["gradnap"] = time.perf_counter() - tick
+
+    # ---- 4. optimal inputs of the most responsive regions, and their sound
+    _stage(4, f"Optimal inputs of the most responsive {fig_layer} region of "
+              f"{', '.join('/' + p.upper() + '/' for p in shown)}", verbose)
+    tick = time.perf_counter()
+    from keras_topomap.optimal_inputs import OptimalInputs, optimal_inputs
+    from keras_topomap.sonify import write_wav
+
+    feature_config = train_config.feature_config()
+    regions, singles, joints, wavs = [], [], [], {}
+    wav_dir = out / "wav"
+    wav_dir.mkdir(exist_ok=True)
+    for phoneme in shown:
+        region = gradnap.most_responsive_region(fig_layer, phoneme)
+        single = OptimalInputs(net, fig_layer, region=region, steps=steps, seed=seed,
+                               progress=bool(verbose)).fit()
+        joint = optimal_inputs(net, fig_layer, region=region, joint=True, steps=steps, seed=seed,
+                               progress=bool(verbose))
+        regions.append(region)
+        singles.append(single.inputs_)
+        joints.append(joint[0])
+        files = {"joint": f"wav/{phoneme}_joint.wav"}
+        files.update({int(f): f"wav/{phoneme}_filter{int(f)}.wav" for f in region.filters})
+        for key, name in files.items():
+            features = joint[0] if key == "joint" else single.inputs_[
+                list(region.filters).index(key)]
+            write_wav(out / name, features, feature_config, seed=seed)
+        wavs[phoneme] = files
+    seconds["optimal_inputs"] = time.perf_counter() - tick
+
+    # ---- 5. figures
+    _stage(5, "Drawing the figures", verbose)
+    tick = time.perf_counter()
+    from keras_topomap import visualization as vis
+
+    first = names[0]
+    kernel = net.get_layer(first).kernel
+    figure_names = ["figure1a", "figure1b", "figure1", "dendrogram", "gradnap_eeg",
+                    *[f"optimal_inputs_{p}" for p in shown], *[f"gradnap_{n}" for n in names]]
+    if history:
+        figure_names.append("training")
+    bar = keras.utils.Progbar(len(figure_names), unit_name="figure") if verbose else None
+    files = {}
+
+    def done(name, path):
+        files[name] = path.name
+        if bar is not None:
+            bar.add(1)
+
+    done("figure1a", _save(vis.plot_filter_neighborhoods(kernel, grids[first], layer=first),
+                           out / "figure1a.png"))
+    done("figure1b", _save(vis.plot_figure1b(gradnap, fig_layer, shown, singles, joints, regions),
+                           out / "figure1b.png"))
+    h, w = grids[fig_layer]
+    combined = vis.new_figure(figsize=(max(10.0, 2.0 * len(shown) + 1.5),
+                                       3.8 + 4.0 * h / w + 3.6))
+    top, bottom = combined.subfigures(2, 1, height_ratios=[3.8, 4.0 * h / w + 3.6])
+    vis.plot_filter_neighborhoods(kernel, grids[first], layer=first, fig=top)
+    top.text(0.0, 0.98, "A", fontsize=14, fontweight="bold", va="top")
+    vis.plot_figure1b(gradnap, fig_layer, shown, singles, joints, regions, fig=bottom)
+    bottom.text(0.0, 0.98, "B", fontsize=14, fontweight="bold", va="top")
+    done("figure1", _save(combined, out / "figure1.png", dpi=100))
+    done("dendrogram", _save(vis.plot_gradnap_dendrogram(gradnap, fig_layer),
+                             out / "dendrogram.png"))
+    done("gradnap_eeg", _save(vis.plot_gradnap_eeg(gradnap, fig_layer, groups=shown),
+                              out / "gradnap_eeg.png"))
+    for phoneme, region, single, joint in zip(shown, regions, singles, joints):
+        fig = vis.plot_optimal_inputs(single, region, joint, feature_config=feature_config,
+                                      suptitle=f"/{phoneme.upper()}/: optimal inputs of the most "
+                                      f"responsive {fig_layer} region")
+        done(f"optimal_inputs_{phoneme}", _save(fig, out / f"optimal_inputs_{phoneme}.png"))
+    for name in names:
+        groups = np.nonzero(gradnap.counts_[name] > 0)[0]
+        hh, ww = grids[name]
+        fig = vis.new_figure(figsize=(min(13.0, 1.1 * 8 * ww / hh + 1.5),
+                                      1.1 * -(-len(groups) // 8) * 1.15 + 0.6))
+        vis.plot_grid_mosaic(fig.add_subplot(), gradnap.maps(name, smooth=True)[groups],
+                             titles=[f"/{PHONES_39[g]}/" for g in groups], ncols=8,
+                             label="GradNAP (smoothed)")
+        fig.suptitle(f"GradNAP of every phoneme on {name} ({hh}x{ww}), smoothed", fontsize=9)
+        done(f"gradnap_{name}", _save(fig, out / f"gradnap_{name}.png", dpi=90))
+    if history:
+        done("training", _plot_history(history, out / "training.png"))
+    animations = sorted(p.name for p in topomap_dir.glob("*.gif")) if topomap_dir.is_dir() else []
+    if f"{fig_layer}.gif" in animations:
+        shutil.copyfile(topomap_dir / f"{fig_layer}.gif", out / "maps.gif")
+        files["animation"] = "maps.gif"
+    seconds["figures"] = time.perf_counter() - tick
+
+    # ---- 6. metrics and the report
+    _stage(6, "Metrics and index.html", verbose)
+    tick = time.perf_counter()
+    if training is not None:
+        topography = training["topography"]
+    else:
+        topography = train_lib.layer_topography(net, grids, n_permutations, seed)
+    metrics = {
+        "topography": topography,
+        "gradnap": gradnap_metrics(gradnap, seed=seed),
+        "figure_layer": fig_layer,
+        "phonemes": shown,
+        "phonemes_without_frames": skipped,
+        "regions": {p: {"center": list(r.center), "filters": [int(f) for f in r.filters],
+                        "value": r.value} for p, r in zip(shown, regions)},
+        "gradnap_target": target,
+        "n_test_utterances": len(test_set),
+        "model": str(model) if model is not None else str(training["model_path"]),
+        "config": config if model is None else None,
+        "data": data,
+        "backend": keras.backend.backend(),
+    }
+    if training is not None:
+        metrics["recognizer"] = {
+            key: training[key] for key in ("epochs_done", "training_seconds", "stopped_by",
+                                           "best_epoch", "parameters", "n_train")
+        }
+        metrics["recognizer"].update(
+            {f"test_{k}": training["test"][k] for k in ("cer", "wer", "loss")}
+        )
+    table = metrics_table(metrics)
+    seconds["metrics"] = time.perf_counter() - tick
+    seconds["total"] = time.perf_counter() - started
+    metrics["seconds"] = seconds
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    (out / "metrics.md").write_text(table + "\n")
+    index = report.write_index(
+        out, metrics=metrics, table=table, files=files, wavs=wavs,
+        animations=[f"topomaps/{a}" for a in animations], history=history,
+    )
+    if verbose:
+        print("\n" + table)
+        if training is not None:
+            rec = metrics["recognizer"]
+            print(f"\nrecognizer: test CER {rec['test_cer']:.3f}, WER {rec['test_wer']:.3f} after "
+                  f"{rec['epochs_done']} epochs ({rec['training_seconds'] / 60:.1f} min, stopped "
+                  f"by {rec['stopped_by']})")
+        print(f"\nDone in {seconds['total'] / 60:.1f} min. Results: {out.resolve()}\n"
+              f"Open {index.resolve()} in a browser.")
+    return {
+        "index": str(index),
+        "figure1": str(out / "figure1.png"),
+        "figure1a": str(out / "figure1a.png"),
+        "figure1b": str(out / "figure1b.png"),
+        "dendrogram": str(out / "dendrogram.png"),
+        "animation": str(out / "maps.gif") if "animation" in files else None,
+        "metrics": str(out / "metrics.json"),
+        "wavs": {p: {k: str(out / v) for k, v in f.items()} for p, f in wavs.items()},
+        "files": files,
+        "seconds": seconds,
+        "metrics_data": metrics,
+    }
+
+
+def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def build_parser():
+    """The demo's command line (``python -m keras_topomap.demo --help``)."""
+    from keras_topomap import models
+
+    p = argparse.ArgumentParser(
+        prog="python -m keras_topomap.demo",
+        description="Train the topographic speech recognizer, compute GradNAPs of all phonemes "
+        "and draw the paper's Figure 1 (writes an index.html). --synthetic runs the older "
+        "synthetic demo instead (python -m keras_topomap.synthetic_demo).",
+    )
+    p.add_argument("--config", default="small", choices=sorted(models.CONFIGS),
+                   help="model size to train (default: small)")
+    p.add_argument("--minutes", type=float, default=8.0,
+                   help="training time budget in minutes (default: 8)")
+    p.add_argument("--data", default="bundled",
+                   help="bundled (default), bundled-voice, tts:DIR, librispeech:DIR, timit:DIR "
+                   "or textgrid:AUDIO_DIR,TEXTGRID_DIR (as keras-topomap train --data)")
+    p.add_argument("--model", default=None,
+                   help="a trained .keras model: skip training and analyse it")
+    p.add_argument("--phonemes", nargs="*", default=[],
+                   help="phonemes for Figure 1B besides AE, AA and T (e.g. --phonemes s iy)")
+    p.add_argument("--layer", default=None, help="layer of Figure 1B (default: conv_2)")
+    p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strength", type=float, default=0.01,
+                   help="topographic regularizer strength (default: 0.01)")
+    p.add_argument("--epochs", type=int, default=200,
+                   help="maximum epochs (the time budget usually stops first)")
+    p.add_argument("--steps", type=int, default=200, help="optimisation steps per optimal input")
+    p.add_argument("--max-train", type=int, default=None, help="use N training utterances")
+    p.add_argument("--max-eval", type=int, default=None, help="use N validation/test utterances")
+    p.add_argument("--target", default="prediction", choices=("prediction", "ctc_loss"),
+                   help="GradNAP target (default: prediction)")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1))
+    p.add_argument("--synthetic", action="store_true",
+                   help="run the synthetic demo (keras_topomap.synthetic_demo) instead")
+    return p
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="keras-topomap demo",
-        description="Train a small Conv1D model with and without the topographic constraint "
-        "and compare the topography of its filters.",
-    )
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--strength", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--permutations", type=int, default=200)
-    args = parser.parse_args(argv)
-    results = run_synthetic_demo(
-        epochs=args.epochs,
-        strength=args.strength,
-        seed=args.seed,
-        n_permutations=args.permutations,
-    )
-    print(format_results(results))
+    """``make demo`` / ``python -m keras_topomap.demo`` / ``keras-topomap demo``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--synthetic" in argv:
+        from keras_topomap import synthetic_demo
+
+        return synthetic_demo.main([a for a in argv if a != "--synthetic"])
+    args = build_parser().parse_args(argv)
+    try:
+        run_demo(
+            out=args.out, config=args.config, minutes=args.minutes, data=args.data,
+            model=args.model, phonemes=args.phonemes, seed=args.seed, strength=args.strength,
+            layer=args.layer, epochs=args.epochs, steps=args.steps, max_train=args.max_train,
+            max_eval=args.max_eval, target=args.target, verbose=args.verbose,
+        )
+    except (ValueError, OSError) as e:
+        print(f"keras-topomap demo: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -17,7 +17,8 @@ import numpy as np
 __all__ = [
     "new_figure", "plot_grid_map", "plot_grid_maps", "outline_region", "symmetric_limit",
     "plot_gradnap", "plot_gradnap_eeg", "plot_gradnap_dendrogram", "plot_gradnap_time",
-    "smooth_to_image", "plot_optimal_input", "plot_optimal_inputs",
+    "smooth_to_image", "plot_optimal_input", "plot_optimal_inputs", "filter_images",
+    "local_similarity", "pick_neighborhoods", "plot_filter_neighborhoods", "plot_figure1b",
 ]
 
 
@@ -585,4 +586,316 @@ def plot_optimal_inputs(inputs, region=None, joint=None, filters=None, feature_c
     fig.colorbar(mesh, ax=fig.axes, shrink=0.8, label="feature value (normalised)")
     if suptitle:
         fig.suptitle(suptitle)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Filters on the grid (the paper's Figure 1A) and the combined Figure 1B
+
+
+def filter_images(kernel):
+    """One small image per filter of a convolution kernel: ``(F, rows, columns)``.
+
+    Conv1D kernels ``(width, in_features, F)`` become ``in_features x width`` images (input
+    feature upwards, time to the right: a spectro-temporal patch for speech features); Conv2D
+    kernels ``(kh, kw, in_channels, F)`` become ``kh x kw`` images averaged over the input
+    channels.
+
+    Raises:
+        ValueError: for a kernel of another rank.
+    """
+    from keras_topomap.metrics import _to_numpy
+
+    k = np.asarray(_to_numpy(kernel), dtype=np.float64)
+    if k.ndim == 3:
+        return np.transpose(k, (2, 1, 0))
+    if k.ndim == 4:
+        return np.transpose(k.mean(axis=2), (2, 0, 1))
+    raise ValueError(
+        "filter_images expects a Conv1D (width, in, F) or Conv2D (kh, kw, in, F) kernel. "
+        f"Received: shape={k.shape}"
+    )
+
+
+def local_similarity(kernel, grid=None, size=3):
+    """Mean cosine similarity of each filter to the other filters of its ``size x size`` block.
+
+    Unweighted (every in-grid neighbour counts the same), so the value reads directly as "how
+    alike is this neighbourhood": about 0 for randomly ordered filters, 1 when all filters of the
+    block are equal.
+
+    Args:
+        kernel: the layer's kernel (filters on the last axis).
+        grid: ``(H, W)``; default: inferred from the number of filters.
+        size: odd block side.
+
+    Returns:
+        ``(H, W)`` float array.
+
+    Example:
+
+    >>> local_similarity(model.get_layer("conv_1").kernel, grid=(8, 8)).mean()
+    """
+    from keras_topomap import grid as grid_lib
+    from keras_topomap.metrics import unit_filters
+
+    units = unit_filters(kernel)  # (D, F)
+    h, w = grid_lib.resolve_grid(grid, units.shape[1], what="local_similarity grid")
+    grid_lib.validate_neighborhood(size, (h, w), what="local_similarity size")
+    u = units.reshape(units.shape[0], h, w)  # (D, H, W), row-major like to_grid
+    r = size // 2
+    rows = np.minimum(np.arange(h) + r, h - 1) - np.maximum(np.arange(h) - r, 0) + 1
+    cols = np.minimum(np.arange(w) + r, w - 1) - np.maximum(np.arange(w) - r, 0) + 1
+    count = rows[:, None] * cols[None, :]
+    # block mean of the unit vectors (in-grid cells) times the count = block sum
+    block_sum = grid_lib.smooth(u, size) * count
+    self_dot = (u * u).sum(axis=0)
+    return ((block_sum * u).sum(axis=0) - self_dot) / np.maximum(count - 1, 1)
+
+
+def pick_neighborhoods(similarity, n=2, size=3):
+    """Centres of the ``n`` most coherent ``size x size`` neighbourhoods of a similarity map.
+
+    Prefers blocks that lie wholly inside the grid and do not overlap the ones already picked;
+    on grids too small for that it falls back to overlapping (then to border) blocks.
+
+    Args:
+        similarity: ``(H, W)`` map, e.g. :func:`local_similarity`.
+        n: number of neighbourhoods.
+        size: block side.
+
+    Returns:
+        list of ``(row, col)`` centres, best first.
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    if similarity.ndim != 2:
+        raise ValueError(f"pick_neighborhoods expects an (H, W) map. Received: {similarity.shape}")
+    h, w = similarity.shape
+    r = size // 2
+    rows, cols = np.unravel_index(np.argsort(-similarity, axis=None, kind="stable"), (h, w))
+    inside = (rows >= r) & (rows < h - r) & (cols >= r) & (cols < w - r)
+    candidates = list(zip(rows[inside].tolist(), cols[inside].tolist()))
+    candidates += list(zip(rows[~inside].tolist(), cols[~inside].tolist()))
+    picked = []
+    for allow_overlap in (False, True):
+        for row, col in candidates:
+            if len(picked) == n:
+                return picked
+            if (row, col) in picked:
+                continue
+            apart = all(abs(row - a) >= size or abs(col - b) >= size for a, b in picked)
+            if apart or allow_overlap:
+                picked.append((row, col))
+    return picked
+
+
+def _normalised_filters(images):
+    limit = np.abs(images).reshape(len(images), -1).max(axis=1)
+    return images / np.where(limit > 0, limit, 1.0)[:, None, None]
+
+
+def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=None,
+                              layer=None, overview=True, cmap="RdBu_r"):
+    """Figure 1A: close-ups of ``size x size`` neighbourhoods of a layer's filter map.
+
+    Every filter is drawn as a small image (:func:`filter_images`), each on its own symmetric
+    colour scale (the topographic constraint compares directions, not norms, so every filter is
+    scaled to its largest absolute weight). With ``overview`` the whole map comes first, all
+    filters tiled at their grid positions, with the close-up neighbourhoods outlined; then one
+    ``size x size`` panel block per neighbourhood, titled with its centre and its
+    :func:`local_similarity`.
+
+    Args:
+        kernel: the layer's kernel (Conv1D or Conv2D, filters on the last axis).
+        grid: ``(H, W)``; default: inferred from the number of filters.
+        centers: ``(row, col)`` centres; default: :func:`pick_neighborhoods` of the local
+            similarity (the ``n`` most coherent, non-overlapping where the grid allows).
+        size: neighbourhood side.
+        n: number of neighbourhoods when ``centers`` is not given.
+        fig: a matplotlib ``Figure`` or ``SubFigure`` to draw into (default: a new Figure).
+        layer: the layer's name, for the titles.
+        overview: also draw the whole filter map.
+        cmap: diverging colormap.
+
+    Returns:
+        the Figure (or the SubFigure drawn into).
+
+    Example:
+
+    >>> fig = plot_filter_neighborhoods(model.get_layer("conv_1").kernel, layer="conv_1")
+    >>> fig.savefig("figure1a.png")
+    """
+    from matplotlib.patches import Rectangle
+
+    from keras_topomap import grid as grid_lib
+
+    images = _normalised_filters(filter_images(kernel))
+    n_filters, ih, iw = images.shape
+    h, w = grid_lib.resolve_grid(grid, n_filters, what="plot_filter_neighborhoods grid")
+    similarity = local_similarity(kernel, (h, w), size)
+    if centers is None:
+        centers = pick_neighborhoods(similarity, n=n, size=size)
+    centers = [(int(a), int(b)) for a, b in centers]
+    for row, col in centers:
+        if not (0 <= row < h and 0 <= col < w):
+            raise ValueError(f"Neighbourhood centre {(row, col)} is off the {h}x{w} grid.")
+    name = f"{layer} " if layer else ""
+    if fig is None:
+        fig = new_figure(figsize=(3.2 * (len(centers) + overview) + 0.8, 3.6))
+    parts = fig.subfigures(1, len(centers) + int(overview), wspace=0.02,
+                           width_ratios=[1.25] * int(overview) + [1.0] * len(centers))
+    parts = np.atleast_1d(parts)
+    r = size // 2
+    image = None
+    if overview:
+        gap = max(1, ih // 8)
+        mosaic = np.full((h * (ih + gap) - gap, w * (iw + gap) - gap), np.nan)
+        rows, cols = np.divmod(np.arange(n_filters), w)
+        tile_rows = (rows[:, None] * (ih + gap) + np.arange(ih))[:, :, None]
+        tile_cols = (cols[:, None] * (iw + gap) + np.arange(iw))[:, None, :]
+        # flip each image vertically: the lowest input feature at the bottom of its tile
+        mosaic[tile_rows, tile_cols] = images[:, ::-1, :]
+        ax = parts[0].add_subplot()
+        image = ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+        for k, (row, col) in enumerate(centers):
+            top, left = max(row - r, 0), max(col - r, 0)
+            bottom, right = min(row + r, h - 1), min(col + r, w - 1)
+            ax.add_patch(Rectangle(
+                (left * (iw + gap) - gap / 2 - 0.5, top * (ih + gap) - gap / 2 - 0.5),
+                (right - left + 1) * (iw + gap), (bottom - top + 1) * (ih + gap),
+                fill=False, edgecolor="black", linewidth=1.6, clip_on=False,
+            ))
+            ax.text(left * (iw + gap) - gap, top * (ih + gap) - gap, str(k + 1), ha="right",
+                    va="bottom", fontsize=9, fontweight="bold")
+        parts[0].suptitle(f"{name}filter map ({h}x{w}, {n_filters} filters)", fontsize=9)
+    for k, (row, col) in enumerate(centers):
+        part = parts[k + int(overview)]
+        axes = part.subplots(size, size, gridspec_kw={"wspace": 0.06, "hspace": 0.06})
+        axes = np.asarray(axes).reshape(size, size)
+        for dr in range(size):
+            for dc in range(size):
+                ax = axes[dr, dc]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                rr, cc = row + dr - r, col + dc - r
+                if not (0 <= rr < h and 0 <= cc < w):
+                    ax.set_axis_off()
+                    continue
+                image = ax.imshow(images[rr * w + cc], cmap=cmap, vmin=-1, vmax=1, origin="lower",
+                                  aspect="auto", interpolation="nearest")
+                if (dr, dc) == (r, r):
+                    for spine in ax.spines.values():
+                        spine.set_linewidth(2.0)
+        part.suptitle(f"{k + 1}: centre {(row, col)}, neighbour cos {similarity[row, col]:.2f}",
+                      fontsize=9)
+    if image is not None:
+        cbar = fig.colorbar(image, ax=parts[-1].axes, shrink=0.7, ticks=[-1, 0, 1])
+        cbar.set_label("weight / max |weight|", fontsize=7)
+        cbar.ax.tick_params(labelsize=6)
+    return fig
+
+
+def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, fig=None,
+                  cmap="RdBu_r", panel_width=1.9):
+    """Figure 1B: for each group, its GradNAP on the grid, smoothed with the most responsive
+    region outlined, and the region's single-filter and joint optimal inputs.
+
+    One column per group; rows: "on grid" (raw profile), "smoothed" (``size x size`` average,
+    region outlined), the single-filter optimal inputs placed as their filters sit in the region,
+    and the joint input. The maps of a row share one diverging colour scale centred at 0, and all
+    optimal inputs share one; each row has a colorbar.
+
+    Args:
+        gradnap: a fitted :class:`keras_topomap.GradNAP`.
+        layer: layer name.
+        groups: group names or indices, one column each.
+        single: per group, ``(n, T, n_features)`` single-filter inputs in ``region.filters``
+            order.
+        joint: per group, ``(T, n_features)`` or ``(1, T, n_features)`` joint input.
+        regions: per group, the :class:`~keras_topomap.grid.Region` (default: the group's most
+            responsive region).
+        size: smoothing / region side.
+        fig: a ``Figure`` or ``SubFigure`` to draw into (default: a new Figure).
+        cmap: diverging colormap.
+        panel_width: inches per column.
+
+    Returns:
+        the Figure (or the SubFigure drawn into).
+
+    Example:
+
+    >>> fig = plot_figure1b(gn, "conv_2", ["ae"], [opt.inputs_], [joint], [region])
+    >>> fig.savefig("figure1b.png")
+    """
+    indices = _gradnap_groups(gradnap, layer, groups)
+    n_groups = len(indices)
+    if len(single) != n_groups or len(joint) != n_groups:
+        raise ValueError(
+            f"plot_figure1b needs single and joint inputs for each of the {n_groups} groups. "
+            f"Received: {len(single)} single, {len(joint)} joint"
+        )
+    if regions is None:
+        regions = [gradnap.most_responsive_region(layer, i, size=size) for i in indices]
+    raw = gradnap.maps(layer)[indices]
+    smoothed = gradnap.maps(layer, smooth=True, size=size)[indices]
+    single = [np.asarray(s, dtype=np.float64) for s in single]
+    joint = [np.asarray(j, dtype=np.float64).reshape(np.shape(s)[1:]) for j, s in
+             zip(joint, single)]
+    h, w = raw.shape[1:]
+    if fig is None:
+        fig = new_figure(figsize=(panel_width * n_groups + 1.3, panel_width * 2.0 * h / w + 3.4))
+    spec = fig.add_gridspec(6, size * n_groups, height_ratios=[3, 3, 1, 1, 1, 1.5],
+                            wspace=0.08, hspace=0.12)
+    label = "GradNAP" if gradnap.adjust != "none" else "NAP"
+    rows_axes = {"on grid": [], "smoothed": [], "inputs": []}
+    images = {}
+    for row, (maps, what) in enumerate(((raw, "on grid"), (smoothed, "smoothed"))):
+        limit = symmetric_limit(*maps)
+        for g, index in enumerate(indices):
+            ax = fig.add_subplot(spec[row, g * size:(g + 1) * size])
+            images[what] = plot_grid_map(
+                ax, maps[g], vmax=limit, cmap=cmap, colorbar=False,
+                title=f"/{gradnap.group_name(index).upper()}/" if row == 0 else None,
+                region=regions[g] if row == 1 else None,
+            )
+            if g == 0:
+                ax.set_ylabel(what, fontsize=8)
+            rows_axes[what].append(ax)
+    limit = symmetric_limit(*single, *joint)
+    r = size // 2
+    for g in range(n_groups):
+        region = regions[g]
+        positions = np.divmod(np.asarray(region.filters), w)
+        if len(region.filters) != len(single[g]):
+            raise ValueError(
+                f"Group {_group_title(gradnap, indices[g])}: {len(single[g])} single-filter inputs "
+                f"for a region of {len(region.filters)} filters."
+            )
+        for k, (rr, cc) in enumerate(zip(*positions)):
+            dr, dc = int(rr) - region.center[0] + r, int(cc) - region.center[1] + r
+            ax = fig.add_subplot(spec[2 + dr, g * size + dc])
+            images["inputs"] = ax.imshow(single[g][k].T, cmap=cmap, vmin=-limit, vmax=limit,
+                                         origin="lower", aspect="auto", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if g == 0 and dc == 0 and dr == r:
+                ax.set_ylabel("single-\nfilter", fontsize=8)
+            rows_axes["inputs"].append(ax)
+        ax = fig.add_subplot(spec[5, g * size:(g + 1) * size])
+        ax.imshow(joint[g].T, cmap=cmap, vmin=-limit, vmax=limit, origin="lower", aspect="auto",
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if g == 0:
+            ax.set_ylabel("joint", fontsize=8)
+        rows_axes["inputs"].append(ax)
+    for what, text in (("on grid", f"{label} (on grid)"), ("smoothed", f"{label} (smoothed)"),
+                       ("inputs", "optimal input\n(normalised features)")):
+        cbar = fig.colorbar(images[what], ax=rows_axes[what], shrink=0.9, aspect=12, pad=0.02)
+        cbar.set_label(text, fontsize=7)
+        cbar.ax.tick_params(labelsize=6)
+        cbar.formatter.set_powerlimits((-2, 2))
+    fig.suptitle(f"{label} of layer {layer} and optimal inputs of the most responsive "
+                 f"{size}x{size} region", fontsize=9)
     return fig

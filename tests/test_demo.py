@@ -1,8 +1,8 @@
-"""The synthetic demo behind `make demo` (until the speech demo replaces it)."""
+"""The synthetic demo (`python -m keras_topomap.synthetic_demo`, `make demo ARGS=--synthetic`)."""
 
 import numpy as np
 
-from keras_topomap.demo import format_results, make_sequence_task, run_synthetic_demo
+from keras_topomap.synthetic_demo import format_results, make_sequence_task, run_synthetic_demo
 
 
 def test_sequence_task_shapes_and_shared_prototypes():

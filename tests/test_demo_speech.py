@@ -1,0 +1,127 @@
+"""The speech demo (`make demo`): the whole pipeline on the tiny config, and its parts."""
+
+import json
+import wave
+
+import numpy as np
+import pytest
+
+from keras_topomap import demo
+from keras_topomap.report import referenced_files
+from keras_topomap.visualization import (
+    filter_images,
+    local_similarity,
+    pick_neighborhoods,
+    plot_filter_neighborhoods,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    summary = demo.run_demo(
+        out=out, config="tiny", minutes=1, epochs=1, steps=4, max_train=8, max_eval=6,
+        n_permutations=5, phonemes=["/S/"], verbose=0,
+    )
+    return out, summary
+
+
+def test_demo_writes_every_output_and_the_page_links_only_existing_files(tiny_demo):
+    out, summary = tiny_demo
+    for name in ("figure1.png", "figure1a.png", "figure1b.png", "dendrogram.png",
+                 "gradnap_eeg.png", "training.png", "maps.gif", "metrics.json", "metrics.md",
+                 "index.html", "gradnap.npz", "training/model.keras"):
+        assert (out / name).is_file(), name
+    page = (out / "index.html").read_text()
+    links = referenced_files(page)
+    assert links, "index.html links nothing"
+    assert all((out / link).is_file() for link in links), links
+    assert not any(link.startswith(("/", "http")) for link in links)
+    for name in ("figure1.png", "figure1a.png", "figure1b.png", "dendrogram.png", "maps.gif",
+                 "metrics.json"):
+        assert name in links, name
+    # the WAVs of every shown phoneme are linked and are real audio
+    wavs = [link for link in links if link.endswith(".wav")]
+    shown = summary["metrics_data"]["phonemes"]
+    assert {w.split("/")[1].split("_")[0] for w in wavs} == set(shown)
+    with wave.open(str(out / wavs[0])) as f:
+        assert f.getnframes() > 0 and f.getframerate() == 16000
+
+
+def test_demo_metrics(tiny_demo):
+    out, summary = tiny_demo
+    metrics = json.loads((out / "metrics.json").read_text())
+    layers = list(metrics["topography"])
+    assert layers[:2] == ["conv_1", "conv_2"] and metrics["figure_layer"] == "conv_2"
+    assert set(metrics["gradnap"]) == set(layers)
+    for layer in layers:
+        topo = metrics["topography"][layer]
+        assert np.isfinite([topo["score"], topo["z"]]).all()
+        mean = metrics["gradnap"][layer]["mean"]
+        assert 0.0 <= mean["localization"] <= 1.0
+        assert mean["blur_error_auc"] >= 0.0
+        assert -1.5 < mean["morans_i"] < 1.5
+    # AE, AA, T come first, then the phoneme asked for (folded to the 39-phone set)
+    requested = ["ae", "aa", "t", "s"]
+    assert metrics["phonemes"] + metrics["phonemes_without_frames"] == [
+        p for p in requested if p in metrics["phonemes"] + metrics["phonemes_without_frames"]
+    ]
+    assert "s" in metrics["phonemes"] + metrics["phonemes_without_frames"]
+    assert metrics["recognizer"]["epochs_done"] == 1
+    table = (out / "metrics.md").read_text()
+    assert all(f"| {layer} |" in table for layer in layers)
+
+
+def test_demo_on_a_saved_model_skips_training(tiny_demo, tmp_path):
+    out, _ = tiny_demo
+    summary = demo.run_demo(out=tmp_path, model=out / "training" / "model.keras", steps=2,
+                            max_eval=4, n_permutations=3, verbose=0)
+    assert not (tmp_path / "training").exists()
+    assert "recognizer" not in summary["metrics_data"]
+    page = (tmp_path / "index.html").read_text()
+    assert all((tmp_path / link).is_file() for link in referenced_files(page))
+
+
+def test_demo_rejects_bad_options(tmp_path):
+    with pytest.raises(ValueError, match="Unknown phoneme"):
+        demo.run_demo(out=tmp_path, phonemes=["xyz"], verbose=0)
+    with pytest.raises(ValueError, match="no such file"):
+        demo.run_demo(out=tmp_path, model=tmp_path / "missing.keras", verbose=0)
+    assert demo.main(["--out", str(tmp_path), "--phonemes", "qq"]) == 2
+
+
+def test_parse_phonemes_folds_and_deduplicates():
+    assert demo.parse_phonemes(["/AE/", "aa", "T", "ao", "ae"]) == ["ae", "aa", "t"]
+
+
+def test_synthetic_demo_stays_reachable(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--synthetic", "--help"])
+    assert exit_info.value.code == 0
+    assert "keras_topomap.synthetic_demo" in capsys.readouterr().out
+
+
+def test_local_similarity_and_neighbourhood_choice():
+    rng = np.random.default_rng(0)
+    same = np.repeat(rng.normal(size=(5, 3, 1)), 36, axis=2)  # every filter equal
+    np.testing.assert_allclose(local_similarity(same, grid=(6, 6)), 1.0, atol=1e-6)
+    noise = local_similarity(rng.normal(size=(48, 40, 64)), grid=(8, 8))
+    assert noise.shape == (8, 8) and np.abs(noise).max() < 0.2
+    # a coherent top-left block: picked first; the second pick does not overlap it
+    sim = np.zeros((8, 8))
+    sim[1, 1], sim[2, 2], sim[5, 5] = 0.9, 0.8, 0.5
+    assert pick_neighborhoods(sim, n=2) == [(1, 1), (5, 5)]
+    # a grid too small for two disjoint blocks still gives two centres
+    assert len(pick_neighborhoods(np.arange(16.0).reshape(4, 4), n=2)) == 2
+
+
+def test_filter_images_and_figure_1a():
+    kernel = np.random.default_rng(1).normal(size=(12, 5, 16))
+    assert filter_images(kernel).shape == (16, 5, 12)
+    assert filter_images(np.ones((3, 3, 2, 4))).shape == (4, 3, 3)
+    with pytest.raises(ValueError, match="Received: shape"):
+        filter_images(np.ones((4, 4)))
+    fig = plot_filter_neighborhoods(kernel, grid=(4, 4), layer="conv_1")
+    assert len(fig.axes) >= 1 + 2 * 9
+    with pytest.raises(ValueError, match="off the 4x4 grid"):
+        plot_filter_neighborhoods(kernel, grid=(4, 4), centers=[(5, 0)])
