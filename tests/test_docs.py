@@ -1,0 +1,170 @@
+"""The docs site's structure, checked without building it (``make docs`` runs the strict build).
+
+Every page under docs/ is in the mkdocs.yml nav, every nav entry exists, every public module of
+the package has an API page, and relative links in the pages and the README point at files that
+exist inside docs/ (mkdocs cannot serve files outside it).
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PACKAGE = ROOT / "keras_topomap"
+# Modules that are only command-line entry points (the dispatcher, and a module that only
+# re-exports another module's main): documented as commands, not as an API.
+COMMAND_LINE_ONLY = {"keras_topomap.cli", "keras_topomap.gradnap_merge_cli"}
+# A Markdown link or image target: ](target) or ](target "title").
+LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def _load_mkdocs_config():
+    # mkdocs.yml may hold python/name tags in other setups; ignore any tag, keep the values.
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("", lambda loader, suffix, node: None)
+    return yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=Loader)
+
+
+def _nav_files(entries):
+    for entry in entries:
+        if isinstance(entry, str):
+            yield entry
+        elif isinstance(entry, dict):
+            for value in entry.values():
+                if isinstance(value, str):
+                    yield value
+                else:
+                    yield from _nav_files(value)
+
+
+def _pages():
+    """Markdown pages mkdocs serves (paths relative to docs/, '/' separated)."""
+    return sorted(
+        path.relative_to(DOCS).as_posix()
+        for path in DOCS.rglob("*.md")
+        if not any(part.startswith((".", "_")) for part in path.relative_to(DOCS).parts)
+    )
+
+
+def _public_modules():
+    modules = set()
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if any(part.startswith("_") for part in parts):
+            continue
+        modules.add(".".join(parts))
+    return modules - {"keras_topomap"}
+
+
+def _documented_modules():
+    documented = set()
+    for page in (DOCS / "api").glob("*.md"):
+        documented.update(re.findall(r"^::: *([\w.]+)", page.read_text(encoding="utf-8"), re.M))
+    return documented
+
+
+def _links(path):
+    text = path.read_text(encoding="utf-8")
+    # Links inside code blocks and code spans are text, not links.
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+            continue  # external (https:, mailto:) or an anchor on the same page
+        yield target.split("#", 1)[0]
+
+
+def test_mkdocs_config_is_strict_and_documents_google_docstrings():
+    config = _load_mkdocs_config()
+    assert config["docs_dir"] == "docs"
+    assert config["strict"] is True
+    handler = next(
+        p["mkdocstrings"] for p in config["plugins"] if isinstance(p, dict) and "mkdocstrings" in p
+    )
+    assert handler["handlers"]["python"]["options"]["docstring_style"] == "google"
+
+
+def test_every_page_is_in_the_nav_and_every_nav_entry_exists():
+    nav = list(_nav_files(_load_mkdocs_config()["nav"]))
+    missing_files = [entry for entry in nav if not (DOCS / entry).is_file()]
+    assert not missing_files, f"nav entries without a file under docs/: {missing_files}"
+    duplicates = sorted({entry for entry in nav if nav.count(entry) > 1})
+    assert not duplicates, f"pages listed twice in the nav: {duplicates}"
+    not_in_nav = sorted(set(_pages()) - set(nav))
+    assert not not_in_nav, f"docs pages missing from the mkdocs.yml nav: {not_in_nav}"
+
+
+def test_the_core_pages_exist():
+    pages = set(_pages())
+    for page in [
+        "index.md",
+        "method.md",
+        "librispeech_timit.md",
+        "benchmarks.md",
+        "results.md",
+        "regularizer.md",
+        "datasets.md",
+        "recognizer.md",
+        "callbacks.md",
+        "gradnap.md",
+        "optimal_inputs.md",
+    ]:
+        assert page in pages
+
+
+def test_every_public_module_has_an_api_page():
+    documented = _documented_modules()
+    missing = sorted(_public_modules() - documented - COMMAND_LINE_ONLY)
+    assert not missing, (
+        f"public modules without an API page (add '::: module' to a docs/api/*.md page and the "
+        f"page to the nav): {missing}"
+    )
+    unknown = sorted(documented - _public_modules())
+    assert not unknown, f"API pages document modules that do not exist: {unknown}"
+
+
+def test_the_module_scan_sees_known_modules():
+    # Guards the test above against a scan that finds nothing (and so can never fail).
+    modules = _public_modules()
+    assert {
+        "keras_topomap.grid",
+        "keras_topomap.datasets",
+        "keras_topomap.datasets.readers",
+        "keras_topomap.regularizers",
+    } <= modules
+    assert not any(name.split(".")[-1].startswith("_") for name in modules)
+
+
+def test_relative_links_resolve_inside_docs():
+    # One test for all pages (the suite's per-test session reset costs more than the check).
+    broken, outside = [], []
+    for page in _pages():
+        path = DOCS / page
+        for target in _links(path):
+            if not target:
+                continue
+            resolved = (path.parent / target).resolve()
+            if DOCS.resolve() not in resolved.parents:
+                outside.append(f"{page}: {target}")
+            elif not resolved.exists():
+                broken.append(f"{page}: {target}")
+    assert not outside, (
+        f"links to files outside docs/, which the site cannot serve (use a code span): {outside}"
+    )
+    assert not broken, f"links to missing files: {broken}"
+
+
+def test_readme_links_to_docs_resolve():
+    readme = ROOT / "README.md"
+    targets = [t for t in _links(readme) if t]
+    assert any(t.startswith("docs/") for t in targets), "README should link to the docs pages"
+    broken = [t for t in targets if not (ROOT / t).exists()]
+    assert not broken, f"README has links to missing files: {broken}"
