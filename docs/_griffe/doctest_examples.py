@@ -1,4 +1,4 @@
-"""Griffe extension: read the package's ``Example:`` doctests as Google-style example sections.
+"""Griffe extension: render the package's reStructuredText-flavoured docstrings as Markdown.
 
 The docstrings of keras-topomap write examples as a header followed by flush-left doctest lines::
 
@@ -11,8 +11,9 @@ header directly, so left alone the ``>>>`` lines would render as nested Markdown
 Before a docstring is parsed, this extension renames such a header to ``Examples:`` (griffe
 knows the plural only), drops the blank line and indents the body, so griffe renders the doctests
 as Python console code. Flush-left doctests anywhere else (e.g. after ``Example (Python):``) are
-fenced as console code, and Sphinx roles (``:func:`x```), which Markdown cannot read, become
-code spans. The source files are not changed.
+fenced as console code, Sphinx roles (``:func:`x```), which Markdown cannot read, become code
+spans, and reStructuredText's ``::`` literal markers lose their second colon. The source files
+are not changed.
 """
 
 from __future__ import annotations
@@ -92,10 +93,32 @@ def fence_loose_doctests(text: str) -> str:
     return "\n".join(out)
 
 
+def rst_literal_markers(text: str) -> str:
+    """Drop reStructuredText's ``::`` literal-block markers (the indented block stays code).
+
+    ``Usage::`` becomes ``Usage:``, as reStructuredText shows it; a line that is only ``::``
+    goes. Only lines followed (after blank lines) by a more indented line count.
+    """
+    lines = text.split("\n")
+    out = []
+    for index, line in enumerate(lines):
+        stripped = line.rstrip()
+        if stripped.endswith("::"):
+            following = next((nxt for nxt in lines[index + 1 :] if nxt.strip()), "")
+            indent = len(line) - len(line.lstrip())
+            if len(following) - len(following.lstrip()) > indent:
+                if stripped.strip() == "::":
+                    continue
+                line = stripped[:-1]
+        out.append(line)
+    return "\n".join(out)
+
+
 class DoctestExamples(griffe.Extension):
     """Indents flush-left doctest example sections of every docstring before parsing."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
             text = indent_doctest_examples(obj.docstring.value)
-            obj.docstring.value = sphinx_roles_to_code(fence_loose_doctests(text))
+            text = rst_literal_markers(fence_loose_doctests(text))
+            obj.docstring.value = sphinx_roles_to_code(text)
