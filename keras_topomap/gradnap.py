@@ -773,7 +773,7 @@ class GradNAP:
 
         digest = hashlib.sha256()
         for weight in self.model.weights:
-            value = np.ascontiguousarray(ops.convert_to_numpy(weight))
+            value = np.ascontiguousarray(weight.numpy())
             digest.update(f"{weight.path}:{value.dtype}:{value.shape};".encode())
             digest.update(value.tobytes())
         return digest.hexdigest()

@@ -249,7 +249,7 @@ def main(argv=None):
 def _shard_files(paths):
     """Shard ``.json`` files named by ``paths`` (folders are searched for shard files)."""
     found = []
-    for path in paths:
+    for path in map(os.fspath, paths):
         if os.path.isdir(path):
             hits = sorted(
                 f for f in glob.glob(os.path.join(glob.escape(path), "*.json"))
