@@ -12,8 +12,8 @@ Before a docstring is parsed, this extension renames such a header to ``Examples
 knows the plural only), drops the blank line and indents the body, so griffe renders the doctests
 as Python console code. Flush-left doctests anywhere else (e.g. after ``Example (Python):``) are
 fenced as console code, Sphinx roles (``:func:`x```), which Markdown cannot read, become code
-spans, and reStructuredText's ``::`` literal markers lose their second colon. The source files
-are not changed.
+spans, reStructuredText's ``::`` literal markers lose their second colon, and its simple tables
+become Markdown tables. The source files are not changed.
 """
 
 from __future__ import annotations
@@ -114,11 +114,69 @@ def rst_literal_markers(text: str) -> str:
     return "\n".join(out)
 
 
+_RST_BORDER = re.compile(r"^(\s*)=+(?:\s+=+)+\s*$")
+
+
+def _table_row(line, starts, indent):
+    line = line[indent:] if line[:indent].strip() == "" else line.lstrip()
+    ends = [*starts[1:], None]
+    return [line[start:end].strip() for start, end in zip(starts, ends)]
+
+
+def rst_simple_tables(text: str) -> str:
+    """Turn reStructuredText simple tables (``===  ===`` borders) into Markdown tables.
+
+    The column starts are those of the ``=`` runs of the top border; the last column runs to the
+    end of the line. A row whose first cell is empty continues the row above it. A table has a
+    header when three borders frame it, none when two do (then the second is followed by a blank
+    line or the end of the docstring).
+    """
+    lines = text.split("\n")
+    out = []
+    index = 0
+    while index < len(lines):
+        border = _RST_BORDER.match(lines[index])
+        if not border:
+            out.append(lines[index])
+            index += 1
+            continue
+        indent = len(border.group(1))
+        starts = [m.start() - indent for m in re.finditer(r"=+", lines[index])]
+        rows, borders, end = [], [], index + 1
+        while end < len(lines):
+            line = lines[end]
+            end += 1
+            if _RST_BORDER.match(line):
+                borders.append(len(rows))
+                if len(borders) == 2 or end == len(lines) or not lines[end].strip():
+                    break
+            elif line.strip():
+                cells = _table_row(line, starts, indent)
+                segment_start = borders[-1] if borders else 0
+                if len(rows) > segment_start and not cells[0]:
+                    rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells)]
+                else:
+                    rows.append(cells)
+        if not borders or not rows:  # not a complete table: leave the text as it is
+            out.append(lines[index])
+            index += 1
+            continue
+        header_rows = borders[0] if len(borders) == 2 else 0
+        header = rows[:header_rows] if header_rows else [[""] * len(starts)]
+        body = rows[header_rows:]
+        cells = [[cell.replace("|", "\\|") for cell in row] for row in [header[0], *body]]
+        out.append("| " + " | ".join(cells[0]) + " |")
+        out.append("|" + "---|" * len(starts))
+        out.extend("| " + " | ".join(row) + " |" for row in cells[1:])
+        index = end
+    return "\n".join(out)
+
+
 class DoctestExamples(griffe.Extension):
     """Indents flush-left doctest example sections of every docstring before parsing."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
             text = indent_doctest_examples(obj.docstring.value)
-            text = rst_literal_markers(fence_loose_doctests(text))
+            text = rst_simple_tables(rst_literal_markers(fence_loose_doctests(text)))
             obj.docstring.value = sphinx_roles_to_code(text)
