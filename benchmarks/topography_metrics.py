@@ -16,7 +16,11 @@ For every run folder given (as written by ``keras-topomap train`` or
    draws): what the same profiles would score if the layout carried no information. The z-score
    compares the phoneme mean with the spread of the phoneme means over the draws.
 
-It prints a markdown table, writes all numbers (per phoneme too) to ``--json`` and, with
+Diagnostics: the share of filters that never fire on a labelled test frame, the kernel score on
+the weights of live input channels only, the correlation over test frames of neighbouring
+filters' activations (against all pairs), and Moran's I of the plain NAP (activation) maps.
+
+It prints markdown tables, writes all numbers (per phoneme too) to ``--json`` and, with
 ``--figure``, a plot of the three map metrics per layer for each run against their baselines.
 
 Usage::
@@ -141,6 +145,49 @@ def layer_report(kernel, grid, gradnap_maps, nap_maps, phonemes, alive, alive_in
     }
 
 
+def activation_correlations(model, grids, features):
+    """Correlation over frames of neighbouring filters' activations, and of all filter pairs.
+
+    One utterance at a time (no padding frames); running sums of the activations and their
+    outer products per layer, so memory stays at ``F x F``. Filters that never vary are left out.
+
+    Returns:
+        ``{layer: (neighbour_mean, all_pairs_mean)}``; the neighbour mean is weighted with the
+        grid's neighbour weights.
+    """
+    import keras
+
+    from keras_topomap import grid as grid_lib
+
+    layers = list(grids)
+    sub = keras.Model(model.inputs, [model.get_layer(layer).output for layer in layers])
+    sums = {layer: 0.0 for layer in layers}
+    products = {layer: 0.0 for layer in layers}
+    counts = dict.fromkeys(layers, 0)
+    for x in features.features:
+        outputs = sub(x[None].astype("float32"))
+        for layer, a in zip(layers, outputs):
+            a = keras.ops.convert_to_numpy(a)[0].astype(np.float64)
+            sums[layer] = sums[layer] + a.sum(axis=0)
+            products[layer] = products[layer] + a.T @ a
+            counts[layer] += a.shape[0]
+    result = {}
+    for layer in layers:
+        mean = sums[layer] / counts[layer]
+        cov = products[layer] / counts[layer] - np.outer(mean, mean)
+        std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        live = std > 1e-9
+        corr = cov / np.outer(np.where(live, std, 1.0), np.where(live, std, 1.0))
+        first, second, weight = grid_lib.neighbor_pairs(grids[layer])
+        both = live[first] & live[second]
+        neighbours = (float(np.average(corr[first[both], second[both]], weights=weight[both]))
+                      if both.any() else float("nan"))
+        live_corr = corr[np.ix_(live, live)]
+        pairs = live_corr[np.triu_indices(int(live.sum()), 1)]
+        result[layer] = (neighbours, float(pairs.mean()) if pairs.size else float("nan"))
+    return result
+
+
 def analyse_run(run_dir, batch_size=8, max_utterances=None, n_permutations=100,
                 map_permutations=20, seed=0, features_cache=None):
     """GradNAP on the test split and every metric for one run folder. Returns a JSON-able dict."""
@@ -192,6 +239,7 @@ def analyse_run(run_dir, batch_size=8, max_utterances=None, n_permutations=100,
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         result["test_cer"] = json.loads(metrics_path.read_text())["test"]["cer"]
+    correlations = activation_correlations(model, grids, features)
     progbar = keras.utils.Progbar(len(layers), unit_name="layer")
     for i, layer in enumerate(layers):
         counts = gn.counts_[layer]
@@ -203,6 +251,8 @@ def analyse_run(run_dir, batch_size=8, max_utterances=None, n_permutations=100,
             alive[layer], alive.get(below), n_permutations, map_permutations, seed,
         )
         report["n_phonemes"] = len(keep)
+        report["activation_correlation"] = {"neighbours": correlations[layer][0],
+                                            "all_pairs": correlations[layer][1]}
         result["layers"][layer] = report
         progbar.update(i + 1)
     result["seconds"] = time.perf_counter() - start
@@ -258,15 +308,16 @@ def diagnostics_table(results):
     """Markdown table: dead filters, kernel score on live inputs, Moran's I of NAP maps."""
     lines = [
         "| run | layer | dead filters | kernel score: all inputs / live inputs | "
-        "Moran's I of NAP maps ± sd (perm.) |",
-        "|---|---|---|---|---|",
+        "activation correlation: neighbours / all pairs | Moran's I of NAP maps ± sd (perm.) |",
+        "|---|---|---|---|---|---|",
     ]
     for result in results:
         for layer, r in result["layers"].items():
-            k = r["kernel"]
+            k, c = r["kernel"], r["activation_correlation"]
             lines.append(
                 f"| {result['run']} | {layer} | {r['dead_filters']:.0%} | {k['score']:.2f} / "
-                f"{k['score_live_inputs']:.2f} | {_cell(r['nap_maps']['morans_i'])} |"
+                f"{k['score_live_inputs']:.2f} | {c['neighbours']:+.2f} / {c['all_pairs']:+.2f} | "
+                f"{_cell(r['nap_maps']['morans_i'])} |"
             )
     return "\n".join(lines)
 
@@ -298,7 +349,15 @@ def figure(results, path):
         ax.set_xticks(x, ticks, fontsize=8)
         ax.set(title=title, xlabel="layer (conv_N; BN = conv_big_N)")
     axes[0].legend(fontsize=7, title="solid: learned layout, dotted: permuted", title_fontsize=7)
-    fig.savefig(path, dpi=90)
+    # A palette PNG: a line plot needs few colours, and the docs stay small.
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=90, format="png")
+    buffer.seek(0)
+    Image.open(buffer).convert("RGB").quantize(colors=64).save(path, optimize=True)
 
 
 def _pair(entry):
