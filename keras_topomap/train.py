@@ -24,11 +24,24 @@ Files written to ``out``: ``config.json`` (the :class:`TrainConfig` and feature 
 ``checkpoint.keras`` + ``state.json`` (latest epoch), ``best.keras`` (best validation CER),
 ``model.keras`` (final), ``metrics.json``, ``logs/`` (TensorBoard).
 
+Distributed training (``distribute=`` / ``--distribute``, see :mod:`keras_topomap.distribute`):
+``mirrored`` (TensorFlow, this machine's devices), ``data-parallel`` (JAX, this machine's
+devices) or ``multi-worker`` (TensorFlow ``TF_CONFIG`` / JAX ``jax.distributed``; start the same
+command on every worker). ``batch_size`` is then the global batch; the model is built and
+compiled in the strategy's scope; each worker trains on its slice of every global batch; every
+worker validates (identically, so early stopping agrees); only the chief writes ``out``, the
+other workers write their copies of the files to a temporary folder that is removed at the
+end. Resuming reads ``out`` on every worker (a shared file system) and may change
+``distribute``: the batch plan is the same on any number of workers.
+
 Example (command line)::
 
     keras-topomap train --config small --epochs 60 --max-minutes 15 --out runs/topo
     keras-topomap train --config small --no-topographic --out runs/plain
     keras-topomap train --out runs/topo --resume          # after an interruption
+    TF_CONFIG='{"cluster": {"worker": ["host0:2222", "host1:2222"]},
+               "task": {"type": "worker", "index": 0}}' \
+        keras-topomap train --config paper --distribute multi-worker --out runs/paper
 
 Example (Python):
 
@@ -44,7 +57,9 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -53,6 +68,7 @@ import keras
 import numpy as np
 
 from keras_topomap import ctc
+from keras_topomap import distribute as distribute_lib
 from keras_topomap import models as models_lib
 
 __all__ = [
@@ -74,7 +90,9 @@ _READERS = {
     "textgrid": "read_textgrid_corpus",
 }
 # Fields that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = ("epochs", "resume", "verbose", "max_minutes", "tensorboard")
+_RESUMABLE_CHANGES = (
+    "epochs", "resume", "verbose", "max_minutes", "tensorboard", "distribute",
+)
 
 
 @dataclasses.dataclass
@@ -88,7 +106,8 @@ class TrainConfig:
         neighborhood: the regularizer's neighbourhood side.
         dropout: dropout after every hidden convolution.
         epochs: maximum number of epochs.
-        batch_size: utterances per batch.
+        batch_size: utterances per batch (the global batch when distributed: a multiple of
+            the number of replicas).
         learning_rate: Adam's learning rate.
         clipnorm: gradient norm clipping (``None``: none).
         seed: seeds weights, the validation hold-out, subsets and batch shuffling.
@@ -115,6 +134,8 @@ class TrainConfig:
         tensorboard: write TensorBoard logs to ``out/logs``.
         verbose: Keras ``fit`` verbosity (1: progress bar).
         resume: continue the run found in ``out``.
+        distribute: ``"none"``, ``"mirrored"`` (TensorFlow), ``"data-parallel"`` (JAX) or
+            ``"multi-worker"`` (both; :mod:`keras_topomap.distribute`).
     """
 
     config: str = "small"
@@ -143,9 +164,15 @@ class TrainConfig:
     tensorboard: bool = True
     verbose: int = 1
     resume: bool = False
+    distribute: str = "none"
 
     def __post_init__(self):
         models_lib.get_config(self.config)
+        if self.distribute not in distribute_lib.CHOICES:
+            raise ValueError(
+                f"distribute must be one of {distribute_lib.CHOICES}. Received: "
+                f"distribute={self.distribute!r}"
+            )
         for name in ("epochs", "batch_size", "n_mels", "pad_to_multiple"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -312,7 +339,7 @@ def _eval_batches(feature_set, batch_size, pad_to_multiple):
     )
 
 
-def evaluate(model, batches, stride=None, strategy="greedy"):
+def evaluate(model, batches, stride=None, strategy="greedy", predict=None):
     """Decode every batch of a ``mode="ctc"`` dataset: CER, WER and mean CTC loss.
 
     Args:
@@ -321,6 +348,8 @@ def evaluate(model, batches, stride=None, strategy="greedy"):
             sequence of ``(features, packed_targets)``.
         stride: the model's cumulative stride (default: read from the model).
         strategy: ``"greedy"`` or ``"beam_search"``.
+        predict: ``predict(model, features) -> logits`` (default: ``model.predict_on_batch``);
+            distributed runs pass :meth:`~keras_topomap.distribute.DistributionContext.predict`.
 
     Returns:
         dict with ``cer``, ``wer``, ``loss`` (mean CTC loss per utterance, no regularizer),
@@ -333,7 +362,7 @@ def evaluate(model, batches, stride=None, strategy="greedy"):
     references, hypotheses, total_loss = [], [], 0.0
     for index in range(len(batches)):
         features, packed = batches[index]
-        logits = model.predict_on_batch(features)
+        logits = model.predict_on_batch(features) if predict is None else predict(model, features)
         total_loss += float(keras.ops.convert_to_numpy(loss_fn(packed, logits)))
         hypotheses += ctc.decode_texts(
             logits, ctc.output_lengths(packed[:, 0], stride), strategy=strategy
@@ -357,6 +386,7 @@ class ValidationCER(keras.callbacks.Callback):
         batches: ``mode="ctc"`` batches of the validation utterances (not shuffled).
         stride: the model's cumulative stride.
         prefix: log key prefix (``"val"`` -> ``val_cer``).
+        predict: as for :func:`evaluate`.
 
     Example:
 
@@ -364,14 +394,15 @@ class ValidationCER(keras.callbacks.Callback):
     ...                                        keras.callbacks.EarlyStopping("val_cer")])
     """
 
-    def __init__(self, batches, stride=2, prefix="val"):
+    def __init__(self, batches, stride=2, prefix="val", predict=None):
         super().__init__()
         self.batches = batches
         self.stride = int(stride)
         self.prefix = prefix
+        self.predict = predict
 
     def on_epoch_end(self, epoch, logs=None):
-        result = evaluate(self.model, self.batches, self.stride)
+        result = evaluate(self.model, self.batches, self.stride, predict=self.predict)
         if logs is not None:
             logs[f"{self.prefix}_cer"] = result["cer"]
             logs[f"{self.prefix}_wer"] = result["wer"]
@@ -409,12 +440,16 @@ class TimeBudget(keras.callbacks.Callback):
     Args:
         seconds: the budget of training time.
         used: seconds already used (by the run being resumed).
+        agree: ``agree(flag) -> bool``, true on every worker when any worker's flag is (clocks
+            differ between workers, and a worker that stops alone leaves the others waiting);
+            ``None`` on one worker.
     """
 
-    def __init__(self, seconds, used=0.0):
+    def __init__(self, seconds, used=0.0, agree=None):
         super().__init__()
         self.seconds = float(seconds)
         self.used = float(used)
+        self.agree = agree
         self.stopped = False
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -423,7 +458,10 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         took = time.perf_counter() - self._start
         self.used += took
-        if self.used + took > self.seconds:
+        over = self.used + took > self.seconds
+        if self.agree is not None:
+            over = self.agree(over)
+        if over:
             self.stopped = True
             self.model.stop_training = True
 
@@ -601,6 +639,16 @@ def layer_topography(model, grids, n_permutations=100, seed=0):
     return result
 
 
+def _redirect_outputs(callbacks, folder):
+    """Point the ``log_dir`` / ``out_dir`` of callbacks at ``folder`` (non-chief workers)."""
+    for index, callback in enumerate(callbacks):
+        for attribute in ("log_dir", "out_dir"):
+            if getattr(callback, attribute, None) is not None:
+                target = Path(folder) / f"callback_{index}_{attribute}"
+                target.mkdir(parents=True, exist_ok=True)
+                setattr(callback, attribute, os.fspath(target))
+
+
 def train(config=None, data=None, callbacks=None, **overrides):
     """Run one training (see the module docstring); returns the results written to metrics.json.
 
@@ -609,19 +657,36 @@ def train(config=None, data=None, callbacks=None, **overrides):
         data: optional ``(train, validation, test)``
             :class:`~keras_topomap.datasets.FeatureSet` to use instead of loading
             ``config.data`` (features must match ``config.features`` / ``n_mels``).
+        callbacks: more Keras callbacks for ``fit`` (e.g. a
+            :class:`~keras_topomap.callbacks.TopoMapCallback`). When distributed they run on
+            every worker (they may run the model, which takes every worker); on the other
+            workers than the chief their ``log_dir`` / ``out_dir`` are redirected to the
+            temporary folder, so only the chief's files land where they were asked for.
 
     Returns:
         dict with ``test`` (``cer``, ``wer``, ``loss``, ``n_utterances``, ``examples``),
         ``validation`` (same, best epoch), ``topography`` (per grid layer),
         ``training_seconds``, ``epochs_done``, ``best_epoch``, ``stopped_by``, ``history``,
-        ``config``, ``model_path`` and ``parameters``.
+        ``config``, ``model_path``, ``parameters`` and ``distribution`` (``choice``,
+        ``num_workers``, ``worker_index``, ``num_replicas``).
 
     Raises:
-        ValueError: bad settings, unusable data (naming the utterances), or a resume that does
-            not match the saved run.
+        ValueError: bad settings, unusable data (naming the utterances), a resume that does
+            not match the saved run, or a ``distribute`` choice the backend does not have.
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides)
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
+    context = distribute_lib.resolve(config.distribute)
+    try:
+        return _train(config, data, callbacks, context)
+    finally:
+        if context.distribution is not None:
+            keras.distribution.set_distribution(None)
+
+
+def _train(config, data, callbacks, context):
     out = Path(config.out)
+    context.check_batch_size(config.batch_size)
     if config.resume:
         state = _check_resume(out, config)
     else:
@@ -634,10 +699,21 @@ def train(config=None, data=None, callbacks=None, **overrides):
             "epochs_done": 0, "seconds": 0.0, "history": [], "best": None, "best_epoch": 0,
             "early_stopping": None, "budget_stopped": False,
         }
-    out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
+    # Only the chief writes the run's folder; the others keep their copies apart.
+    if context.is_chief:
+        out.mkdir(parents=True, exist_ok=True)
+        write_dir = out
+    else:
+        write_dir = Path(tempfile.mkdtemp(prefix=f"keras-topomap-worker{context.worker_index}-"))
+    try:
+        return _fit_and_report(config, data, callbacks, context, out, write_dir, state)
+    finally:
+        if write_dir != out:
+            shutil.rmtree(write_dir, ignore_errors=True)
 
-    from keras_topomap.datasets import SpeechBatches
+
+def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
+    keras.utils.set_random_seed(config.seed)
 
     feature_config = config.feature_config()
     if data is None:
@@ -655,32 +731,37 @@ def train(config=None, data=None, callbacks=None, **overrides):
         _check_lengths(subset, stride, what)
     if not config.resume:
         _write_json(
-            out / "config.json",
+            write_dir / "config.json",
             {"train": config.to_dict(), "features": feature_config.to_dict(),
              "n_train": len(train_set), "n_validation": len(val_set), "n_test": len(test_set)},
         )
 
-    if config.resume:
-        model = keras.saving.load_model(out / "checkpoint.keras")
-        set_rng_states(model, state.get("rng_states", {}))
-    else:
-        model = _build(config, feature_config.n_features)
+    with context.scope():
+        if config.resume:
+            model = keras.saving.load_model(out / "checkpoint.keras")
+            set_rng_states(model, state.get("rng_states", {}))
+        else:
+            model = _build(config, feature_config.n_features)
+        context.adapt_optimizer(model.optimizer)
+        context.prepare_model(model)
     stride = models_lib.total_stride(model)
 
-    batches = SpeechBatches(
-        train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed, mode="ctc",
-        pad_to_multiple=config.pad_to_multiple,
+    train_data, batches = context.training_data(
+        train_set, config.batch_size, seed=config.seed, pad_to_multiple=config.pad_to_multiple
     )
     batches.set_epoch(state["epochs_done"])
     val_batches = _eval_batches(val_set, config.batch_size, config.pad_to_multiple)
     # Without a held-out split (val_fraction=0) the "validation" utterances are training ones.
     val_prefix = "train" if data is None and config.val_fraction == 0 else "val"
     monitor = f"{val_prefix}_cer"
+    predict = context.predict if context.is_distributed else None
 
     fit_callbacks = [
-        ValidationCER(val_batches, stride, prefix=val_prefix),
+        ValidationCER(val_batches, stride, prefix=val_prefix, predict=predict),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if train_data is not batches:
+        fit_callbacks.insert(0, distribute_lib.EpochAdvance(batches))
     early = None
     if config.patience > 0:
         early = ResumableEarlyStopping(
@@ -690,12 +771,16 @@ def train(config=None, data=None, callbacks=None, **overrides):
         fit_callbacks.append(early)
     budget = None
     if config.max_minutes is not None:
-        budget = TimeBudget(60.0 * config.max_minutes, used=state["seconds"])
+        agree = context.any_worker if context.num_workers > 1 else None
+        budget = TimeBudget(60.0 * config.max_minutes, used=state["seconds"], agree=agree)
         fit_callbacks.append(budget)
-    fit_callbacks.append(TrainingCheckpoint(out, state, early, budget, monitor=monitor))
-    if config.tensorboard:
+    fit_callbacks.append(TrainingCheckpoint(write_dir, state, early, budget, monitor=monitor))
+    if config.tensorboard and context.is_chief:
         fit_callbacks += _tensorboard(out / "logs")
-    fit_callbacks += list(callbacks or [])
+    extra = list(callbacks or [])
+    if not context.is_chief:
+        _redirect_outputs(extra, write_dir)
+    fit_callbacks += extra
 
     already_over = state.get("budget_stopped") or (
         early is not None and state["early_stopping"] is not None
@@ -703,14 +788,14 @@ def train(config=None, data=None, callbacks=None, **overrides):
     )
     if state["epochs_done"] < config.epochs and not already_over:
         model.fit(
-            batches,
+            train_data,
             epochs=config.epochs,
             initial_epoch=state["epochs_done"],
             callbacks=fit_callbacks,
             # SpeechBatches shuffles from (seed, epoch); Keras' own batch shuffling would draw
             # from Python's global RNG, which a resumed run cannot replay.
             shuffle=False,
-            verbose=config.verbose,
+            verbose=config.verbose if context.is_chief else 0,
         )
     last_loss = state["history"][-1].get("loss") if state["history"] else None
     if last_loss is not None and not math.isfinite(last_loss):
@@ -719,10 +804,16 @@ def train(config=None, data=None, callbacks=None, **overrides):
             f"learning rate or the strength. History: {state['history'][-3:]}"
         )
 
-    if (out / "best.keras").is_file():
-        model.load_weights(out / "best.keras")
-    test = evaluate(model, _eval_batches(test_set, config.batch_size, config.pad_to_multiple))
-    validation = evaluate(model, val_batches, stride)
+    best = write_dir / "best.keras"
+    if not best.is_file() and write_dir != out and (out / "best.keras").is_file():
+        best = out / "best.keras"  # a resumed run with no better epoch since: the chief's file
+    if best.is_file():
+        model.load_weights(best)
+    test = evaluate(
+        model, _eval_batches(test_set, config.batch_size, config.pad_to_multiple),
+        predict=predict,
+    )
+    validation = evaluate(model, val_batches, stride, predict=predict)
     grids = models_lib.layer_grids(config.config)
     topography = layer_topography(model, grids, config.n_permutations, config.seed)
     penalties = {}
@@ -737,7 +828,7 @@ def train(config=None, data=None, callbacks=None, **overrides):
         stopped_by = "early stopping"
     else:
         stopped_by = "epochs"
-    model_path = out / "model.keras"
+    model_path = write_dir / "model.keras"
     _save_model(model, model_path)
     results = {
         "test": test,
@@ -756,8 +847,12 @@ def train(config=None, data=None, callbacks=None, **overrides):
         "parameters": int(model.count_params()),
         "n_train": len(train_set),
         "model_path": str(model_path),
+        "distribution": {
+            "choice": context.choice, "num_workers": context.num_workers,
+            "worker_index": context.worker_index, "num_replicas": context.num_replicas,
+        },
     }
-    _write_json(out / "metrics.json", results)
+    _write_json(write_dir / "metrics.json", results)
     return results
 
 
@@ -815,6 +910,12 @@ def build_parser():
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     p.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2))
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--distribute", default=defaults.distribute, choices=distribute_lib.CHOICES,
+        help="none; mirrored (TensorFlow: this machine's devices); data-parallel (JAX: this "
+        "machine's devices); multi-worker (TensorFlow: TF_CONFIG; JAX: jax.distributed from "
+        "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); --batch-size is global",
+    )
     return p
 
 
@@ -827,6 +928,10 @@ def main(argv=None):
     except (ValueError, OSError) as e:
         print(f"keras-topomap train: error: {e}", file=sys.stderr)
         return 2
+    if results["distribution"]["worker_index"] != 0:
+        rank = results["distribution"]["worker_index"]
+        print(f"worker {rank} done (the chief writes {config.out})")
+        return 0
     test = results["test"]
     print(
         f"test CER {test['cer']:.3f}  WER {test['wer']:.3f}  CTC loss {test['loss']:.2f}  "

@@ -24,3 +24,12 @@ def _seed():
 @pytest.fixture
 def backend():
     return keras.backend.backend()
+
+
+def pytest_configure(config):
+    # Also registered in setup.cfg; repeated here so the marker exists whichever ini is used.
+    config.addinivalue_line(
+        "markers",
+        "distributed: starts several devices or worker processes (tf.distribute, "
+        "keras.distribution)",
+    )
