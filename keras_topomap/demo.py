@@ -20,7 +20,7 @@ One run does what the paper did, at laptop scale, and writes everything to ``--o
    localisation of the GradNAP maps) and ``index.html`` showing all of it
    (:mod:`keras_topomap.report`).
 
-The default (small model, 8 training minutes) finishes in about 12-15 minutes on two CPU cores.
+The default (small model, 10 training minutes) takes about 15 minutes on two CPU cores.
 ``--synthetic`` runs the older synthetic demo (:mod:`keras_topomap.synthetic_demo`) instead.
 
 Example (command line)::
@@ -47,10 +47,12 @@ import time
 import warnings
 from pathlib import Path
 
+import keras
 import numpy as np
 
 __all__ = [
     "DEFAULT_PHONEMES",
+    "TrainingTimeLimit",
     "build_parser",
     "gradnap_metrics",
     "main",
@@ -61,6 +63,10 @@ __all__ = [
 #: The phonemes of the paper's Figure 1B.
 DEFAULT_PHONEMES = ("ae", "aa", "t")
 _STAGES = 6
+# Batch lengths are padded to a multiple of this: on JAX every new length compiles the training
+# step again, and the bundled corpus has 16 lengths at a multiple of 32 but 8 at 64 (for ~10%
+# more padded frames).
+_PAD = 64
 
 
 def parse_phonemes(names):
@@ -89,14 +95,50 @@ def parse_phonemes(names):
     return result
 
 
+class TrainingTimeLimit(keras.callbacks.Callback):
+    """Stops ``model.fit`` at the first batch end after ``seconds`` of training (wall clock).
+
+    A hard limit, unlike :class:`keras_topomap.train.TimeBudget`, which stops at an epoch end
+    when one more epoch (as long as the last) would exceed the budget: on JAX the first epoch
+    also compiles the step for every batch length, so that estimate can end a short run after
+    one epoch. Here the epoch in progress is cut short; the epoch-end callbacks (validation,
+    checkpoint) still run.
+
+    Args:
+        seconds: training time allowed.
+
+    Attributes:
+        stopped: whether the limit stopped training.
+
+    Example:
+
+    >>> limit = TrainingTimeLimit(600)
+    >>> model.fit(batches, epochs=100, callbacks=[limit])
+    """
+
+    def __init__(self, seconds):
+        super().__init__()
+        if not float(seconds) > 0:
+            raise ValueError(f"seconds must be > 0. Received: seconds={seconds!r}")
+        self.seconds = float(seconds)
+        self.stopped = False
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self._start > self.seconds:
+            self.stopped = True
+            self.model.stop_training = True
+
+
 def _stage(index, text, verbose):
     if verbose:
         print(f"\n[{index}/{_STAGES}] {text}", flush=True)
 
 
 def _load_model(path):
-    import keras
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--model: no such file. Received: {str(path)!r}")
@@ -198,7 +240,7 @@ def _save(fig, path, dpi=110):
     return path
 
 
-def _plot_history(history, path):
+def _plot_history(history, path, scores=None, score_epochs=None):
     from keras_topomap.visualization import new_figure
 
     fig = new_figure(figsize=(7.5, 2.8))
@@ -207,31 +249,31 @@ def _plot_history(history, path):
     for key, style in (("loss", "-"), ("val_ctc_loss", "--"), ("train_ctc_loss", "--")):
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
-            left.plot(epochs, values, style, label=key)
+            left.plot(epochs, values, style, marker="o", markersize=3, label=key)
     left.set_xlabel("epoch")
     left.set_ylabel("CTC loss")
     left.legend(fontsize=7)
     for key in ("val_cer", "train_cer"):
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
-            right.plot(epochs, values, label=key)
-    scores = {k: [h.get(k) for h in history] for k in history[-1] if k.startswith("topo_score/")}
+            right.plot(epochs, values, marker="o", markersize=3, label=key)
     right.set_xlabel("epoch")
     right.set_ylabel("character error rate")
+    right.legend(fontsize=7, loc="upper left")
     if scores:
         twin = right.twinx()
-        for key, values in scores.items():
-            twin.plot(epochs, values, ":", linewidth=0.8, label=key.split("/", 1)[1])
-        twin.set_ylabel("kernel topography score", fontsize=8)
-        twin.legend(fontsize=5, ncol=2, loc="center right")
-    right.legend(fontsize=7, loc="upper right")
+        for name, values in scores.items():
+            twin.plot(np.asarray(score_epochs) + 1, values, ":", marker=".", linewidth=0.8,
+                      label=name)
+        twin.set_ylabel("kernel topography score (dotted)", fontsize=8)
+        twin.legend(fontsize=5, ncol=2, loc="upper right")
     return _save(fig, path)
 
 
 def run_demo(
     out="outputs",
     config="small",
-    minutes=8.0,
+    minutes=10.0,
     data="bundled",
     model=None,
     phonemes=(),
@@ -244,6 +286,8 @@ def run_demo(
     max_eval=None,
     n_permutations=100,
     target="prediction",
+    all_wavs=False,
+    l2=0.05,
     verbose=1,
 ):
     """Runs the demo (see the module docstring) and writes its outputs to ``out``.
@@ -266,6 +310,13 @@ def run_demo(
         n_permutations: permutations of the kernel topography z-scores.
         target: GradNAP target, ``"prediction"`` or ``"ctc_loss"``; ``"prediction"`` falls back
             to ``"ctc_loss"`` for a model that predicts only blanks.
+        all_wavs: write the sound of every single-filter optimal input of each region (default:
+            the joint input and the region centre's filter; each takes a few seconds).
+        l2: L2 decay per optimisation step of the optimal inputs. Stronger than the package
+            default (1e-4): the layers are piecewise linear, so a barely decayed ascent drives
+            half of the input to the clipping bounds (+-3) and gives blocky images that also
+            take minutes to sonify; 0.05 keeps them within the data's range (on a 15-minute
+            small model: 5% of values at the bounds, 70% of the activation).
         verbose: 1 prints stages and progress bars; 0 is silent.
 
     Returns:
@@ -276,8 +327,6 @@ def run_demo(
     Raises:
         ValueError: for bad options (unknown phoneme, config, data spec, model file, layer).
     """
-    import keras
-
     from keras_topomap import report
     from keras_topomap import train as train_lib
     from keras_topomap.datasets import PHONES_39, SpeechBatches
@@ -298,9 +347,9 @@ def run_demo(
     overrides = _feature_settings(model) if model is not None else {}
     train_config = train_lib.TrainConfig(
         config=config, data=data, seed=seed, strength=strength, epochs=epochs,
-        max_minutes=minutes, max_train=max_train, max_eval=max_eval,
+        max_minutes=None, max_train=max_train, max_eval=max_eval,
         out=str(out / "training"), tensorboard=False, n_permutations=n_permutations,
-        verbose=verbose, **overrides,
+        verbose=verbose, pad_to_multiple=_PAD, **overrides,
     )
     loaded = _load_model(model) if model is not None else None
     if loaded is not None and not overrides:
@@ -316,6 +365,7 @@ def run_demo(
     tick = time.perf_counter()
     topomap_dir = out / "topomaps"
     history = []
+    score_history = (None, None)
     training = None
     if loaded is None:
         from keras_topomap.callbacks import TopoMapCallback
@@ -335,10 +385,14 @@ def run_demo(
             probe_lengths=probe["feature_lengths"], out_dir=topomap_dir,
             interpolation="bicubic", fps=3,
         )
+        limit = TrainingTimeLimit(60.0 * float(minutes))
         training = train_lib.train(train_config, data=(train_set, val_set, test_set),
-                                   callbacks=[callback])
+                                   callbacks=[callback, limit])
+        if limit.stopped:
+            training["stopped_by"] = "time budget"
         net = keras.saving.load_model(training["model_path"], compile=False)
         history = training["history"]
+        score_history = (callback.scores_, callback.epochs_)
     else:
         _stage(2, f"Using the trained model {model} (no training)", verbose)
         net = loaded
@@ -360,24 +414,28 @@ def run_demo(
               f"({len(test_set)} test utterances)", verbose)
     tick = time.perf_counter()
     batches = SpeechBatches(test_set, batch_size=8, mode="all", shuffle=False,
-                            pad_to_multiple=32)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        gradnap = GradNAP(net, layers=names, group_names=PHONES_39, target=target,
-                          verbose=verbose).fit(batches)
-        if target == "prediction" and gradnap.target_total_ == 0:
-            if verbose:
-                print("The model predicts only blanks; GradNAP uses target='ctc_loss' instead.")
-            target = "ctc_loss"
-            gradnap = GradNAP(net, layers=names, group_names=PHONES_39, target=target,
-                              verbose=verbose).fit(batches)
+                            pad_to_multiple=_PAD)
+    def fit_gradnap(target):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fitted = GradNAP(net, layers=names, group_names=PHONES_39, target=target,
+                             time_bucket=_PAD, verbose=verbose).fit(batches)
+        return fitted, caught
+
+    gradnap, caught = fit_gradnap(target)
+    if target == "prediction" and gradnap.target_total_ == 0:
+        if verbose:
+            print("The model predicts only blanks; GradNAP uses target='ctc_loss' instead.")
+        target = "ctc_loss"
+        gradnap, caught = fit_gradnap(target)
     counts = gradnap.counts_[fig_layer]
     absent = [PHONES_39[i] for i in np.nonzero(counts == 0)[0]]
     if verbose and absent:
         print(f"phonemes without test frames (no GradNAP): {absent}")
-    other = [w for w in caught if "no frames" not in str(w.message).lower()]
-    for w in other:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    # one line above replaces the per-layer "no frames" warnings
+    for w in caught:
+        if "no frames" not in str(w.message).lower():
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     gradnap.save(out / "gradnap")
     shown = [p for p in wanted if p not in absent]
     skipped = [p for p in wanted if p in absent]
@@ -398,20 +456,30 @@ def run_demo(
     wav_dir.mkdir(exist_ok=True)
     for phoneme in shown:
         region = gradnap.most_responsive_region(fig_layer, phoneme)
-        single = OptimalInputs(net, fig_layer, region=region, steps=steps, seed=seed,
+        single = OptimalInputs(net, fig_layer, region=region, steps=steps, seed=seed, l2=l2,
                                progress=bool(verbose)).fit()
         joint = optimal_inputs(net, fig_layer, region=region, joint=True, steps=steps, seed=seed,
-                               progress=bool(verbose))
+                               l2=l2, progress=bool(verbose))
         regions.append(region)
         singles.append(single.inputs_)
         joints.append(joint[0])
-        files = {"joint": f"wav/{phoneme}_joint.wav"}
-        files.update({int(f): f"wav/{phoneme}_filter{int(f)}.wav" for f in region.filters})
-        for key, name in files.items():
-            features = joint[0] if key == "joint" else single.inputs_[
-                list(region.filters).index(key)]
-            write_wav(out / name, features, feature_config, seed=seed)
-        wavs[phoneme] = files
+    # Inverting features (NNLS + Griffin-Lim) takes seconds per input: the joint input and the
+    # region centre's filter by default, every filter of the region with all_wavs.
+    sounds = []
+    for phoneme, region, single, joint in zip(shown, regions, singles, joints):
+        centre = region.center[0] * grids[fig_layer][1] + region.center[1]
+        filters = [int(f) for f in region.filters]
+        wavs[phoneme] = {"joint": f"wav/{phoneme}_joint.wav"}
+        sounds.append((out / wavs[phoneme]["joint"], joint))
+        for position, f in enumerate(filters):
+            if all_wavs or f == centre:
+                wavs[phoneme][f] = f"wav/{phoneme}_filter{f}.wav"
+                sounds.append((out / wavs[phoneme][f], single[position]))
+    bar = keras.utils.Progbar(len(sounds), unit_name="wav") if verbose else None
+    for path, features in sounds:
+        write_wav(path, features, feature_config, seed=seed)
+        if bar is not None:
+            bar.add(1)
     seconds["optimal_inputs"] = time.perf_counter() - tick
 
     # ---- 5. figures
@@ -461,12 +529,12 @@ def run_demo(
         fig = vis.new_figure(figsize=(min(13.0, 1.1 * 8 * ww / hh + 1.5),
                                       1.1 * -(-len(groups) // 8) * 1.15 + 0.6))
         vis.plot_grid_mosaic(fig.add_subplot(), gradnap.maps(name, smooth=True)[groups],
-                             titles=[f"/{PHONES_39[g]}/" for g in groups], ncols=8,
+                             titles=[f"/{PHONES_39[g].upper()}/" for g in groups], ncols=8,
                              label="GradNAP (smoothed)")
         fig.suptitle(f"GradNAP of every phoneme on {name} ({hh}x{ww}), smoothed", fontsize=9)
         done(f"gradnap_{name}", _save(fig, out / f"gradnap_{name}.png", dpi=90))
     if history:
-        done("training", _plot_history(history, out / "training.png"))
+        done("training", _plot_history(history, out / "training.png", *score_history))
     animations = sorted(p.name for p in topomap_dir.glob("*.gif")) if topomap_dir.is_dir() else []
     if f"{fig_layer}.gif" in animations:
         shutil.copyfile(topomap_dir / f"{fig_layer}.gif", out / "maps.gif")
@@ -561,8 +629,8 @@ def build_parser():
     )
     p.add_argument("--config", default="small", choices=sorted(models.CONFIGS),
                    help="model size to train (default: small)")
-    p.add_argument("--minutes", type=float, default=8.0,
-                   help="training time budget in minutes (default: 8)")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="training time budget in minutes (default: 10)")
     p.add_argument("--data", default="bundled",
                    help="bundled (default), bundled-voice, tts:DIR, librispeech:DIR, timit:DIR "
                    "or textgrid:AUDIO_DIR,TEXTGRID_DIR (as keras-topomap train --data)")
@@ -582,6 +650,10 @@ def build_parser():
     p.add_argument("--max-eval", type=int, default=None, help="use N validation/test utterances")
     p.add_argument("--target", default="prediction", choices=("prediction", "ctc_loss"),
                    help="GradNAP target (default: prediction)")
+    p.add_argument("--l2", type=float, default=0.05,
+                   help="L2 decay of the optimal inputs per step (default: 0.05)")
+    p.add_argument("--all-wavs", action="store_true",
+                   help="write a WAV for every filter of each region (default: joint and centre)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1))
     p.add_argument("--synthetic", action="store_true",
                    help="run the synthetic demo (keras_topomap.synthetic_demo) instead")
@@ -601,7 +673,8 @@ def main(argv=None):
             out=args.out, config=args.config, minutes=args.minutes, data=args.data,
             model=args.model, phonemes=args.phonemes, seed=args.seed, strength=args.strength,
             layer=args.layer, epochs=args.epochs, steps=args.steps, max_train=args.max_train,
-            max_eval=args.max_eval, target=args.target, verbose=args.verbose,
+            max_eval=args.max_eval, target=args.target, all_wavs=args.all_wavs,
+            l2=args.l2, verbose=args.verbose,
         )
     except (ValueError, OSError) as e:
         print(f"keras-topomap demo: error: {e}", file=sys.stderr)

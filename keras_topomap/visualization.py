@@ -895,7 +895,7 @@ def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, f
         cbar = fig.colorbar(images[what], ax=rows_axes[what], shrink=0.9, aspect=12, pad=0.02)
         cbar.set_label(text, fontsize=7)
         cbar.ax.tick_params(labelsize=6)
-        cbar.formatter.set_powerlimits((-2, 2))
+        cbar.formatter.set_powerlimits((-4, 4))
     fig.suptitle(f"{label} of layer {layer} and optimal inputs of the most responsive "
                  f"{size}x{size} region", fontsize=9)
     return fig
