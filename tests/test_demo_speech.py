@@ -125,3 +125,17 @@ def test_filter_images_and_figure_1a():
     assert len(fig.axes) >= 1 + 2 * 9
     with pytest.raises(ValueError, match="off the 4x4 grid"):
         plot_filter_neighborhoods(kernel, grid=(4, 4), centers=[(5, 0)])
+
+
+def test_training_time_limit_stops_mid_epoch():
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((40, 3), "float32"), np.zeros((40, 1), "float32")
+    limit = demo.TrainingTimeLimit(1e-9)
+    history = model.fit(x, y, batch_size=4, epochs=5, callbacks=[limit], verbose=0)
+    assert limit.stopped and len(history.history["loss"]) == 1
+    assert not demo.TrainingTimeLimit(3600).stopped
+    with pytest.raises(ValueError, match="seconds must be > 0"):
+        demo.TrainingTimeLimit(0)
