@@ -54,6 +54,7 @@ from keras_topomap.datasets.batches import SpeechBatches
 __all__ = [
     "CHOICES",
     "DistributionContext",
+    "EpochAdvance",
     "ShardedSpeechBatches",
     "available_choices",
     "read_tf_config",
@@ -168,9 +169,7 @@ def _jax_multi_worker():
             "JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers. Received: "
             f"{processes!r}, {process_id!r}"
         ) from None
-    from jax._src import distributed as jax_distributed  # no public "is initialised" query
-
-    if jax_distributed.global_state.client is None:
+    if not jax.distributed.is_initialized():
         # CPU processes exchange gradients through gloo (GPUs use NCCL whatever this says).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         try:
@@ -344,23 +343,34 @@ class DistributionContext:
             **kwargs: more :class:`~keras_topomap.datasets.SpeechBatches` arguments.
 
         Returns:
-            ``(data, batches)``: what to pass to ``fit``, and a
-            :class:`~keras_topomap.datasets.SpeechBatches` (or a list of
-            :class:`ShardedSpeechBatches`, one per local replica) whose ``set_epoch`` /
-            ``on_epoch_end`` choose the epoch's batch order. ``data`` is a ``PyDataset``
-            except under ``MultiWorkerMirroredStrategy``, where it is a
-            ``tf.distribute.DistributedDataset`` that reads the current epoch of ``batches``
-            each time it is iterated (see :class:`EpochAdvance`).
+            ``(data, batches)``: what to pass to ``fit``, and the object whose ``set_epoch`` /
+            ``on_epoch_end`` choose the epoch's batch order. Without distribution both are
+            one :class:`~keras_topomap.datasets.SpeechBatches`; with ``mirrored`` and on JAX
+            both are this worker's :class:`ShardedSpeechBatches`. Under
+            ``MultiWorkerMirroredStrategy`` ``data`` is a ``tf.distribute`` dataset that
+            feeds each local replica its own :class:`ShardedSpeechBatches` and reads their
+            epoch each time it is iterated, and ``batches`` moves those shards together:
+            pass ``EpochAdvance(batches)`` to ``fit``'s callbacks (``fit`` only advances a
+            ``PyDataset`` itself).
+
+        Raises:
+            ValueError: ``batch_size`` not a multiple of the number of replicas.
+
+        Example:
+
+        >>> data, batches = context.training_data(train_features, batch_size=32, seed=0)
+        >>> callbacks = [] if data is batches else [distribute.EpochAdvance(batches)]
+        >>> model.fit(data, epochs=10, callbacks=callbacks)
         """
         self.check_batch_size(batch_size)
         common = dict(batch_size=batch_size, shuffle=True, seed=seed, mode="ctc", **kwargs)
-        if self.choice in ("none", "mirrored"):
-            # One process: Keras / tf.distribute split each global batch over the replicas
-            # (unevenly for a short last batch, which MirroredStrategy accepts).
+        if self.choice == "none":
             batches = SpeechBatches(feature_set, **common)
             return batches, batches
-        if self.backend == "jax":
-            # Keras splits this worker's slice over its devices: sizes must divide evenly.
+        if self.choice == "mirrored" or self.backend == "jax":
+            # Keras splits this worker's slice of each global batch over the local replicas:
+            # equal shares (each replica's mean then weighs as its share of the batch), which
+            # JAX requires and MirroredStrategy needs for the mean over the global batch.
             batches = ShardedSpeechBatches(
                 feature_set, num_shards=self.num_workers, shard_index=self.worker_index,
                 multiple=self.num_replicas, **common,
@@ -425,7 +435,7 @@ class DistributionContext:
 
         def one_replica():
             ctx = tf.distribute.get_replica_context()
-            return ctx.all_reduce(tf.distribute.ReduceOp.MAX, tf.constant(value))
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.constant(value))
 
         reduced = strategy.experimental_local_results(strategy.run(one_replica))
         return bool(float(reduced[0]) > 0)

@@ -649,7 +649,7 @@ def _redirect_outputs(callbacks, folder):
                 setattr(callback, attribute, os.fspath(target))
 
 
-def train(config=None, data=None, callbacks=None, **overrides):
+def train(config=None, data=None, callbacks=None, context=None, **overrides):
     """Run one training (see the module docstring); returns the results written to metrics.json.
 
     Args:
@@ -662,6 +662,9 @@ def train(config=None, data=None, callbacks=None, **overrides):
             every worker (they may run the model, which takes every worker); on the other
             workers than the chief their ``log_dir`` / ``out_dir`` are redirected to the
             temporary folder, so only the chief's files land where they were asked for.
+        context: a :class:`~keras_topomap.distribute.DistributionContext` already resolved
+            for ``config.distribute`` (a process can create ``MultiWorkerMirroredStrategy``
+            only once); default: ``distribute.resolve(config.distribute)``.
 
     Returns:
         dict with ``test`` (``cer``, ``wer``, ``loss``, ``n_utterances``, ``examples``),
@@ -675,12 +678,21 @@ def train(config=None, data=None, callbacks=None, **overrides):
             not match the saved run, or a ``distribute`` choice the backend does not have.
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides)
-    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
-    context = distribute_lib.resolve(config.distribute)
+    if context is None:
+        # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
+        context = distribute_lib.resolve(config.distribute)
+        restore = context.distribution is not None
+    elif context.choice != config.distribute:
+        raise ValueError(
+            f"The context was resolved for distribute={context.choice!r} but the config asks "
+            f"for distribute={config.distribute!r}. Received: context={context}"
+        )
+    else:
+        restore = False
     try:
         return _train(config, data, callbacks, context)
     finally:
-        if context.distribution is not None:
+        if restore:  # leave no global distribution behind that this call set
             keras.distribution.set_distribution(None)
 
 

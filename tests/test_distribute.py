@@ -152,20 +152,34 @@ MULTI_WORKER = PRELUDE + textwrap.dedent(
     loss_workers, worker_step = fit_step(
         model, data, callbacks=[distribute.EpochAdvance(batches)])
     _, worker_clipped = fit_step(clipped, data, callbacks=[distribute.EpochAdvance(batches)])
+    agreed = [context.any_worker(context.worker_index == 1), context.any_worker(False)]
+
+    # train() in this strategy with a TopoMapCallback: each worker asks for its own folders.
+    from keras_topomap import TopoMapCallback, train
+    out = os.path.join(sys.argv[4], f"worker{context.worker_index}")
+    maps = TopoMapCallback(x[:2], out_dir=os.path.join(out, "topomaps"), background=False)
+    data_sets = (fake_features(12, 1), fake_features(3, 2), fake_features(3, 3))
+    result = train.train(
+        train.TrainConfig(config="tiny", batch_size=4, epochs=1, verbose=0, n_permutations=5,
+                          out=out, pad_to_multiple=64, distribute="multi-worker"),
+        data=data_sets, callbacks=[maps], context=context)
     report(sys.argv[1], workers=context.num_workers, rank=context.worker_index,
            chief=context.is_chief, loss_single=loss_single, loss_workers=loss_workers,
            single_step=single_step, worker_step=worker_step, single_clipped=single_clipped,
            worker_clipped=worker_clipped, double_penalty_step=double_penalty_step,
-           shard_ids=shard_ids)
+           shard_ids=shard_ids, epochs_done=result["epochs_done"], agreed=agreed,
+           files=sorted(os.listdir(out)) if os.path.isdir(out) else [],
+           maps=sorted(os.listdir(os.path.join(out, "topomaps"))))
     """
 )
 
 JAX_DATA_PARALLEL = PRELUDE + textwrap.dedent(
     """
     import keras
-    from keras_topomap import distribute, train
+    from keras_topomap import distribute
 
     assert keras.backend.backend() == "jax"
+    mirrored_error = None
     try:
         distribute.resolve("mirrored")
     except ValueError as e:
@@ -186,22 +200,61 @@ JAX_DATA_PARALLEL = PRELUDE + textwrap.dedent(
     data, batches = context.training_data(features, 8, seed=0)
     loss_parallel, parallel_step = fit_step(model, data)
     _, parallel_clipped = fit_step(clipped, data)
-    sharding = str(model.get_layer("conv_1").kernel.value.sharding)
-    keras.distribution.set_distribution(None)
-
-    out = sys.argv[2]
-    data_sets = (fake_features(12, 1), fake_features(3, 2), fake_features(3, 3))
-    result = train.train(
-        train.TrainConfig(config="tiny", batch_size=4, epochs=1, verbose=0, n_permutations=5,
-                          out=out, tensorboard=False, pad_to_multiple=64,
-                          distribute="data-parallel"),
-        data=data_sets)
+    # 3 rows on 2 devices: padded, split, trimmed; the same logits as one device.
+    logits = context.predict(model, x[:3])
+    reference_logits = np.asarray(single.predict_on_batch(x[:3]))
+    kernel_devices = len(model.get_layer("conv_1").kernel.value.sharding.device_set)
     report(sys.argv[1], replicas=context.num_replicas, loss_single=loss_single,
            loss_parallel=loss_parallel, single_step=single_step, parallel_step=parallel_step,
            double_penalty_step=double_penalty_step, single_clipped=single_clipped,
-           parallel_clipped=parallel_clipped, mirrored_error=mirrored_error, sharding=sharding,
-           distribution=json.dumps(result["distribution"]),
-           global_distribution=str(keras.distribution.distribution()))
+           parallel_clipped=parallel_clipped, mirrored_error=mirrored_error,
+           kernel_devices=kernel_devices, logits=logits, reference_logits=reference_logits)
+    """
+)
+
+JAX_MULTI_WORKER = PRELUDE + textwrap.dedent(
+    """
+    os.environ.update(
+        JAX_COORDINATOR_ADDRESS="127.0.0.1:" + sys.argv[3].split(",")[0],
+        JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=sys.argv[2],
+    )
+    import keras
+    from keras_topomap import distribute, train
+
+    context = distribute.resolve("multi-worker")  # jax.distributed before any computation
+    keras.utils.set_random_seed(0)
+    features = fake_features(8)
+    x, y = global_batch(features, 8)
+    keras.distribution.set_distribution(None)  # the reference: this process' own device
+    single = build(1.0)
+    initial = [np.array(w) for w in single.get_weights()]
+    loss_single, single_step = fit_step(single, x, y=y, batch_size=8)
+    _, double_penalty_step = fit_step(build(2.0, initial), x, y=y, batch_size=8)
+    reference_logits = np.asarray(single.predict_on_batch(x[:3]))
+    keras.distribution.set_distribution(context.distribution)
+    with context.scope():
+        model = build(1.0, initial)
+    data, batches = context.training_data(features, 8, seed=0)
+    shard_ids = [features.ids[i] for i in batches.batch_indices(0)]
+    loss_workers, worker_step = fit_step(model, data)
+    # 3 rows on 2 processes: padded, split, gathered; the same logits as one device.
+    logits = context.predict(model, x[:3])
+    agreed = [context.any_worker(context.worker_index == 1), context.any_worker(False)]
+
+    out = os.path.join(sys.argv[4], f"worker{context.worker_index}")
+    data_sets = (fake_features(12, 1), fake_features(3, 2), fake_features(3, 3))
+    result = train.train(
+        train.TrainConfig(config="tiny", batch_size=4, epochs=1, verbose=0, n_permutations=5,
+                          out=out, tensorboard=False, pad_to_multiple=64, max_minutes=60,
+                          distribute="multi-worker"),
+        data=data_sets, context=context)
+    report(sys.argv[1], workers=context.num_workers, rank=context.worker_index,
+           replicas=context.num_replicas, loss_single=loss_single, loss_workers=loss_workers,
+           single_step=single_step, worker_step=worker_step,
+           double_penalty_step=double_penalty_step, shard_ids=shard_ids, logits=logits,
+           reference_logits=reference_logits, agreed=agreed,
+           epochs_done=result["epochs_done"], test_loss=result["test"]["loss"],
+           files=sorted(os.listdir(out)) if os.path.isdir(out) else [])
     """
 )
 
@@ -459,7 +512,8 @@ def test_multi_worker_step_equals_single_device_step(tmp_path):
     """Two workers (processes) with a TF_CONFIG each: one step on half a batch each."""
 
     def worker_args(rank, ports):
-        return ["-c", MULTI_WORKER, str(tmp_path / f"worker{rank}.npz"), str(rank), ports]
+        return ["-c", MULTI_WORKER, str(tmp_path / f"worker{rank}.npz"), str(rank), ports,
+                str(tmp_path / "runs")]
 
     _run_workers(worker_args, tmp_path, KERAS_BACKEND="tensorflow")
     results = [np.load(tmp_path / f"worker{rank}.npz") for rank in range(2)]
@@ -475,7 +529,15 @@ def test_multi_worker_step_equals_single_device_step(tmp_path):
         # With adapt_optimizer the workers clip the summed gradient, as one device does.
         scale = np.abs(r["single_clipped"]).max()
         np.testing.assert_allclose(r["worker_clipped"], r["single_clipped"], atol=1e-5 * scale)
+        assert r["agreed"].tolist() == [True, False]  # worker 1's flag reached worker 0
     np.testing.assert_array_equal(results[0]["worker_step"], results[1]["worker_step"])
+    # train() with a TopoMapCallback: the chief wrote the run and the maps; the other worker's
+    # folders (created by the callback's constructor) stayed empty.
+    assert [int(r["epochs_done"]) for r in results] == [1, 1]
+    assert {"checkpoint.keras", "metrics.json", "model.keras", "logs", "topomaps"} <= set(
+        results[0]["files"].tolist())
+    assert {"topomaps.npz", "conv_2", "conv_3"} <= set(results[0]["maps"].tolist())
+    assert results[1]["files"].tolist() == ["topomaps"] and results[1]["maps"].size == 0
 
 
 @pytest.mark.distributed
@@ -496,6 +558,7 @@ def test_multi_worker_training_run_from_the_command_line(tmp_path):
             "-c", code, "train", "--config", "tiny", "--distribute", "multi-worker",
             "--max-train", "8", "--max-eval", "4", "--epochs", "1", "--batch-size", "4",
             "--n-permutations", "5", "--verbose", "0", "--out", str(outs[rank]),
+            "--max-minutes", "60",  # the workers agree on the budget every epoch
         ]
 
     _run_workers(worker_args, tmp_path, KERAS_BACKEND="tensorflow")
@@ -513,10 +576,13 @@ def test_multi_worker_training_run_from_the_command_line(tmp_path):
 
 @pytest.mark.distributed
 def test_jax_data_parallel_step_equals_single_device_step(tmp_path):
-    """JAX with two host devices: DataParallel's step is the single-device step."""
+    """JAX with two host devices: DataParallel's step is the single-device step.
+
+    ``train()`` under a JAX distribution runs in the two-process test below.
+    """
     result_path = tmp_path / "jax.npz"
     _run(
-        JAX_DATA_PARALLEL, result_path, tmp_path / "run", KERAS_BACKEND="jax",
+        JAX_DATA_PARALLEL, result_path, KERAS_BACKEND="jax",
         XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
     )
     r = np.load(result_path)
@@ -526,6 +592,30 @@ def test_jax_data_parallel_step_equals_single_device_step(tmp_path):
     assert_same_step(r["parallel_step"], r["single_step"], r["double_penalty_step"])
     scale = np.abs(r["single_clipped"]).max()
     np.testing.assert_allclose(r["parallel_clipped"], r["single_clipped"], atol=1e-5 * scale)
-    assert json.loads(str(r["distribution"]))["num_replicas"] == 2
-    assert str(r["global_distribution"]) == "None"  # train() restored the global state
-    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert int(r["kernel_devices"]) == 2  # the weights are replicated on both devices
+    np.testing.assert_allclose(r["logits"], r["reference_logits"], atol=1e-4)
+
+
+@pytest.mark.distributed
+def test_jax_multi_worker_step_equals_single_device_step(tmp_path):
+    """Two JAX processes (jax.distributed from JAX_* variables, gloo on CPU)."""
+
+    def worker_args(rank, ports):
+        return ["-c", JAX_MULTI_WORKER, str(tmp_path / f"worker{rank}.npz"), str(rank), ports,
+                str(tmp_path / "runs")]
+
+    _run_workers(worker_args, tmp_path, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    results = [np.load(tmp_path / f"worker{rank}.npz") for rank in range(2)]
+    assert [int(r["rank"]) for r in results] == [0, 1]
+    assert all(int(r["workers"]) == 2 and int(r["replicas"]) == 2 for r in results)
+    halves = [set(r["shard_ids"].tolist()) for r in results]
+    assert len(halves[0]) == len(halves[1]) == 4 and not halves[0] & halves[1]
+    for r in results:
+        np.testing.assert_allclose(r["loss_workers"], r["loss_single"], rtol=1e-5)
+        assert_same_step(r["worker_step"], r["single_step"], r["double_penalty_step"])
+        np.testing.assert_allclose(r["logits"], r["reference_logits"], atol=1e-4)
+        assert r["agreed"].tolist() == [True, False]  # worker 1's flag reached worker 0
+        assert int(r["epochs_done"]) == 1 and np.isfinite(float(r["test_loss"]))
+    assert {"checkpoint.keras", "metrics.json", "model.keras"} <= set(
+        results[0]["files"].tolist())
+    assert results[1]["files"].size == 0  # the chief alone wrote a run folder
