@@ -10,7 +10,11 @@ features with random phone labels, and times
   backward pass),
 
 interleaved ``--repeats`` times; the best time of each is reported with their ratio (target:
-<= 2.0). Run one backend per process::
+<= 2.0), with the process CPU time of the same runs (less sensitive to other jobs on shared
+cores than wall time) and the 1-minute load average. ``--conv-grad-ab`` adds a GradNAP run
+with the backends' own convolution input gradients (``fast_conv_grad=False`` in
+:class:`keras_topomap.gradients.ActivationGradients`) interleaved with the others, to measure
+what the adapter's flipped-kernel path saves. Run one backend per process::
 
     KERAS_BACKEND=jax python benchmarks/gradnap_speed.py --config paper --batches 3
 
@@ -20,6 +24,7 @@ or all three in turn with ``--all-backends``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -48,7 +53,27 @@ def build(config, n_features=40, n_classes=29):
     return keras.Model(x, out, name=f"wav2letter_{config}"), names
 
 
-def run(config, n_batches, batch_size, n_frames, repeats):
+@contextlib.contextmanager
+def backend_conv_grad():
+    """GradNAPs built inside use the backends' own Conv1D input gradients (as with
+    ``ActivationGradients(..., fast_conv_grad=False)``, which GradNAP does not expose)."""
+    from keras_topomap import gradients
+
+    original = gradients._fast_conv_override
+    gradients._fast_conv_override = lambda: None
+    try:
+        yield
+    finally:
+        gradients._fast_conv_override = original
+
+
+def _timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run(config, n_batches, batch_size, n_frames, repeats, conv_grad_ab=False):
     import keras
     import numpy as np
 
@@ -69,22 +94,33 @@ def run(config, n_batches, batch_size, n_frames, repeats):
     nap = GradNAP(model, names, grids=grids, n_groups=39, adjust="none", time_bucket=4,
                   verbose=0)
 
+    runs = {
+        "predict": lambda: model.predict(x, batch_size=batch_size, verbose=0),
+        "gradnap": lambda: gn.fit(batches),
+        "nap": lambda: nap.fit(batches),
+    }
+    if conv_grad_ab:
+        with backend_conv_grad():
+            plain = GradNAP(model, names, grids=grids, n_groups=39, time_bucket=4, verbose=0)
+            plain.partial_fit(batches[:1])  # the step is built (and compiled) here
+        runs["gradnap_backend_conv_grad"] = lambda: plain.fit(batches)
+
     model.predict(x[:batch_size], batch_size=batch_size, verbose=0)  # warm-up / compile
     gn.partial_fit(batches[:1])  # warm-up / compile
     nap.partial_fit(batches[:1])
-    predict_times, gradnap_times, nap_times = [], [], []
+    walls = {name: [] for name in runs}
+    cpus = {name: [] for name in runs}
+    loads = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.predict(x, batch_size=batch_size, verbose=0)
-        predict_times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        gn.fit(batches)
-        gradnap_times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        nap.fit(batches)
-        nap_times.append(time.perf_counter() - t0)
-    best_p, best_g, best_n = min(predict_times), min(gradnap_times), min(nap_times)
-    return {
+        for name, fn in runs.items():
+            wall, cpu = _timed(fn)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+        loads.append(os.getloadavg()[0])
+    best = {name: min(v) for name, v in walls.items()}
+    best_cpu = {name: min(v) for name, v in cpus.items()}
+    best_p, best_g, best_n = best["predict"], best["gradnap"], best["nap"]
+    row = {
         "backend": keras.backend.backend(),
         "config": config,
         "layers": len(names),
@@ -95,7 +131,14 @@ def run(config, n_batches, batch_size, n_frames, repeats):
         "ratio": round(best_g / best_p, 2),
         "nap_s": round(best_n, 3),
         "nap_ratio": round(best_n / best_p, 2),
+        "cpu_ratio": round(best_cpu["gradnap"] / best_cpu["predict"], 2),
+        "load": f"{min(loads):.1f}-{max(loads):.1f}",
     }
+    if conv_grad_ab:
+        plain_s = best["gradnap_backend_conv_grad"]
+        row.update(backend_conv_grad_s=round(plain_s, 3),
+                   backend_conv_grad_ratio=round(plain_s / best_p, 2))
+    return row
 
 
 def main(argv=None):
@@ -107,6 +150,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--all-backends", action="store_true",
                         help="run tensorflow, jax and torch in separate processes")
+    parser.add_argument("--conv-grad-ab", action="store_true",
+                        help="also time GradNAP with the backends' own conv input gradients")
     args = parser.parse_args(argv)
     if args.all_backends:
         rows = []
@@ -114,25 +159,32 @@ def main(argv=None):
             cmd = [sys.executable, __file__, "--config", *args.config, "--batches",
                    str(args.batches), "--batch-size", str(args.batch_size), "--frames",
                    str(args.frames), "--repeats", str(args.repeats)]
+            cmd += ["--conv-grad-ab"] if args.conv_grad_ab else []
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         print_table(rows)
         return rows
-    rows = [run(c, args.batches, args.batch_size, args.frames, args.repeats) for c in args.config]
+    rows = [run(c, args.batches, args.batch_size, args.frames, args.repeats, args.conv_grad_ab)
+            for c in args.config]
     for row in rows:
         print(json.dumps(row), flush=True)
     return rows
 
 
 def print_table(rows):
-    print("| backend | config | layers | data | predict (s) | GradNAP (s) | ratio | NAP (s) "
-          "| ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    ab = any("backend_conv_grad_s" in r for r in rows)
+    print("| backend | config | layers | data | predict (s) | GradNAP (s) | ratio | CPU ratio "
+          "| NAP (s) | NAP ratio | load |" + (" backend conv grad (s) | ratio |" if ab else ""))
+    print("|---" * (11 + 2 * ab) + "|")
     for r in rows:
-        print(f"| {r['backend']} | {r['config']} | {r['layers']} | {r['batches']} x {r['batch']} "
-              f"| {r['predict_s']} | {r['gradnap_s']} | {r['ratio']} | {r['nap_s']} "
-              f"| {r['nap_ratio']} |")
+        line = (f"| {r['backend']} | {r['config']} | {r['layers']} | {r['batches']} x "
+                f"{r['batch']} | {r['predict_s']} | {r['gradnap_s']} | {r['ratio']} | "
+                f"{r['cpu_ratio']} | {r['nap_s']} | {r['nap_ratio']} | {r['load']} |")
+        if ab:
+            line += (f" {r.get('backend_conv_grad_s', '')} | "
+                     f"{r.get('backend_conv_grad_ratio', '')} |")
+        print(line)
 
 
 if __name__ == "__main__":
