@@ -99,6 +99,9 @@ MIRRORED = PRELUDE + textwrap.dedent(
     # The training pipeline of train(): global batches, split over the replicas by Keras.
     data, batches = context.training_data(features, 8, seed=0)
     loss_mirrored, mirrored_step = fit_step(model, data)
+    # Both models took the same step: the same logits, for a batch the replicas cannot split.
+    logits = context.predict(model, x[:3])
+    reference_logits = np.asarray(single.predict_on_batch(x[:3]))
     _, plain_clipped = fit_step(plain_clipping, x, y=y, batch_size=8)
     with context.scope():
         adapted = build(1.0, initial, clipnorm=0.5)
@@ -116,7 +119,8 @@ MIRRORED = PRELUDE + textwrap.dedent(
     report(sys.argv[1], replicas=context.num_replicas, loss_single=loss_single,
            loss_mirrored=loss_mirrored, single_step=single_step, mirrored_step=mirrored_step,
            double_penalty_step=double_penalty_step, single_clipped=single_clipped,
-           plain_clipped=plain_clipped, adapted_clipped=adapted_clipped,
+           plain_clipped=plain_clipped, adapted_clipped=adapted_clipped, logits=logits,
+           reference_logits=reference_logits,
            first_distribution=json.dumps(first["distribution"]),
            epochs=[first["epochs_done"], second["epochs_done"]],
            history=len(second["history"]))
@@ -153,6 +157,8 @@ MULTI_WORKER = PRELUDE + textwrap.dedent(
         model, data, callbacks=[distribute.EpochAdvance(batches)])
     _, worker_clipped = fit_step(clipped, data, callbacks=[distribute.EpochAdvance(batches)])
     agreed = [context.any_worker(context.worker_index == 1), context.any_worker(False)]
+    logits = context.predict(model, x[:3])
+    reference_logits = np.asarray(single.predict_on_batch(x[:3]))
 
     # train() in this strategy with a TopoMapCallback: each worker asks for its own folders.
     from keras_topomap import TopoMapCallback, train
@@ -168,6 +174,7 @@ MULTI_WORKER = PRELUDE + textwrap.dedent(
            single_step=single_step, worker_step=worker_step, single_clipped=single_clipped,
            worker_clipped=worker_clipped, double_penalty_step=double_penalty_step,
            shard_ids=shard_ids, epochs_done=result["epochs_done"], agreed=agreed,
+           logits=logits, reference_logits=reference_logits,
            files=sorted(os.listdir(out)) if os.path.isdir(out) else [],
            maps=sorted(os.listdir(os.path.join(out, "topomaps"))))
     """
@@ -502,6 +509,7 @@ def test_mirrored_step_equals_single_device_step(tmp_path):
     scale = np.abs(r["single_clipped"]).max()
     np.testing.assert_allclose(r["adapted_clipped"], r["single_clipped"], atol=1e-5 * scale)
     assert np.abs(r["plain_clipped"] - r["single_clipped"]).max() > 0.1 * scale
+    np.testing.assert_allclose(r["logits"], r["reference_logits"], atol=1e-4)
     assert json.loads(str(r["first_distribution"]))["num_replicas"] == 2
     assert r["epochs"].tolist() == [1, 2] and int(r["history"]) == 2
     assert (tmp_path / "run" / "metrics.json").is_file()
@@ -530,6 +538,7 @@ def test_multi_worker_step_equals_single_device_step(tmp_path):
         scale = np.abs(r["single_clipped"]).max()
         np.testing.assert_allclose(r["worker_clipped"], r["single_clipped"], atol=1e-5 * scale)
         assert r["agreed"].tolist() == [True, False]  # worker 1's flag reached worker 0
+        np.testing.assert_allclose(r["logits"], r["reference_logits"], atol=1e-4)
     np.testing.assert_array_equal(results[0]["worker_step"], results[1]["worker_step"])
     # train() with a TopoMapCallback: the chief wrote the run and the maps; the other worker's
     # folders (created by the callback's constructor) stayed empty.
