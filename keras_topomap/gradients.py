@@ -258,11 +258,11 @@ class ActivationGradients:
         jit: compile (``tf.function`` / ``jax.jit``); False runs eagerly (debugging).
         replica_reduce: how results of replicas combine when a distribution is active (see the
             module doc): a nest shaped like what ``reduce`` returns, with the leaf ``"sum"``
-            (add the replicas' values) or ``"concat"`` (join them along axis 0, the batch). Only
-            needed for a custom ``reduce`` on TensorFlow; without it such a step ignores a
-            ``tf.distribute`` strategy and runs on one device. Arguments whose first axis is the
-            batch of ``x`` are split over the replicas, other arguments are passed to each
-            replica whole.
+            (add the replicas' values) or ``"concat"`` (join them along axis 0, the batch). The
+            default ``reduce`` has one built in; a step with a custom ``reduce`` and no
+            ``replica_reduce`` ignores an active distribution and runs as without one.
+            Arguments whose first axis is the batch of ``x`` are split over the replicas, other
+            arguments are passed to each replica whole.
         fast_conv_grad: compute the input gradient of every stride-1 ``Conv1D`` as a
             *forward* convolution of the output gradient with the flipped kernel (reversed in
             time, input and output channels swapped, laid out contiguously). The backends' own
@@ -345,16 +345,19 @@ class ActivationGradients:
         """How many replicas a call made now would split its batch over (1: no distribution).
 
         JAX: the size of the batch axis of the ``keras.distribution`` device mesh;
-        TensorFlow: ``num_replicas_in_sync`` of the strategy whose scope is entered (when this
-        step knows how to combine replicas, see ``replica_reduce``).
+        TensorFlow: ``num_replicas_in_sync`` of the strategy whose scope is entered. Always 1
+        for a step that does not know how to combine replicas (see ``replica_reduce``) and on
+        PyTorch.
         """
+        if self.replica_reduce is None:
+            return 1
         if self.backend == "jax":
             distribution = keras.distribution.distribution()
             if distribution is None:
                 return 1
             mesh = distribution.device_mesh
             return int(mesh.shape[mesh.axis_names.index(distribution.batch_dim_name)])
-        if self.backend == "tensorflow" and self.replica_reduce is not None:
+        if self.backend == "tensorflow":
             strategy = _tf_strategy()
             return 1 if strategy is None else int(strategy.num_replicas_in_sync)
         return 1
@@ -399,8 +402,9 @@ class ActivationGradients:
         )
         key = id(strategy)
         if key not in self._tf_dist_fns:
-            self._tf_dist_fns[key] = self._build_tf_distributed(strategy)
-        return self._tf_dist_fns[key](per_replica)
+            # The strategy is kept with its function, so its id cannot be reused by another.
+            self._tf_dist_fns[key] = (strategy, self._build_tf_distributed(strategy))
+        return self._tf_dist_fns[key][1](per_replica)
 
     def _build_tf_distributed(self, strategy):
         import tensorflow as tf
@@ -526,6 +530,8 @@ class ActivationGradients:
             for layer in fast_layers:
                 layer.refresh()
             distribution = keras.distribution.distribution()
+            if self.replica_reduce is None:
+                distribution = None  # it would not know how to combine replicas
             trainable = weights(model.trainable_variables, distribution)
             non_trainable = weights(model.non_trainable_variables, distribution)
             if distribution is not None:
