@@ -31,7 +31,7 @@ one single-device step on the same global batch.
 
 Example:
 
->>> context = resolve("mirrored")            # TensorFlow backend
+>>> context = resolve("mirrored")            # TensorFlow backend, a machine with two GPUs
 >>> with context.scope():
 ...     model = keras_topomap.models.wav2letter("tiny")
 ...     model.compile("adam", loss=keras_topomap.ctc.CTCLoss(stride=2))
@@ -220,11 +220,18 @@ class DistributionContext:
 
     @property
     def is_distributed(self):
+        """Whether a step runs on more than one replica or worker."""
         return self.num_replicas > 1 or self.num_workers > 1
 
     @contextlib.contextmanager
     def scope(self):
-        """Build (and compile, load, fit) models inside this: the strategy's or distribution's."""
+        """Build, compile and load models inside this: the strategy's or distribution's scope.
+
+        Example:
+
+        >>> with context.scope():
+        ...     model = keras.saving.load_model("runs/paper/checkpoint.keras")
+        """
         if self.strategy is not None:
             with self.strategy.scope():
                 yield self
@@ -235,7 +242,11 @@ class DistributionContext:
             yield self
 
     def check_batch_size(self, batch_size):
-        """Raise unless ``batch_size`` (global) splits evenly over the replicas."""
+        """Check that the global ``batch_size`` splits evenly over the replicas.
+
+        Raises:
+            ValueError: ``batch_size`` is not a multiple of :attr:`num_replicas`.
+        """
         if batch_size % self.num_replicas:
             raise ValueError(
                 f"batch_size is the global batch and must be a multiple of the "
@@ -255,6 +266,18 @@ class DistributionContext:
         gradient. A no-op without clipping, on one replica and on JAX (whose distributed step
         is one program over the global batch). The change lives on this optimizer object only
         (saved models keep a plain optimizer); call it again after loading a model.
+
+        Args:
+            optimizer: a Keras optimizer created in :meth:`scope` (e.g. ``model.optimizer``).
+
+        Returns:
+            the same optimizer.
+
+        Example:
+
+        >>> with context.scope():
+        ...     model.compile(keras.optimizers.Adam(1e-3, clipnorm=10.0), loss=loss)
+        ...     context.adapt_optimizer(model.optimizer)
         """
         clips = optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue
         if self.strategy is None or self.num_replicas == 1 or not clips:
@@ -296,6 +319,12 @@ class DistributionContext:
 
         A no-op for every other strategy and backend. Call it on a model built (or loaded) in
         :meth:`scope`, after ``compile``.
+
+        Args:
+            model: the compiled Keras model.
+
+        Returns:
+            the same model.
         """
         if self.strategy is None or self.num_workers == 1:
             return model
@@ -393,6 +422,13 @@ class DistributionContext:
         Pads the batch to a multiple of the replicas (replicas need equal, non-empty shares)
         and drops the padding from the output. Every worker must call this with the same
         batch (it may run collective operations).
+
+        Args:
+            model: the model (built in :meth:`scope`).
+            features: one batch, a NumPy array ``(batch, ...)``.
+
+        Returns:
+            NumPy logits ``(batch, ...)``, the same on every worker.
         """
         features = np.asarray(features)
         n = len(features)
@@ -420,7 +456,13 @@ class DistributionContext:
         """``True`` on every worker when ``flag`` is true on any of them (a collective).
 
         Stopping decisions that depend on a worker's own clock (a time budget) must agree, or
-        the workers that go on would wait for the others forever.
+        the workers that go on would wait for the others forever. Every worker must call it.
+
+        Args:
+            flag: this worker's decision.
+
+        Returns:
+            bool, the same on every worker.
         """
         if self.num_workers == 1:
             return bool(flag)
@@ -598,15 +640,20 @@ class ShardedSpeechBatches(SpeechBatches):
 
     def __getitem__(self, index):
         item = super().__getitem__(index)
-        # Pad to the global batch's time length: every shard of a step has the same shape.
+        # Pad to the global batch's time and label lengths: every shard of a step has the
+        # same shapes (JAX assembles them into one global array).
+        members = self.global_batches[index]
         m = self.pad_to_multiple
-        length = -(-int(self.lengths[self.global_batches[index]].max()) // m) * m
-        if self.mode == "ctc":
-            return _pad_time(item[0], length, 0.0), item[1]
+        length = -(-int(self.lengths[members].max()) // m) * m
         if self.mode == "frames":
             return _pad_time(item[0], length, 0.0), _pad_time(item[1], length, -1)
+        label_width = max(len(self.labels[i]) for i in members)
+        if self.mode == "ctc":
+            # Packed targets: 2 length columns, then the labels (padded with the blank, 0).
+            return _pad_time(item[0], length, 0.0), _pad_time(item[1], 2 + label_width, 0)
         item["features"] = _pad_time(item["features"], length, 0.0)
         item["frame_labels"] = _pad_time(item["frame_labels"], length, -1)
+        item["labels"] = _pad_time(item["labels"], label_width, 0)
         return item
 
 

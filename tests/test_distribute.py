@@ -343,13 +343,12 @@ def assert_same_step(distributed, single, double_penalty):
 # ----------------------------------------------------------------------- in-process (fast)
 
 
-def fake_features(n, seed=0, n_features=8, lengths=None):
+def fake_features(n, seed=0, n_features=8, lengths=None, texts=None):
     rng = np.random.default_rng(seed)
-    texts = [f"word {i}" for i in range(n)]
     lengths = rng.integers(10, 60, size=n) if lengths is None else lengths
     feats = [rng.normal(size=(int(k), n_features)).astype("float32") for k in lengths]
     frames = [np.full(len(f), -1, np.int32) for f in feats]
-    texts = ["ab" * (1 + i % 3) for i in range(n)]
+    texts = ["ab" * (1 + i % 3) for i in range(n)] if texts is None else texts
     assert all(len(text_to_labels(t)) for t in texts)
     return FeatureSet(
         [f"u{i}" for i in range(n)], ["s"] * n, texts, feats, frames,
@@ -462,7 +461,9 @@ def test_shards_split_every_global_batch_once(n, batch_size, shards, multiple):
 
 
 def test_shard_padding_and_modes():
-    features = fake_features(8, lengths=[10, 11, 12, 13, 50, 51, 52, 53])
+    features = fake_features(
+        8, lengths=[10, 11, 12, 13, 50, 51, 52, 53], texts=["ab"] * 4 + ["abc abc"] * 4
+    )
     parts = [
         distribute.ShardedSpeechBatches(features, num_shards=2, shard_index=i, batch_size=8,
                                         shuffle=False, mode=mode)
@@ -476,6 +477,15 @@ def test_shard_padding_and_modes():
     assert (frames0[:, 13:] == -1).all()
     whole = SpeechBatches(features, batch_size=8, shuffle=False)[0]
     np.testing.assert_array_equal(np.concatenate([x0, item1["features"]]), whole[0])
+    # Packed CTC targets too: shard 0 holds the short transcripts, padded to the long ones.
+    ctc_parts = [
+        distribute.ShardedSpeechBatches(features, num_shards=2, shard_index=i, batch_size=8,
+                                        shuffle=False)[0][1]
+        for i in range(2)
+    ]
+    assert ctc_parts[0].shape == ctc_parts[1].shape == whole[1][:4].shape
+    np.testing.assert_array_equal(np.concatenate(ctc_parts), whole[1])
+    assert item1["labels"].shape[1] == whole[1].shape[1] - 2
 
 
 @pytest.mark.parametrize(
