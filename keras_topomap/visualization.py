@@ -845,15 +845,23 @@ def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, f
     h, w = raw.shape[1:]
     if fig is None:
         fig = new_figure(figsize=(panel_width * n_groups + 1.3, panel_width * 2.0 * h / w + 3.4))
-    spec = fig.add_gridspec(6, size * n_groups, height_ratios=[3, 3, 1, 1, 1, 1.5],
-                            wspace=0.08, hspace=0.12)
+    # one block of size columns per group and a narrow empty column between blocks, so that the
+    # single-filter panels of neighbouring groups do not run into each other
+    widths = ([1.0] * size + [0.3]) * n_groups
+    spec = fig.add_gridspec(6, len(widths) - 1, width_ratios=widths[:-1],
+                            height_ratios=[3, 3, 1, 1, 1, 1.5], wspace=0.08, hspace=0.12)
+
+    def block(g, row, col=None):
+        first = g * (size + 1)
+        return spec[row, first:first + size] if col is None else spec[row, first + col]
+
     label = "GradNAP" if gradnap.adjust != "none" else "NAP"
-    rows_axes = {"on grid": [], "smoothed": [], "inputs": []}
     images = {}
+    rows_axes = {"on grid": [], "smoothed": [], "inputs": []}
     for row, (maps, what) in enumerate(((raw, "on grid"), (smoothed, "smoothed"))):
         limit = symmetric_limit(*maps)
         for g, index in enumerate(indices):
-            ax = fig.add_subplot(spec[row, g * size:(g + 1) * size])
+            ax = fig.add_subplot(block(g, row))
             images[what] = plot_grid_map(
                 ax, maps[g], vmax=limit, cmap=cmap, colorbar=False,
                 title=f"/{gradnap.group_name(index).upper()}/" if row == 0 else None,
@@ -874,22 +882,22 @@ def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, f
             )
         for k, (rr, cc) in enumerate(zip(*positions)):
             dr, dc = int(rr) - region.center[0] + r, int(cc) - region.center[1] + r
-            ax = fig.add_subplot(spec[2 + dr, g * size + dc])
+            ax = fig.add_subplot(block(g, 2 + dr, dc))
+            rows_axes["inputs"].append(ax)
             images["inputs"] = ax.imshow(single[g][k].T, cmap=cmap, vmin=-limit, vmax=limit,
                                          origin="lower", aspect="auto", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if g == 0 and dc == 0 and dr == r:
                 ax.set_ylabel("single-\nfilter", fontsize=8)
-            rows_axes["inputs"].append(ax)
-        ax = fig.add_subplot(spec[5, g * size:(g + 1) * size])
+        ax = fig.add_subplot(block(g, 5))
+        rows_axes["inputs"].append(ax)
         ax.imshow(joint[g].T, cmap=cmap, vmin=-limit, vmax=limit, origin="lower", aspect="auto",
                   interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         if g == 0:
             ax.set_ylabel("joint", fontsize=8)
-        rows_axes["inputs"].append(ax)
     for what, text in (("on grid", f"{label} (on grid)"), ("smoothed", f"{label} (smoothed)"),
                        ("inputs", "optimal input\n(normalised features)")):
         cbar = fig.colorbar(images[what], ax=rows_axes[what], shrink=0.9, aspect=12, pad=0.02)
