@@ -367,6 +367,7 @@ def run_demo(
     history = []
     score_history = (None, None)
     training = None
+    analysed = "as saved"
     if loaded is None:
         from keras_topomap.callbacks import TopoMapCallback
 
@@ -390,8 +391,17 @@ def run_demo(
                                    callbacks=[callback, limit])
         if limit.stopped:
             training["stopped_by"] = "time budget"
-        net = keras.saving.load_model(training["model_path"], compile=False)
         history = training["history"]
+        # train() restores the epoch of the best validation CER; when later epochs tie with it
+        # (a short run whose CER is still 1.0), analyse the last epoch's weights instead.
+        cers = [h["val_cer"] for h in history if h.get("val_cer") is not None]
+        last = run_dir / "checkpoint.keras"
+        if cers and cers[-1] <= min(cers) and last.is_file():
+            net = keras.saving.load_model(last, compile=False)
+            analysed = f"last epoch ({len(history)})"
+        else:
+            net = keras.saving.load_model(training["model_path"], compile=False)
+            analysed = f"best validation CER (epoch {training['best_epoch']})"
         score_history = (callback.scores_, callback.epochs_)
     else:
         _stage(2, f"Using the trained model {model} (no training)", verbose)
@@ -544,10 +554,7 @@ def run_demo(
     # ---- 6. metrics and the report
     _stage(6, "Metrics and index.html", verbose)
     tick = time.perf_counter()
-    if training is not None:
-        topography = training["topography"]
-    else:
-        topography = train_lib.layer_topography(net, grids, n_permutations, seed)
+    topography = train_lib.layer_topography(net, grids, n_permutations, seed)
     metrics = {
         "topography": topography,
         "gradnap": gradnap_metrics(gradnap, seed=seed),
@@ -557,6 +564,7 @@ def run_demo(
         "regions": {p: {"center": list(r.center), "filters": [int(f) for f in r.filters],
                         "value": r.value} for p, r in zip(shown, regions)},
         "gradnap_target": target,
+        "analysed_weights": analysed,
         "n_test_utterances": len(test_set),
         "model": str(model) if model is not None else str(training["model_path"]),
         "config": config if model is None else None,
