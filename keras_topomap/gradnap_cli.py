@@ -98,14 +98,14 @@ def _load_utterances(spec, split):
             raise ValueError(f"--split must be one of {list(SPLITS)}. Received: {split!r}")
         if spec == "bundled-voice":
             split = {"train": "train_voices", "test": "test_voice"}.get(split, split)
-        root = None if spec.startswith("bundled") else train_lib._split_spec(spec)[1]
+        root = None if spec.startswith("bundled") else train_lib.parse_data_spec(spec)[1]
         return load_tts_corpus(split, root=root), split
     if split is not None:
         raise ValueError(
             f"--split applies to the bundled and tts: corpora only; {spec!r} is read whole. "
             f"Received: --split {split}"
         )
-    return train_lib._read(spec), None
+    return train_lib.read_utterances(spec), None
 
 
 def _feature_config(args, model_path):
@@ -174,7 +174,7 @@ def run_shard(args):
     from keras_topomap.datasets import PHONES_39, SpeechBatches
     from keras_topomap.gradnap import GradNAP
     from keras_topomap.regularizers import topographic_layers
-    from keras_topomap.train import _features
+    from keras_topomap.train import extract_feature_set
 
     index, count = parse_shard(args.shard)
     if args.batch_size < 1:
@@ -201,7 +201,7 @@ def run_shard(args):
                  group_names=PHONES_39, batch_size=args.batch_size, window=args.window,
                  verbose=args.verbose)
     if mine:
-        features = _features(mine, feature_config)
+        features = extract_feature_set(mine, feature_config)
         mode = "all" if args.target == "ctc_loss" else "frames"
         batches = SpeechBatches(features, batch_size=args.batch_size, shuffle=False, mode=mode)
         with warnings.catch_warnings():

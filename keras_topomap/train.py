@@ -206,7 +206,12 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------- data
 
 
-def _split_spec(spec):
+def parse_data_spec(spec):
+    """``"KIND:PATH"`` -> ``(kind, path)`` for a reader-based ``--data`` value.
+
+    Raises:
+        ValueError: not of the form ``KIND:PATH`` or an unknown kind.
+    """
     kind, sep, path = str(spec).partition(":")
     if not sep or not path:
         raise ValueError(
@@ -227,7 +232,9 @@ def _subset(items, n, seed):
     return [items[i] for i in pick]
 
 
-def _features(utterances, feature_config):
+def extract_feature_set(utterances, feature_config):
+    """Features of ``utterances`` as a :class:`~keras_topomap.datasets.FeatureSet` (progress bar
+    for more than 50)."""
     from keras_topomap.datasets import FeatureSet
 
     return FeatureSet.from_utterances(utterances, feature_config, progress=len(utterances) > 50)
@@ -239,13 +246,20 @@ def _corpus_split(split, feature_config, root, limit, seed):
     if limit is None:
         return load_corpus_features(split, feature_config, root=root)
     # A small subset: extracting it directly is faster than building the whole cache.
-    return _features(_subset(load_tts_corpus(split, root=root), limit, seed), feature_config)
+    subset = _subset(load_tts_corpus(split, root=root), limit, seed)
+    return extract_feature_set(subset, feature_config)
 
 
-def _read(spec):
+def read_utterances(spec):
+    """The utterances of a reader-based ``--data`` value (``librispeech:DIR``, ``timit:DIR``,
+    ``textgrid:AUDIO_DIR,TEXTGRID_DIR``, ``tts:DIR``).
+
+    Raises:
+        ValueError: a malformed spec, or no utterances found.
+    """
     from keras_topomap import datasets
 
-    kind, path = _split_spec(spec)
+    kind, path = parse_data_spec(spec)
     reader = getattr(datasets, _READERS[kind])
     if kind == "textgrid":
         audio_root, sep, textgrid_root = path.partition(",")
@@ -289,7 +303,7 @@ def load_data(config):
     feature_config = config.feature_config()
     seed = config.seed
     if config.data in ("bundled", "bundled-voice") or config.data.startswith("tts:"):
-        root = None if config.data.startswith("bundled") else _split_spec(config.data)[1]
+        root = None if config.data.startswith("bundled") else parse_data_spec(config.data)[1]
         train_split, test_split = (
             ("train_voices", "test_voice") if config.data == "bundled-voice" else ("train", "test")
         )
@@ -297,13 +311,13 @@ def load_data(config):
         train_set = _corpus_split(train_split, feature_config, root, train_limit, seed)
         test_set = _corpus_split(test_split, feature_config, root, config.max_eval, seed + 1)
     else:
-        utterances = _read(config.data)
+        utterances = read_utterances(config.data)
         if config.test_data is not None:
-            test_utterances = _subset(_read(config.test_data), config.max_eval, seed + 1)
-            train_set = _features(utterances, feature_config)
-            test_set = _features(test_utterances, feature_config)
+            test_utterances = _subset(read_utterances(config.test_data), config.max_eval, seed + 1)
+            train_set = extract_feature_set(utterances, feature_config)
+            test_set = extract_feature_set(test_utterances, feature_config)
         else:
-            everything = _features(utterances, feature_config)
+            everything = extract_feature_set(utterances, feature_config)
             train_set, test_set = hold_out_sentences(everything, config.test_fraction, seed + 2)
             test_set = test_set.subset(_subset(test_set.ids, config.max_eval, seed + 1))
     if config.val_fraction > 0:
