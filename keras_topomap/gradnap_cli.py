@@ -22,7 +22,8 @@ model (or ``--features-from RUN_DIR``), else with ``--features`` / ``--n-mels``.
 
 Example (a Slurm array job, then the merge)::
 
-    keras-topomap gradnap --model runs/small/model.keras --data librispeech:LibriSpeech/dev-clean \\
+    keras-topomap gradnap --model runs/small/model.keras \\
+        --data textgrid:LibriSpeech/dev-clean,alignments/dev-clean \\
         --layers conv_1 conv_2 --shard ${SLURM_ARRAY_TASK_ID}/16 --out gradnap_shards
     keras-topomap gradnap-merge gradnap_shards --out gradnap_small
 """
@@ -196,6 +197,14 @@ def run_shard(args):
             f"(from {source}) give {feature_config.n_features}. Received: {feature_config}"
         )
     utterances, split = _load_utterances(args.data, args.split)
+    if utterances and not any(u.phones for u in utterances):
+        # LibriSpeech's reader gives transcripts only: every group would stay empty.
+        raise ValueError(
+            f"The utterances of --data {args.data!r} carry no phone alignments, so GradNAP has "
+            "no phoneme frames to average. Use aligned data: textgrid:AUDIO_DIR,TEXTGRID_DIR "
+            "(e.g. Montreal Forced Aligner output for LibriSpeech), timit:DIR, tts:DIR or the "
+            "bundled corpus."
+        )
     mine = shard_utterances(utterances, index, count, args.max_utterances)
     gn = GradNAP(model, layers, target=args.target, adjust=args.adjust, baseline=args.baseline,
                  group_names=PHONES_39, batch_size=args.batch_size, window=args.window,

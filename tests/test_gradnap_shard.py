@@ -18,6 +18,7 @@ from collections import namedtuple
 import keras
 import numpy as np
 import pytest
+import soundfile as sf
 
 from keras_topomap import GradNAP, datasets, models
 from keras_topomap.gradnap_cli import (
@@ -135,6 +136,15 @@ def test_cli_errors(sharded, tmp_path, capsys):
     assert main(_shard_args(model_path, tmp_path, "0/2", "--data", "librispeech:x",
                             "--split", "train")) == 2
     assert "--split applies" in capsys.readouterr().err
+    # LibriSpeech without alignments: transcripts only, so no phoneme frames to average
+    chapter = tmp_path / "LibriSpeech" / "19" / "198"
+    chapter.mkdir(parents=True)
+    (chapter / "19-198.trans.txt").write_text("19-198-0000 A TONE\n")
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)
+    sf.write(chapter / "19-198-0000.flac", tone.astype("float32"), 16000, format="FLAC")
+    assert main(["--model", str(model_path), "--data", f"librispeech:{tmp_path / 'LibriSpeech'}",
+                 "--shard", "0/2", "--out", str(tmp_path / "ls"), "--verbose", "0"]) == 2
+    assert "no phone alignments" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert merge_main([str(tmp_path / "empty"), "--out", str(tmp_path / "m")]) == 2
     assert "No GradNAP shard files" in capsys.readouterr().err
