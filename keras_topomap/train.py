@@ -485,12 +485,16 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     Writes ``checkpoint.keras`` (weights and optimizer state) and ``state.json`` (epochs done,
     history, training seconds, early-stopping and time-budget state); ``best.keras`` whenever
-    ``monitor`` improves. Files are replaced atomically, so an interruption never leaves a
+    ``monitor`` improves (equal values: when the ``tiebreak`` log, by default the matching CTC
+    loss, is lower). Files are replaced atomically, so an interruption never leaves a
     half-written checkpoint.
     """
 
-    def __init__(self, out, state, early_stopping=None, budget=None, monitor="val_cer"):
+    def __init__(self, out, state, early_stopping=None, budget=None, monitor="val_cer",
+                 tiebreak=None):
         super().__init__()
+        # val_cer -> val_ctc_loss: the loss that breaks ties between equal CERs
+        self.tiebreak = tiebreak or monitor.replace("_cer", "_ctc_loss")
         self.out = Path(out)
         self.state = state
         self.early_stopping = early_stopping
@@ -509,8 +513,18 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         entry.update({k: float(v) for k, v in logs.items()})
         state["history"].append(entry)
         value = logs.get(self.monitor)
-        if value is not None and (state["best"] is None or value < state["best"]):
+        # Ties on the CER (e.g. 1.0 while a short run still outputs only blanks) go to the lower
+        # CTC loss, so "best" is not stuck at the first epoch.
+        tiebreak = float(logs.get(self.tiebreak, math.inf))
+        best_tiebreak = state.get("best_tiebreak")
+        if value is not None and (
+            state["best"] is None
+            or value < state["best"]
+            or (value == state["best"] and tiebreak < (
+                math.inf if best_tiebreak is None else best_tiebreak))
+        ):
             state["best"], state["best_epoch"] = float(value), epoch + 1
+            state["best_tiebreak"] = tiebreak if math.isfinite(tiebreak) else None
             _save_model(self.model, self.out / "best.keras")
         if self.early_stopping is not None:
             state["early_stopping"] = self.early_stopping.state()

@@ -237,3 +237,20 @@ def test_cli_end_to_end(tmp_path, capsys):
     # Errors go to stderr with exit code 2, not a traceback.
     assert train.main(["--out", str(out), "--config", "tiny", "--verbose", "0"]) == 2
     assert "already holds a training run" in capsys.readouterr().err
+
+
+def test_best_model_ties_on_cer_go_to_lower_ctc_loss(tmp_path):
+    from keras_topomap.train import TrainingCheckpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    state = {"epochs_done": 0, "seconds": 0.0, "history": [], "best": None, "best_epoch": 0}
+    checkpoint = TrainingCheckpoint(tmp_path, state)
+    checkpoint.set_model(model)
+    # a short run that still outputs only blanks: CER 1.0 every epoch, the loss falling
+    for epoch, (cer, loss) in enumerate([(1.0, 90.0), (1.0, 80.0), (1.0, 85.0), (0.9, 95.0)]):
+        checkpoint.on_epoch_begin(epoch)
+        checkpoint.on_epoch_end(epoch, {"val_cer": cer, "val_ctc_loss": loss})
+        if epoch == 2:
+            assert state["best_epoch"] == 2 and state["best_tiebreak"] == 80.0
+    assert state["best_epoch"] == 4 and state["best"] == 0.9  # a lower CER always wins
+    assert (tmp_path / "best.keras").is_file()
