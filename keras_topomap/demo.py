@@ -20,7 +20,9 @@ One run does what the paper did, at laptop scale, and writes everything to ``--o
    localisation of the GradNAP maps) and ``index.html`` showing all of it
    (:mod:`keras_topomap.report`).
 
-The default (small model, 10 training minutes) takes about 15 minutes on two CPU cores.
+On two quiet CPU cores (JAX) the default run takes about 8 minutes: early stopping ends training
+after 43 epochs (7 minutes, test CER 0.52), the analysis takes 20 seconds. On busy cores the
+10-minute limit (``--minutes``) cuts training short; the rest still runs.
 ``--synthetic`` runs the older synthetic demo (:mod:`keras_topomap.synthetic_demo`) instead.
 
 Example (command line)::
