@@ -394,16 +394,9 @@ def run_demo(
         if limit.stopped:
             training["stopped_by"] = "time budget"
         history = training["history"]
-        # train() restores the epoch of the best validation CER; when later epochs tie with it
-        # (a short run whose CER is still 1.0), analyse the last epoch's weights instead.
-        cers = [h["val_cer"] for h in history if h.get("val_cer") is not None]
-        last = run_dir / "checkpoint.keras"
-        if cers and cers[-1] <= min(cers) and last.is_file():
-            net = keras.saving.load_model(last, compile=False)
-            analysed = f"last epoch ({len(history)})"
-        else:
-            net = keras.saving.load_model(training["model_path"], compile=False)
-            analysed = f"best validation CER (epoch {training['best_epoch']})"
+        # train() restores the epoch of the best validation CER (ties: lower validation loss)
+        net = keras.saving.load_model(training["model_path"], compile=False)
+        analysed = f"best validation epoch ({training['best_epoch']})"
         score_history = (callback.scores_, callback.epochs_)
     else:
         _stage(2, f"Using the trained model {model} (no training)", verbose)

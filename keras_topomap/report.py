@@ -97,9 +97,8 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
             f"(<code>{html.escape(metrics['data'])}</code>) for {rec['epochs_done']} epochs "
             f"({rec['training_seconds'] / 60:.1f} min, stopped by {rec['stopped_by']}). "
             f"Test character error rate {rec['test_cer']:.3f}, word error rate "
-            f"{rec['test_wer']:.3f} (weights of the best validation epoch, "
-            f"{rec['best_epoch']}). The figures and metrics below analyse the weights of the "
-            f"{html.escape(metrics.get('analysed_weights', 'best epoch'))}. "
+            f"{rec['test_wer']:.3f}, with the weights of the best validation epoch "
+            f"({rec['best_epoch']}), which all figures and metrics below analyse. "
             f"Backend: {html.escape(metrics['backend'])}.</p>"
         )
     else:
