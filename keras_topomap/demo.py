@@ -308,7 +308,8 @@ def run_demo(
         layer: the layer of Figure 1B (default ``conv_2``, the paper's second layer).
         epochs: maximum training epochs (the time budget usually stops training first).
         steps: optimisation steps per optimal input.
-        max_train, max_eval: use this many training / test utterances (quick runs).
+        max_train: use this many training utterances (quick runs).
+        max_eval: use this many validation / test utterances (quick runs).
         n_permutations: permutations of the kernel topography z-scores.
         target: GradNAP target, ``"prediction"`` or ``"ctc_loss"``; ``"prediction"`` falls back
             to ``"ctc_loss"`` for a model that predicts only blanks.

@@ -451,6 +451,9 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 class TimeBudget(keras.callbacks.Callback):
     """Stops training at an epoch end when one more epoch would exceed ``seconds``.
 
+    The next epoch is predicted from the fastest epoch after the first one of this process (the
+    first includes compilation); after the first epoch training stops only once over budget.
+
     Args:
         seconds: the budget of training time.
         used: seconds already used (by the run being resumed).
@@ -465,6 +468,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.used = float(used)
         self.agree = agree
         self.stopped = False
+        self._took = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -472,7 +476,11 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         took = time.perf_counter() - self._start
         self.used += took
-        over = self.used + took > self.seconds
+        self._took.append(took)
+        # The first epoch of a process includes compiling every batch shape (minutes on JAX),
+        # so it says little about the next one: predict from the later epochs only.
+        later = self._took[1:]
+        over = self.used + (min(later) if later else 0.0) > self.seconds
         if self.agree is not None:
             over = self.agree(over)
         if over:

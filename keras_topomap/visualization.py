@@ -57,7 +57,8 @@ def plot_grid_map(
         title: axes title.
         diverging: centre the colour scale at 0 with a diverging colormap (for profiles that are
             positive or negative); otherwise a sequential colormap over the data range.
-        vmin, vmax: colour limits; for ``diverging`` only ``vmax`` is used (``[-vmax, vmax]``).
+        vmin: lower colour limit (ignored when ``diverging``).
+        vmax: upper colour limit; with ``diverging`` the scale is ``[-vmax, vmax]``.
         cmap: colormap name overriding the default (``"RdBu_r"`` / ``"viridis"``).
         colorbar: add a colorbar next to the axes.
         region: optional :class:`keras_topomap.grid.Region` to outline.
@@ -199,7 +200,11 @@ def plot_grid_mosaic(
         titles: one title per map.
         ncols: tiles per row (default: up to 8).
         gap: empty cells between tiles.
-        diverging, vmin, vmax, cmap, label: as for :func:`plot_grid_map`.
+        diverging: as for :func:`plot_grid_map`.
+        vmin: as for :func:`plot_grid_map`.
+        vmax: as for :func:`plot_grid_map`.
+        cmap: as for :func:`plot_grid_map`.
+        label: as for :func:`plot_grid_map`.
         colorbar: add one colorbar for all tiles (first call only).
         fontsize: size of the titles.
 

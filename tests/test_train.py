@@ -254,3 +254,22 @@ def test_best_model_ties_on_cer_go_to_lower_ctc_loss(tmp_path):
             assert state["best_epoch"] == 2 and state["best_tiebreak"] == 80.0
     assert state["best_epoch"] == 4 and state["best"] == 0.9  # a lower CER always wins
     assert (tmp_path / "best.keras").is_file()
+
+
+def test_time_budget_ignores_the_compile_heavy_first_epoch(monkeypatch):
+    from keras_topomap.train import TimeBudget
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock["now"])
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    budget = TimeBudget(seconds=95.0)
+    budget.set_model(model)
+    # epoch 1 compiles (60 s), later epochs take 10 s: 60 + 10 + 10 + 10 = 90, the next would
+    # exceed 95 -> stop after epoch 4 (predicting from epoch 1 would stop after epoch 1)
+    for epoch, took in enumerate([60.0, 10.0, 10.0, 10.0]):
+        model.stop_training = False
+        budget.on_epoch_begin(epoch)
+        clock["now"] += took
+        budget.on_epoch_end(epoch)
+        assert model.stop_training == (epoch == 3), epoch
+    assert budget.stopped and budget.used == 90.0
