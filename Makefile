@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_BACKEND ?= jax
 ARGS ?=
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test notebooks docs lint venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,20 @@ venv: $(VENV)/.test-deps
 lint: $(VENV)/.test-deps
 	$(PY) -m ruff check .
 
+# The suite on TensorFlow, the backend-agnostic tests again on JAX and PyTorch, the example
+# notebooks executed top to bottom, and the docs site built with warnings as errors.
 test: $(VENV)/.test-deps
 	$(PY) -m ruff check .
 	KERAS_BACKEND=tensorflow $(PY) -m pytest
 	KERAS_BACKEND=jax $(PY) -m pytest -m backend
 	KERAS_BACKEND=torch $(PY) -m pytest -m backend
+	$(MAKE) notebooks docs
+
+notebooks: $(VENV)/.test-deps
+	KERAS_BACKEND=jax $(PY) -m pytest --nbmake --nbmake-timeout=600 -p no:cacheprovider examples
+
+docs: $(VENV)/.test-deps
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir build/site
 
 demo: $(VENV)/.demo-deps-$(DEMO_BACKEND)
 	KERAS_BACKEND=$(DEMO_BACKEND) $(PY) -m keras_topomap.demo $(ARGS)
