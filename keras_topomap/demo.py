@@ -359,6 +359,13 @@ def run_demo(
         n_features = int(loaded.input_shape[-1])
         train_config = train_lib.TrainConfig(**{**train_config.to_dict(), "n_mels": n_features})
     train_set, val_set, test_set = train_lib.load_data(train_config)
+    if not any(np.any(np.asarray(lab) >= 0) for lab in test_set.frame_labels):
+        # e.g. LibriSpeech read without alignments: training works, GradNAP would be all empty
+        raise ValueError(
+            f"The test utterances of --data {data!r} carry no phone alignments, so the demo "
+            "cannot compute phoneme GradNAPs. Use aligned data: textgrid:AUDIO_DIR,TEXTGRID_DIR "
+            "(Montreal Forced Aligner output for LibriSpeech), timit:DIR or the bundled corpus."
+        )
     if verbose:
         print(f"training {len(train_set)}, validation {len(val_set)}, test {len(test_set)} "
               "utterances")

@@ -90,6 +90,24 @@ def test_demo_rejects_bad_options(tmp_path):
     assert demo.main(["--out", str(tmp_path), "--phonemes", "qq"]) == 2
 
 
+def test_demo_refuses_data_without_phone_alignments(tmp_path):
+    import soundfile as sf
+
+    # LibriSpeech as read without alignments: transcripts only
+    chapter = tmp_path / "LibriSpeech" / "19" / "198"
+    chapter.mkdir(parents=True)
+    words = ["A TONE", "ANOTHER TONE", "THE THIRD", "FOUR", "FIVE TONES", "SIX"]
+    lines = [f"19-198-{k:04d} {text}" for k, text in enumerate(words)]
+    (chapter / "19-198.trans.txt").write_text("\n".join(lines) + "\n")
+    t = np.arange(16000) / 16000
+    for k in range(len(words)):
+        tone = 0.3 * np.sin(2 * np.pi * (200 + 20 * k) * t)
+        sf.write(chapter / f"19-198-{k:04d}.flac", tone.astype("float32"), 16000, format="FLAC")
+    with pytest.raises(ValueError, match="no phone alignments"):
+        demo.run_demo(out=tmp_path / "out", config="tiny", verbose=0,
+                      data=f"librispeech:{tmp_path / 'LibriSpeech'}")
+
+
 def test_parse_phonemes_folds_and_deduplicates():
     assert demo.parse_phonemes(["/AE/", "aa", "T", "ao", "ae"]) == ["ae", "aa", "t"]
 
