@@ -70,6 +70,21 @@ PRELUDE = textwrap.dedent(
         from keras_topomap.datasets import SpeechBatches
         return SpeechBatches(features, batch_size=batch_size, seed=0)[0]
 
+    def reference_steps(features, clipped=True):
+        # One single-device step on the global batch: with the penalty once, twice and
+        # (optionally) with clipnorm 0.5; and the weights the distributed models start from.
+        x, y = global_batch(features, 8)
+        single = build(1.0)
+        initial = [np.array(w) for w in single.get_weights()]
+        loss_single, single_step = fit_step(single, x, y=y, batch_size=8)
+        _, double_penalty_step = fit_step(build(2.0, initial), x, y=y, batch_size=8)
+        single_clipped = None
+        if clipped:
+            _, single_clipped = fit_step(build(1.0, initial, clipnorm=0.5), x, y=y,
+                                         batch_size=8)
+        return (x, y, single, initial, loss_single, single_step, double_penalty_step,
+                single_clipped)
+
     def report(path, **arrays):
         np.savez(path, **arrays)
     """
@@ -85,12 +100,8 @@ MIRRORED = PRELUDE + textwrap.dedent(
 
     keras.utils.set_random_seed(0)
     features = fake_features(8)
-    x, y = global_batch(features, 8)
-    single = build(1.0)
-    initial = [np.array(w) for w in single.get_weights()]
-    loss_single, single_step = fit_step(single, x, y=y, batch_size=8)
-    _, double_penalty_step = fit_step(build(2.0, initial), x, y=y, batch_size=8)
-    _, single_clipped = fit_step(build(1.0, initial, clipnorm=0.5), x, y=y, batch_size=8)
+    (x, y, single, initial, loss_single, single_step, double_penalty_step,
+     single_clipped) = reference_steps(features)
 
     context = distribute.resolve("mirrored")
     with context.scope():
@@ -139,12 +150,8 @@ MULTI_WORKER = PRELUDE + textwrap.dedent(
     context = distribute.resolve("multi-worker")  # before TensorFlow runs anything
     keras.utils.set_random_seed(0)
     features = fake_features(8)
-    x, y = global_batch(features, 8)
-    single = build(1.0)
-    initial = [np.array(w) for w in single.get_weights()]
-    loss_single, single_step = fit_step(single, x, y=y, batch_size=8)
-    _, double_penalty_step = fit_step(build(2.0, initial), x, y=y, batch_size=8)
-    _, single_clipped = fit_step(build(1.0, initial, clipnorm=0.5), x, y=y, batch_size=8)
+    (x, y, single, initial, loss_single, single_step, double_penalty_step,
+     single_clipped) = reference_steps(features)
     with context.scope():
         model = build(1.0, initial)
         clipped = build(1.0, initial, clipnorm=0.5)
@@ -193,12 +200,8 @@ JAX_DATA_PARALLEL = PRELUDE + textwrap.dedent(
         mirrored_error = str(e)
     keras.utils.set_random_seed(0)
     features = fake_features(8)
-    x, y = global_batch(features, 8)
-    single = build(1.0)
-    initial = [np.array(w) for w in single.get_weights()]
-    loss_single, single_step = fit_step(single, x, y=y, batch_size=8)
-    _, double_penalty_step = fit_step(build(2.0, initial), x, y=y, batch_size=8)
-    _, single_clipped = fit_step(build(1.0, initial, clipnorm=0.5), x, y=y, batch_size=8)
+    (x, y, single, initial, loss_single, single_step, double_penalty_step,
+     single_clipped) = reference_steps(features)
 
     context = distribute.resolve("data-parallel")
     with context.scope():
@@ -231,12 +234,9 @@ JAX_MULTI_WORKER = PRELUDE + textwrap.dedent(
     context = distribute.resolve("multi-worker")  # jax.distributed before any computation
     keras.utils.set_random_seed(0)
     features = fake_features(8)
-    x, y = global_batch(features, 8)
     keras.distribution.set_distribution(None)  # the reference: this process' own device
-    single = build(1.0)
-    initial = [np.array(w) for w in single.get_weights()]
-    loss_single, single_step = fit_step(single, x, y=y, batch_size=8)
-    _, double_penalty_step = fit_step(build(2.0, initial), x, y=y, batch_size=8)
+    (x, y, single, initial, loss_single, single_step, double_penalty_step,
+     _) = reference_steps(features, clipped=False)
     reference_logits = np.asarray(single.predict_on_batch(x[:3]))
     keras.distribution.set_distribution(context.distribution)
     with context.scope():
