@@ -8,9 +8,7 @@ exist inside docs/ (mkdocs cannot serve files outside it).
 import re
 from pathlib import Path
 
-import pytest
-
-yaml = pytest.importorskip("yaml")
+import yaml  # comes with mkdocs (the dev extra): a missing one is an install error
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
