@@ -1,8 +1,9 @@
 """The ``keras-topomap`` command line: one entry point, one module per subcommand.
 
-Each subcommand lives in its own module exposing ``main(argv=None)`` (and an argparse parser);
-this file only dispatches, importing the module when its command is used so that
-``keras-topomap --help`` stays fast.
+Each subcommand lives in a module exposing ``main(argv=None)`` and an argparse parser (or
+another function, named in :data:`COMMANDS` as ``"module:function"``); this file only
+dispatches, importing the module when its command is used so that ``keras-topomap --help``
+stays fast.
 
 Example::
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-# command -> (module, one-line help)
+# command -> ("module" or "module:function" (default function: main), one-line help)
 COMMANDS = {
     "build-corpus": (
         "keras_topomap.datasets.build_tts_corpus",
@@ -24,7 +25,9 @@ COMMANDS = {
     "train": ("keras_topomap.train", "train the Wav2Letter-style recognizer with CTC"),
     "demo": ("keras_topomap.demo", "run the main demo and write its figures"),
     "gradnap": ("keras_topomap.gradnap_cli", "GradNAP over one shard of a corpus (--shard i/n)"),
-    "gradnap-merge": ("keras_topomap.gradnap_merge_cli", "merge GradNAP shard files into one"),
+    "gradnap-merge": (
+        "keras_topomap.gradnap_cli:merge_main", "merge GradNAP shard files into one"
+    ),
 }
 
 
@@ -47,8 +50,9 @@ def main(argv=None):
     if command not in COMMANDS:
         print(f"keras-topomap: unknown command {command!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    result = module.main(rest)
+    module_name, _, function = COMMANDS[command][0].partition(":")
+    module = importlib.import_module(module_name)
+    result = getattr(module, function or "main")(rest)
     return 0 if result is None else int(result)
 
 

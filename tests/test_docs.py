@@ -13,9 +13,9 @@ import yaml  # comes with mkdocs (the dev extra): a missing one is an install er
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PACKAGE = ROOT / "keras_topomap"
-# Modules that are only command-line entry points (the dispatcher, and a module that only
-# re-exports another module's main): documented as commands, not as an API.
-COMMAND_LINE_ONLY = {"keras_topomap.cli", "keras_topomap.gradnap_merge_cli"}
+# Modules that are only command-line entry points (the dispatcher): documented as commands,
+# not as an API.
+COMMAND_LINE_ONLY = {"keras_topomap.cli"}
 # A Markdown link or image target: ](target) or ](target "title").
 LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 

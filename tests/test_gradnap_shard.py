@@ -148,6 +148,11 @@ def test_cli_errors(sharded, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert merge_main([str(tmp_path / "empty"), "--out", str(tmp_path / "m")]) == 2
     assert "No GradNAP shard files" in capsys.readouterr().err
+    # the same through the keras-topomap dispatcher ("module:function" entry)
+    from keras_topomap import cli
+
+    assert cli.main(["gradnap-merge", str(tmp_path / "empty"), "--out", str(tmp_path / "m")]) == 2
+    assert "No GradNAP shard files" in capsys.readouterr().err
 
 
 def _copy_shards(root, dest, shards=(0, 1, 2)):
