@@ -409,12 +409,15 @@ def region_filters(center, size, grid):
     return (rows[:, None] * w + cols[None, :]).ravel()
 
 
-def most_responsive_region(grid_map, size=3):
+def most_responsive_region(grid_map, size=3, inside=False):
     """The ``size x size`` block with the highest mean value of a grid map.
 
     Args:
         grid_map: array ``(H, W)`` (unsmoothed values; smoothing happens here).
         size: odd block side.
+        inside: consider only blocks that lie wholly on the grid (``size * size`` cells). By
+            default a block may be cut by the border (e.g. 2 x 2 cells around a corner centre),
+            as the smoothed map averages border cells over their in-grid neighbours.
 
     Returns:
         :class:`Region` with the centre of the maximum of the smoothed map, the filter indices of
@@ -426,8 +429,19 @@ def most_responsive_region(grid_map, size=3):
             f"most_responsive_region expects one (H, W) map. Received: shape={grid_map.shape}"
         )
     smoothed = smooth(grid_map, size)
-    row, col = np.unravel_index(int(np.argmax(smoothed)), smoothed.shape)
     grid = grid_map.shape
+    if inside:
+        r = size // 2
+        if min(grid) < size:
+            raise ValueError(
+                f"No {size}x{size} block lies wholly on a {grid[0]}x{grid[1]} grid. "
+                f"Received: size={size}, inside=True"
+            )
+        inner = smoothed[r : grid[0] - r, r : grid[1] - r]
+        row, col = np.unravel_index(int(np.argmax(inner)), inner.shape)
+        row, col = row + r, col + r
+    else:
+        row, col = np.unravel_index(int(np.argmax(smoothed)), smoothed.shape)
     return Region(
         center=(int(row), int(col)),
         filters=region_filters((row, col), size, grid),

@@ -285,11 +285,10 @@ def blur_error_auc(grid_map, sigmas=None):
 def localization(grid_map, size=3):
     """Share of a map's positive mass inside its most responsive ``size x size`` region.
 
-    The region is the one of :func:`keras_topomap.grid.most_responsive_region` (the block of
-    highest mean value). Where that block is cut by the grid's border, it is moved inwards until
-    all its ``size x size`` cells lie on the grid (it still holds every cell of the cut block),
-    so that every map is measured with the same number of cells: otherwise a region in a corner
-    would count 4 cells instead of 9 and a map's score would depend on where its peak lies.
+    The region is the block of highest mean value among the blocks that lie wholly on the grid
+    (:func:`keras_topomap.grid.most_responsive_region` with ``inside=True``), so that every map
+    is measured with the same number of cells: a block cut by the border would count 4 cells
+    instead of 9 in a corner, and a map's score would depend on where its peak lies.
 
     Args:
         grid_map: ``(H, W)`` map (e.g. one phoneme's GradNAP on a layer's grid).
@@ -317,12 +316,8 @@ def localization(grid_map, size=3):
     total = float(positive.sum())
     if total <= 0.0:
         return 0.0
-    region = grid_lib.most_responsive_region(m, size)
-    r = size // 2
-    row = min(max(region.center[0], r), m.shape[0] - 1 - r)
-    col = min(max(region.center[1], r), m.shape[1] - 1 - r)
-    filters = grid_lib.region_filters((row, col), size, m.shape)
-    return float(positive.ravel()[filters].sum() / total)
+    region = grid_lib.most_responsive_region(m, size, inside=True)
+    return float(positive.ravel()[region.filters].sum() / total)
 
 
 def connected_regions(grid_map, threshold=None):

@@ -152,6 +152,19 @@ def test_most_responsive_region():
     r = grid.most_responsive_region(corner)
     assert r.center == (0, 0)
     np.testing.assert_array_equal(np.sort(r.filters), [0, 1, 4, 5])
+    # inside=True: the best block wholly on the grid, here the one holding the corner
+    r = grid.most_responsive_region(corner, inside=True)
+    assert r.center == (1, 1)
+    np.testing.assert_array_equal(np.sort(r.filters), [0, 1, 2, 4, 5, 6, 8, 9, 10])
+    assert r.value == pytest.approx(1 / 9)
+    # a border peak next to a weaker interior block: the interior one wins among full blocks
+    edge = np.zeros((6, 6))
+    edge[0, 5] = 4.0
+    edge[2:5, 1:4] = 0.6
+    assert grid.most_responsive_region(edge).center == (0, 5)
+    assert grid.most_responsive_region(edge, inside=True).center == (3, 2)
+    with pytest.raises(ValueError, match="No 5x5 block lies wholly on a 4x4 grid"):
+        grid.most_responsive_region(corner, size=5, inside=True)
 
 
 def test_region_filters_validation():
