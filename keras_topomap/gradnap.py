@@ -57,7 +57,7 @@ import inspect
 import json
 import os
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -101,6 +101,18 @@ class _Batch(NamedTuple):
     lengths: np.ndarray
     ctc_labels: np.ndarray | None
     ctc_label_lengths: np.ndarray | None
+
+
+class _Pending(NamedTuple):
+    """A batch whose step was dispatched and whose result is not yet added."""
+
+    step: Any
+    started: Any
+    n_groups: int
+    timing: dict
+    padded: _Batch
+    layer_labels: dict
+    n_frames: int
 
 
 def _check_choice(name, value, choices):
@@ -213,6 +225,7 @@ class GradNAP:
         self._grids_arg = dict(grids or {})
         self._steps = {}
         self._timing_cache = {}
+        self._label_plans = {}  # id(timing) -> (timing, label_index, label_layers)
         self._rows = batch_size
         self.info_ = {}
         if model is not None:
@@ -332,9 +345,13 @@ class GradNAP:
 
         return target, 1
 
-    def _step_for(self, n_groups):
-        if n_groups in self._steps:
-            return self._steps[n_groups]
+    def _step_for(self, n_groups, label_index):
+        """The compiled step for ``n_groups`` groups; ``label_index[i]`` says which of the
+        label arrays passed to it belongs to ``self.layers[i]`` (layers with the same timing
+        share one; see :meth:`_label_plan`)."""
+        key = (n_groups, label_index)
+        if key in self._steps:
+            return self._steps[key]
         if self.model is None:
             raise ValueError(
                 "This GradNAP has no model (it was loaded from disk); pass model= to "
@@ -347,9 +364,15 @@ class GradNAP:
         keep_saliency = keep_frames and self.anchor == "saliency"
 
         def reduce(result, *extras):
-            onehots = extras[n_target_extras:]
+            label_arrays = extras[n_target_extras:]
+            groups = ops.arange(n_groups, dtype="int32")
+            # One-hot group membership per layer frame, built on the device from int labels
+            # (-1, no group, matches none).
+            onehots = [ops.cast(ops.expand_dims(labels, -1) == groups, "float32")
+                       for labels in label_arrays]
             sums, frames, saliency = {}, {}, {}
-            for name, onehot in zip(layers, onehots):
+            for name, index in zip(layers, label_index):
+                onehot = onehots[index]
                 a = ops.cast(result.activations[name], "float32")
                 if keep_saliency:
                     g_abs = ops.abs(ops.cast(result.gradients[name], "float32"))
@@ -379,8 +402,27 @@ class GradNAP:
             self.model, layers, target, reduce=reduce, layer_gradients=needs_grad,
             include_output=needs_grad, replica_reduce=replica_reduce,
         )
-        self._steps[n_groups] = (step, n_target_extras)
-        return self._steps[n_groups]
+        self._steps[key] = (step, n_target_extras)
+        return self._steps[key]
+
+    def _label_plan(self, timing):
+        """Which layers share frame labels: ``(label_index, label_layers)`` with
+        ``label_index[i]`` the position of ``self.layers[i]``'s labels among those of
+        ``label_layers`` (one layer per distinct frame timing; e.g. every stride-1 'same' conv
+        after a stride-2 one maps input frames to its frames alike)."""
+        key = id(timing)
+        if key not in self._label_plans:
+            index, keys, layers = [], [], []
+            for name in self.layers:
+                lt = timing[name]
+                centre = lt.input_frame(lt.length)
+                signature = (lt.length, np.asarray(centre).tobytes())
+                if signature not in keys:
+                    keys.append(signature)
+                    layers.append(name)
+                index.append(keys.index(signature))
+            self._label_plans[key] = (timing, tuple(index), tuple(layers))
+        return self._label_plans[key][1:]
 
     def _timing(self, n_frames):
         if n_frames not in self._timing_cache:
@@ -458,11 +500,14 @@ class GradNAP:
         return _Batch(x, labels.astype(np.int64), lengths,
                       ctc[0] if ctc else None, ctc[1] if ctc else None)
 
+    def _padded_length(self, n_frames):
+        return max(self.time_bucket, -(-n_frames // self.time_bucket) * self.time_bucket)
+
     def _pad(self, b, replicas=1):
         """Pads time to a multiple of time_bucket and rows to the step's row count (a multiple
         of the number of replicas of an active distribution)."""
         n, t = b.x.shape[:2]
-        t_pad = max(self.time_bucket, -(-t // self.time_bucket) * self.time_bucket)
+        t_pad = self._padded_length(t)
         self._rows = max(self._rows or n, n)
         rows = -(-self._rows // replicas) * replicas
         x = np.zeros((rows, t_pad, b.x.shape[2]), np.float32)
@@ -531,11 +576,19 @@ class GradNAP:
         total = len(data) if hasattr(data, "__len__") and not _is_array_data(data) else None
         progbar = keras.utils.Progbar(total, unit_name="batch") if self.verbose else None
         seen = 0
+        pending = None
         for index, batch in enumerate(self._batches(data)):
-            self._accumulate(self._parse(_to_numpy(batch), index), index)
+            # One batch in flight: the next batch is read and prepared while the backend still
+            # computes the previous one (JAX dispatches asynchronously).
+            started = self._dispatch(self._parse(_to_numpy(batch), index), index)
+            if pending is not None:
+                self._collect(pending)
+            pending = started
             seen += 1
             if progbar is not None:
                 progbar.update(seen)
+        if pending is not None:
+            self._collect(pending)
         if seen == 0:
             raise ValueError("GradNAP.fit received no batches.")
         if self.target == "prediction" and self.adjust != "none" and self.target_total_ == 0.0:
@@ -549,22 +602,25 @@ class GradNAP:
         return self
 
     def _accumulate(self, batch, index):
+        self._collect(self._dispatch(batch, index))
+
+    def _dispatch(self, batch, index):
+        """Prepares ``batch`` and starts the step on it; :meth:`_collect` adds the result."""
         if batch.labels.size and batch.labels.max() >= self.n_groups_:
             self._grow(int(batch.labels.max()) + 1)
         g = self.n_groups_
-        step, _ = self._step_for(g)
+        timing = self._timing(self._padded_length(batch.x.shape[1]))
+        label_index, label_layers = self._label_plan(timing)
+        step, _ = self._step_for(g, label_index)
         padded, n_real = self._pad(batch, step.n_replicas())
-        t_pad = padded.x.shape[1]
-        timing = self._timing(t_pad)
-        eye = np.eye(g + 1, dtype=np.float32)[:, :g]  # row g (label -1) is all zeros
-        layer_labels, onehots = {}, []
-        for name in self.layers:
+        label_arrays = []
+        for name in label_layers:
             lt = timing[name]
             lab = input_frames_to_layer(padded.labels, lt, lt.length)
             centre = lt.input_frame(lt.length)
             lab = np.where(centre[None, :] < padded.lengths[:, None], lab, -1)
-            layer_labels[name] = lab
-            onehots.append(eye[lab])  # index -1 picks the zero row
+            label_arrays.append(lab.astype(np.int32))
+        layer_labels = {name: label_arrays[i] for name, i in zip(self.layers, label_index)}
         mask = self._output_mask(timing, padded)
         extras = [mask]
         if self.target == "ctc_loss":
@@ -573,15 +629,27 @@ class GradNAP:
             row_valid = (np.arange(len(out_lengths)) < n_real).astype(np.float32)
             extras += [padded.ctc_labels, padded.ctc_label_lengths,
                        np.maximum(out_lengths, 1).astype(np.int32), row_valid]
-        result = step(padded.x, *extras, *onehots)
+        started = step.dispatch(padded.x, *extras, *label_arrays)
+        return _Pending(step, started, g, timing, padded, layer_labels,
+                        int((batch.labels >= 0).sum()))
+
+    def _collect(self, pending):
+        """Waits for a dispatched batch and adds it to the running sums (the first ``g`` groups:
+        more may have appeared since it was dispatched)."""
+        result = pending.step.fetch(pending.started)
+        g = pending.n_groups
+        counts = {}  # layers with the same timing share their label array
         for name in self.layers:
-            self._sums[name] += result["sums"][name].astype(np.float64)
-            lab = layer_labels[name]
-            self._counts[name] += np.bincount(lab[lab >= 0], minlength=g)[:g]
+            self._sums[name][:g] += result["sums"][name].astype(np.float64)
+            lab = pending.layer_labels[name]
+            if id(lab) not in counts:
+                counts[id(lab)] = np.bincount(lab[lab >= 0], minlength=g)[:g]
+            self._counts[name][:g] += counts[id(lab)]
             if self.window is not None:
-                self._accumulate_windows(name, timing[name], padded, result["frames"][name], g,
+                self._accumulate_windows(name, pending.timing[name], pending.padded,
+                                         result["frames"][name], g,
                                          result["saliency"].get(name))
-        self.n_frames_ += int((batch.labels >= 0).sum())
+        self.n_frames_ += pending.n_frames
         self.target_total_ += float(result["value"])
 
     def _output_mask(self, timing, padded):
@@ -630,8 +698,8 @@ class GradNAP:
         windows = frames[b[:, None], np.clip(idx, 0, lt.length - 1)]  # (n_occ, 2w+1, F)
         onehot = np.eye(g)[group]  # (n_occ, G)
         weights = valid.astype(np.float64)
-        self._tsums[name] += np.einsum("og,ow,owf->gwf", onehot, weights, windows)
-        self._tcounts[name] += np.einsum("og,ow->gw", onehot, weights).astype(np.int64)
+        self._tsums[name][:g] += np.einsum("og,ow,owf->gwf", onehot, weights, windows)
+        self._tcounts[name][:g] += np.einsum("og,ow->gw", onehot, weights).astype(np.int64)
 
     # ------------------------------------------------------------------------------------------
     # Results
@@ -846,6 +914,7 @@ class GradNAP:
         merged.__dict__.update({k: v for k, v in first.__dict__.items() if not k.startswith("_")})
         merged._grids_arg = dict(first._grids_arg)
         merged._steps, merged._timing_cache = first._steps, first._timing_cache
+        merged._label_plans = first._label_plans
         merged._rows = first._rows
         merged.info_ = {}
         for attr in ("_saved_model_name", "_saved_fingerprint"):

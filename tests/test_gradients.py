@@ -164,3 +164,103 @@ def test_fast_conv_gradient_path_matches_autodiff():
     layer.kernel.assign(np.random.default_rng(1).normal(size=layer.kernel.shape))
     a, b = fast(xb), plain(xb)
     np.testing.assert_allclose(a.gradients["c0"], b.gradients["c0"], rtol=1e-5, atol=1e-6)
+
+
+def _wide_conv_model():
+    """Stride-1 convs of several widths and paddings (even and odd kernels) after a stride-2 one."""
+    x = keras.Input((None, 3))
+    h = L.Conv1D(4, 5, strides=2, padding="same", activation="relu", name="c0")(x)
+    h = L.Conv1D(6, 16, padding="same", activation="relu", name="c1")(h)
+    h = L.Conv1D(5, 9, padding="causal", name="c2")(h)
+    h = L.Conv1D(7, 4, padding="valid", activation="tanh", name="c3")(h)
+    h = L.Conv1D(5, 17, padding="same", name="c4")(h)
+    return keras.Model(x, L.Conv1D(4, 1, name="out")(h)), ["c0", "c1", "c2", "c3", "c4"]
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("frames", [9, 40, 150])  # shorter than one FFT block .. several blocks
+def test_fft_conv_gradient_path_matches_autodiff(backend, frames):
+    """The overlap-save FFT input gradient (JAX, TensorFlow; ignored on PyTorch) equals
+    autodiff's, and the forward pass stays the layer's own."""
+    model, names = _wide_conv_model()
+
+    def target(output, activations):
+        return ops.sum(ops.max(output, axis=-1))
+
+    fft = ActivationGradients(model, names, target, input_gradient=True, fft_conv_grad=True,
+                              fft_min_kernel=4)
+    plain = ActivationGradients(model, names, target, input_gradient=True, fast_conv_grad=False)
+    on_fft = [layer.conv.name for layer in fft.flat_model.layers if getattr(layer, "fft", False)]
+    assert on_fft == ([] if backend == "torch" else ["c1", "c2", "c3", "c4"])
+    xb = np.random.default_rng(frames).normal(size=(2, frames, 3)).astype("float32")
+    a, b = fft(xb), plain(xb)
+    for name in names:
+        np.testing.assert_allclose(a.gradients[name], b.gradients[name], rtol=1e-4, atol=2e-6)
+        np.testing.assert_array_equal(a.activations[name], b.activations[name])  # own forward
+    np.testing.assert_allclose(a.input_gradient, b.input_gradient, rtol=1e-4, atol=2e-6)
+    assert np.abs(b.gradients["c0"]).max() > 0.01  # the comparison is not between zeros
+
+
+@pytest.mark.backend
+def test_kernel_caches_follow_weight_changes_only(backend, monkeypatch):
+    """The flipped kernels and kernel spectra are recomputed when a kernel's values change,
+    not when Keras merely swaps in an equal array (as ``predict`` does on JAX)."""
+    from keras_topomap import gradients
+
+    model, names = _wide_conv_model()
+    calls = {"spectrum": 0, "flip": 0}
+    for fn, key in ((gradients._kernel_spectrum, "spectrum"), (gradients._flip_kernel, "flip")):
+        def counted(*args, _fn=fn, _key=key):
+            calls[_key] += 1
+            return _fn(*args)
+
+        monkeypatch.setattr(gradients, fn.__name__, counted)
+
+    def target(output, activations):
+        return ops.sum(output[..., 0])
+
+    step = ActivationGradients(model, names, target, fft_conv_grad=True, fft_min_kernel=16)
+    plain = ActivationGradients(model, names, target, fast_conv_grad=False)
+    built = dict(calls)
+    assert built["spectrum"] == (0 if backend == "torch" else 2)  # c1, c4 by FFT
+    if backend == "jax":
+        assert built["flip"] == 3  # c2, c3, out flipped once (TensorFlow: in the step)
+    xb = np.random.default_rng(0).normal(size=(2, 20, 3)).astype("float32")
+    step(xb)
+    model.predict(xb, verbose=0)  # JAX: new (equal) weight arrays, the old ones deleted
+    for layer in model.layers:
+        for weight in layer.weights:
+            weight.assign(weight.numpy())
+    step(xb)
+    assert calls == built
+    for name in ("c1", "c2"):  # one per path
+        layer = model.get_layer(name)
+        layer.kernel.assign(layer.kernel.numpy() * -1.5)
+    a, b = step(xb), plain(xb)
+    if backend != "torch":
+        assert calls["spectrum"] == built["spectrum"] + 1
+        assert calls["flip"] == built["flip"] + (backend == "jax")
+    np.testing.assert_allclose(a.gradients["c0"], b.gradients["c0"], rtol=1e-4, atol=1e-5)
+
+
+def test_dispatch_fetch_and_fft_argument_errors():
+    model, names = _linear_model()[0], ["h1", "h2"]
+
+    def target(output, activations):
+        return ops.sum(output)
+
+    step = ActivationGradients(model, names, target)
+    xb = np.ones((2, 3, 2), "float32")
+    a, b = step(xb), step.fetch(step.dispatch(xb))
+    for name in names:
+        np.testing.assert_array_equal(a.gradients[name], b.gradients[name])
+    with pytest.raises(ValueError, match="fft_conv_grad must be True, False or 'auto'"):
+        ActivationGradients(model, names, target, fft_conv_grad="yes")
+    with pytest.raises(ValueError, match="fft_min_kernel must be an integer >= 2"):
+        ActivationGradients(model, names, target, fft_min_kernel=1)
+
+
+def test_fft_size():
+    from keras_topomap.gradients import _fft_size
+
+    assert [_fft_size(k) for k in (2, 7, 16, 17, 32)] == [8, 32, 64, 128, 128]

@@ -151,6 +151,34 @@ def test_stride2_label_mapping():
     np.testing.assert_allclose(gn.profiles_["c"][:, 0], means - means.mean())
 
 
+@pytest.mark.backend
+def test_layers_with_shared_timing_share_labels_and_match_single_layer_fits():
+    """Layers of one timing get one label array (a stride-1 'same' conv after a stride-2 one
+    sees the stride-2 layer's frames); fitting all layers at once equals fitting each alone."""
+    x_in = keras.Input((None, 2))
+    a = L.Conv1D(3, 3, padding="same", activation="relu", name="a")(x_in)
+    b = L.Conv1D(4, 4, strides=2, padding="same", activation="relu", name="b")(a)
+    c = L.Conv1D(4, 3, padding="same", activation="relu", name="c")(b)
+    model = keras.Model(x_in, L.Conv1D(5, 1, name="out")(c))
+    rng = np.random.default_rng(7)
+    batches = [(rng.normal(size=(3, t, 2)).astype("float32"), rng.integers(-1, 4, size=(3, t)))
+               for t in (12, 16, 9)]
+    grids = {"a": (1, 3), "b": (2, 2), "c": (2, 2)}
+    both = GradNAP(model, ["a", "b", "c"], grids=grids, n_groups=4, time_bucket=4, window=1,
+                   verbose=0).fit(batches)
+    timing = both._timing(16)
+    assert both._label_plan(timing) == ((0, 1, 1), ("a", "b"))
+    for name in ("a", "b", "c"):
+        alone = GradNAP(model, [name], grids={name: grids[name]}, n_groups=4, time_bucket=4,
+                        window=1, verbose=0).fit(batches)
+        np.testing.assert_array_equal(both.counts_[name], alone.counts_[name])
+        np.testing.assert_allclose(both.profiles_[name], alone.profiles_[name], rtol=1e-5,
+                                   atol=1e-7)
+        np.testing.assert_allclose(both.time_profiles_[name], alone.time_profiles_[name],
+                                   rtol=1e-5, atol=1e-7)
+    assert both.counts_["a"].sum() > both.counts_["b"].sum() > 0  # b, c have half the frames
+
+
 def _planted_data(n_batches=3, rng=None):
     """Group k (k = 0..8) frames carry a strong input feature k; labels change every 6 frames."""
     rng = rng or np.random.default_rng(0)
@@ -302,6 +330,13 @@ def test_group_count_grows_with_labels_and_names():
         warnings.simplefilter("ignore")
         gn.fit([(x, np.array([[0, 0, 1, 1]])), (x, np.array([[4, 4, 4, 4]]))])
     assert gn.n_groups_ == 5 and gn.counts_["c"].tolist() == [1, 1, 0, 0, 2]
+    # The first batch is still in flight when the second one grows the groups (with windows).
+    windowed = GradNAP(model, ["c"], adjust="none", grids={"c": (1, 1)}, window=1, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        windowed.fit([(x, np.array([[0, 0, 1, 1]])), (x, np.array([[4, 4, 4, 4]]))])
+    assert windowed.counts_["c"].tolist() == [1, 1, 0, 0, 2]
+    assert windowed.time_profiles_["c"].shape == (5, 3, 1)
     assert gn.group_name(4) == "4" and gn.group_index("4") == 4
 
 

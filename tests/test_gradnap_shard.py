@@ -245,6 +245,12 @@ _DIST_SCRIPT = textwrap.dedent(
     from keras_topomap import gradients, models
     from keras_topomap.gradnap import GradNAP
 
+    # Every conv of 4+ taps takes the FFT input gradient here (JAX, TensorFlow), so the kernel
+    # spectra are exercised under the distribution too.
+    _init = gradients.ActivationGradients.__init__
+    gradients.ActivationGradients.__init__ = (
+        lambda self, *a, **k: _init(self, *a, **{"fft_min_kernel": 4, **k}))
+
     keras.utils.set_random_seed(0)
     model = models.wav2letter("tiny", n_features=12, topographic=True, seed=0)
     rng = np.random.default_rng(0)
