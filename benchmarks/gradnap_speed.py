@@ -14,9 +14,12 @@ interleaved ``--repeats`` times; the best time of each is reported with their ra
 cores than wall time) and the 1-minute load average. ``--conv-grad-ab`` adds a GradNAP run
 with the backends' own convolution input gradients (``fast_conv_grad=False`` in
 :class:`keras_topomap.gradients.ActivationGradients`) interleaved with the others, to measure
-what the adapter's flipped-kernel path saves. Run one backend per process::
+what the adapter's flipped-kernel path saves; ``--fft-ab`` one with every convolution's input
+gradient computed directly (``fft_conv_grad=False``), to measure what the FFT path for wide
+kernels saves. 12 batches by default: enough for per-call costs (TensorFlow's ``predict`` has
+tens of ms of them) to stop flattering either side. Run one backend per process::
 
-    KERAS_BACKEND=jax python benchmarks/gradnap_speed.py --config paper --batches 3
+    KERAS_BACKEND=jax python benchmarks/gradnap_speed.py --config paper
 
 or all three in turn with ``--all-backends``.
 """
@@ -54,6 +57,20 @@ def build(config, n_features=40, n_classes=29):
 
 
 @contextlib.contextmanager
+def direct_conv_grad():
+    """GradNAPs built inside compute every Conv1D input gradient directly (flipped kernel), none
+    by FFT (as with ``ActivationGradients(..., fft_conv_grad=False)``)."""
+    from keras_topomap import gradients
+
+    original = gradients._fast_conv_override
+    gradients._fast_conv_override = lambda *args: original(None)
+    try:
+        yield
+    finally:
+        gradients._fast_conv_override = original
+
+
+@contextlib.contextmanager
 def backend_conv_grad():
     """GradNAPs built inside use the backends' own Conv1D input gradients (as with
     ``ActivationGradients(..., fast_conv_grad=False)``, which GradNAP does not expose)."""
@@ -73,7 +90,7 @@ def _timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run(config, n_batches, batch_size, n_frames, repeats, conv_grad_ab=False):
+def run(config, n_batches, batch_size, n_frames, repeats, conv_grad_ab=False, fft_ab=False):
     import keras
     import numpy as np
 
@@ -104,6 +121,11 @@ def run(config, n_batches, batch_size, n_frames, repeats, conv_grad_ab=False):
             plain = GradNAP(model, names, grids=grids, n_groups=39, time_bucket=4, verbose=0)
             plain.partial_fit(batches[:1])  # the step is built (and compiled) here
         runs["gradnap_backend_conv_grad"] = lambda: plain.fit(batches)
+    if fft_ab:
+        with direct_conv_grad():
+            direct = GradNAP(model, names, grids=grids, n_groups=39, time_bucket=4, verbose=0)
+            direct.partial_fit(batches[:1])
+        runs["gradnap_direct_conv_grad"] = lambda: direct.fit(batches)
 
     model.predict(x[:batch_size], batch_size=batch_size, verbose=0)  # warm-up / compile
     gn.partial_fit(batches[:1])  # warm-up / compile
@@ -138,13 +160,17 @@ def run(config, n_batches, batch_size, n_frames, repeats, conv_grad_ab=False):
         plain_s = best["gradnap_backend_conv_grad"]
         row.update(backend_conv_grad_s=round(plain_s, 3),
                    backend_conv_grad_ratio=round(plain_s / best_p, 2))
+    if fft_ab:
+        direct_s = best["gradnap_direct_conv_grad"]
+        row.update(direct_conv_grad_s=round(direct_s, 3),
+                   direct_conv_grad_ratio=round(direct_s / best_p, 2))
     return row
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), nargs="+", default=["small", "paper"])
-    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
@@ -152,6 +178,8 @@ def main(argv=None):
                         help="run tensorflow, jax and torch in separate processes")
     parser.add_argument("--conv-grad-ab", action="store_true",
                         help="also time GradNAP with the backends' own conv input gradients")
+    parser.add_argument("--fft-ab", action="store_true",
+                        help="also time GradNAP without the FFT input gradient (all convs direct)")
     args = parser.parse_args(argv)
     if args.all_backends:
         rows = []
@@ -160,13 +188,14 @@ def main(argv=None):
                    str(args.batches), "--batch-size", str(args.batch_size), "--frames",
                    str(args.frames), "--repeats", str(args.repeats)]
             cmd += ["--conv-grad-ab"] if args.conv_grad_ab else []
+            cmd += ["--fft-ab"] if args.fft_ab else []
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         print_table(rows)
         return rows
-    rows = [run(c, args.batches, args.batch_size, args.frames, args.repeats, args.conv_grad_ab)
-            for c in args.config]
+    rows = [run(c, args.batches, args.batch_size, args.frames, args.repeats, args.conv_grad_ab,
+                args.fft_ab) for c in args.config]
     for row in rows:
         print(json.dumps(row), flush=True)
     return rows
@@ -174,9 +203,11 @@ def main(argv=None):
 
 def print_table(rows):
     ab = any("backend_conv_grad_s" in r for r in rows)
+    fft = any("direct_conv_grad_s" in r for r in rows)
     print("| backend | config | layers | data | predict (s) | GradNAP (s) | ratio | CPU ratio "
-          "| NAP (s) | NAP ratio | load |" + (" backend conv grad (s) | ratio |" if ab else ""))
-    print("|---" * (11 + 2 * ab) + "|")
+          "| NAP (s) | NAP ratio | load |" + (" backend conv grad (s) | ratio |" if ab else "")
+          + (" no FFT (s) | ratio |" if fft else ""))
+    print("|---" * (11 + 2 * ab + 2 * fft) + "|")
     for r in rows:
         line = (f"| {r['backend']} | {r['config']} | {r['layers']} | {r['batches']} x "
                 f"{r['batch']} | {r['predict_s']} | {r['gradnap_s']} | {r['ratio']} | "
@@ -184,6 +215,9 @@ def print_table(rows):
         if ab:
             line += (f" {r.get('backend_conv_grad_s', '')} | "
                      f"{r.get('backend_conv_grad_ratio', '')} |")
+        if fft:
+            line += (f" {r.get('direct_conv_grad_s', '')} | "
+                     f"{r.get('direct_conv_grad_ratio', '')} |")
         print(line)
 
 

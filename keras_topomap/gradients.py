@@ -285,7 +285,7 @@ class ActivationGradients:
             ``O(kernel_size)``: on the paper stack's 2048-filter x 32 layer the input gradient
             takes 34 ms per batch of 8 x 150 frames instead of 90 ms on JAX, 29 ms instead of
             111 ms on TensorFlow (2 CPU cores), at a relative error of about 1e-6. The kernel
-            spectrum takes about ``2 n_fft / kernel_size`` (here 8) times the kernel's memory,
+            spectrum takes about ``n_fft / kernel_size`` (here 4) times the kernel's memory,
             plus one copy of the kernel to notice weight changes. ``"auto"`` (default): only
             on the CPU, where the direct convolution is the bottleneck (GPU convolution
             libraries pick FFT or Winograd algorithms themselves); True: on any device; False:
