@@ -43,6 +43,7 @@ import keras
 import numpy as np
 
 from keras_topomap import grid as grid_lib
+from keras_topomap._arrays import to_numpy
 from keras_topomap.metrics import topography_score
 from keras_topomap.receptive_field import (
     check_frame_labels,
@@ -1017,14 +1018,6 @@ def _layer_names(layers):
     return names
 
 
-def _to_numpy(value):
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach"):  # torch tensors, possibly on an accelerator or with grad
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def _is_single_batch(probe):
     return (
         isinstance(probe, (np.ndarray, dict, list, tuple))
@@ -1056,7 +1049,7 @@ def _read_probe(probe, steps):
             break
         if isinstance(item, tuple):
             item = keras.utils.unpack_x_y_sample_weight(item)[0]
-        batches.append(keras.tree.map_structure(_to_numpy, item))
+        batches.append(keras.tree.map_structure(to_numpy, item))
     if not batches:
         raise ValueError("The probe dataset yielded no batch.")
     for i, x in enumerate(batches):
@@ -1091,8 +1084,8 @@ def _per_batch(values, batches, what, ndim):
         and len(values) == len(batches)
         and all(np.ndim(v) == ndim for v in values)
     ):
-        return [np.asarray(_to_numpy(v)) for v in values]
-    values = np.asarray(_to_numpy(values))
+        return [np.asarray(to_numpy(v)) for v in values]
+    values = np.asarray(to_numpy(values))
     if values.ndim != ndim or values.shape[0] != sum(sizes):
         raise ValueError(
             f"{what} must have {ndim} dimension(s) and one row per probe sequence "

@@ -61,6 +61,8 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops, tree
 
+from keras_topomap._arrays import to_numpy
+
 __all__ = ["GradientResult", "ActivationGradients", "flatten_model", "find_layer"]
 
 
@@ -785,7 +787,7 @@ def _same_array(kernel, other, flipped=False):
     ):
         return False
     if keras.backend.backend() != "jax":
-        return bool(ops.convert_to_numpy(ops.all(ops.equal(kernel, other))))
+        return bool(to_numpy(ops.all(ops.equal(kernel, other))))
     import jax
     import jax.numpy as jnp
 
@@ -1122,7 +1124,7 @@ def _convert_output(out):
         out = jax.device_get(out)
     if isinstance(out, GradientResult):
         return _result_to_numpy(out)
-    return tree.map_structure(_to_numpy, out)
+    return tree.map_structure(to_numpy, out)
 
 
 def _dynamic_spec(tensor):
@@ -1135,15 +1137,9 @@ def _dynamic_spec(tensor):
     return tf.TensorSpec(dynamic, tensor.dtype)
 
 
-def _to_numpy(tensor):
-    if hasattr(tensor, "detach") and hasattr(tensor, "cpu"):  # torch: avoids np.array(tensor)
-        return tensor.detach().cpu().numpy()
-    return ops.convert_to_numpy(tensor)
-
-
 def _result_to_numpy(result):
     def conv(t):
-        return None if t is None else _to_numpy(t)
+        return None if t is None else to_numpy(t)
 
     return GradientResult(
         value=float(conv(result.value)),

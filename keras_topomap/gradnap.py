@@ -64,6 +64,7 @@ import numpy as np
 from keras import ops
 
 from keras_topomap import grid as grid_lib
+from keras_topomap._arrays import to_numpy
 from keras_topomap.gradients import ActivationGradients, find_layer
 from keras_topomap.receptive_field import (
     check_frame_labels,
@@ -580,7 +581,7 @@ class GradNAP:
         for index, batch in enumerate(self._batches(data)):
             # One batch in flight: the next batch is read and prepared while the backend still
             # computes the previous one (JAX dispatches asynchronously).
-            started = self._dispatch(self._parse(_to_numpy(batch), index), index)
+            started = self._dispatch(self._parse(_batch_to_numpy(batch), index), index)
             if pending is not None:
                 self._collect(pending)
             pending = started
@@ -600,9 +601,6 @@ class GradNAP:
             )
         self._finalize(warn=True)
         return self
-
-    def _accumulate(self, batch, index):
-        self._collect(self._dispatch(batch, index))
 
     def _dispatch(self, batch, index):
         """Prepares ``batch`` and starts the step on it; :meth:`_collect` adds the result."""
@@ -1130,18 +1128,11 @@ def _is_array_data(data):
     return isinstance(data, (tuple, list)) and len(data) in (2, 3) and _is_array3(data[0])
 
 
-def _to_numpy(batch):
-    def conv(v):
-        if v is None or isinstance(v, np.ndarray):
-            return v
-        try:
-            return ops.convert_to_numpy(v)
-        except Exception:
-            return np.asarray(v)
-
+def _batch_to_numpy(batch):
+    """A batch (dict, tuple or list of tensors) with numpy arrays in place of its tensors."""
     if isinstance(batch, dict):
-        return {k: conv(v) for k, v in batch.items()}
+        return {k: to_numpy(v) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
-        return type(batch)(conv(v) for v in batch)
+        return type(batch)(to_numpy(v) for v in batch)
     return batch
 

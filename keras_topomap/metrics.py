@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from keras_topomap import grid as grid_lib
+from keras_topomap._arrays import to_numpy
 
 __all__ = [
     "TopographyResult",
@@ -57,24 +58,13 @@ class TopographyResult(NamedTuple):
 
 def unit_filters(kernel, epsilon=1e-7):
     """``(D, F)`` float64 array of unit-norm filter vectors (last axis of the kernel = filters)."""
-    k = np.asarray(_to_numpy(kernel), dtype=np.float64)
+    k = np.asarray(to_numpy(kernel), dtype=np.float64)
     if k.ndim < 1:
         raise ValueError(f"Expected a kernel with a filter axis. Received: shape={k.shape}")
     k = k.reshape(-1, k.shape[-1])
     if not np.all(np.isfinite(k)):
         raise ValueError(f"Kernel of shape {k.shape} holds NaN or infinite values.")
     return k / np.sqrt((k * k).sum(axis=0) + epsilon)
-
-
-def _to_numpy(x):
-    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
-        try:
-            import keras
-
-            return keras.ops.convert_to_numpy(x)
-        except Exception:  # pragma: no cover - plain objects with .numpy()
-            return x.numpy()
-    return x
 
 
 def _grid_score(u, grid, neighborhood, wrap):

@@ -62,6 +62,7 @@ import numpy as np
 from keras import ops
 
 from keras_topomap import grid as grid_lib
+from keras_topomap._arrays import to_numpy
 from keras_topomap.gradients import ActivationGradients, find_layer, flatten_model
 from keras_topomap.receptive_field import receptive_fields
 
@@ -487,8 +488,8 @@ class OptimalInputs:
         rng = np.random.default_rng(12345)
         probe = rng.normal(size=(2, length, n_features)).astype(np.float32)
         full = self.layer_response(probe)
-        pre = _numpy(cone_model(probe, training=False))[:, frame, :]
-        part = _numpy(activation(ops.convert_to_tensor(pre))) if activation is not None else pre
+        pre = to_numpy(cone_model(probe, training=False))[:, frame, :]
+        part = to_numpy(activation(ops.convert_to_tensor(pre))) if activation is not None else pre
         scale = max(float(np.abs(full).max()), 1e-6)
         return np.allclose(part, full, rtol=1e-3, atol=1e-4 * scale)
 
@@ -550,13 +551,7 @@ class OptimalInputs:
         inputs = np.asarray(inputs, dtype=np.float32)
         if inputs.ndim == 2:
             inputs = inputs[None]
-        return _numpy(self._taps(inputs, training=False))[:, self._center, :].astype(np.float64)
-
-
-def _numpy(tensor):
-    if hasattr(tensor, "detach") and hasattr(tensor, "cpu"):  # torch tensors may need grad off
-        return tensor.detach().cpu().numpy()
-    return ops.convert_to_numpy(tensor)
+        return to_numpy(self._taps(inputs, training=False))[:, self._center, :].astype(np.float64)
 
 
 def _objective(model, layer, frame, activation):

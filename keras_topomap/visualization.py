@@ -609,9 +609,9 @@ def filter_images(kernel):
     Raises:
         ValueError: for a kernel of another rank.
     """
-    from keras_topomap.metrics import _to_numpy
+    from keras_topomap._arrays import to_numpy
 
-    k = np.asarray(_to_numpy(kernel), dtype=np.float64)
+    k = np.asarray(to_numpy(kernel), dtype=np.float64)
     if k.ndim == 3:
         return np.transpose(k, (2, 1, 0))
     if k.ndim == 4:
