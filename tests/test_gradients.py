@@ -137,18 +137,13 @@ def test_flatten_and_errors():
 
 @pytest.mark.backend
 def test_fast_conv_gradient_path_matches_autodiff():
-    """JAX swaps stride-1 Conv1D layers for a custom-VJP version; values must not change."""
-    x = keras.Input((None, 3))
-    h = L.Conv1D(4, 5, strides=2, padding="same", activation="relu", name="c0")(x)
-    h = L.Conv1D(6, 4, padding="same", activation="relu", name="c1")(h)
-    h = L.Conv1D(5, 3, padding="causal", name="c2")(h)
-    h = L.Conv1D(5, 2, padding="valid", activation="tanh", name="c3")(h)
-    model = keras.Model(x, L.Conv1D(4, 1, name="out")(h))
+    """Stride-1 Conv1D layers get a flipped-kernel input gradient; values must not change."""
+    model, names = _conv_stack([(6, 4, "same", "relu"), (5, 3, "causal", None),
+                                (5, 2, "valid", "tanh")])
 
     def target(output, activations):
         return ops.sum(ops.max(output, axis=-1))
 
-    names = ["c0", "c1", "c2", "c3"]
     fast = ActivationGradients(model, names, target, input_gradient=True)
     plain = ActivationGradients(model, names, target, input_gradient=True, fast_conv_grad=False)
     assert len(fast.flat_model.trainable_variables) == len(model.trainable_variables)
@@ -166,15 +161,21 @@ def test_fast_conv_gradient_path_matches_autodiff():
     np.testing.assert_allclose(a.gradients["c0"], b.gradients["c0"], rtol=1e-5, atol=1e-6)
 
 
-def _wide_conv_model():
-    """Stride-1 convs of several widths and paddings (even and odd kernels) after a stride-2 one."""
+def _conv_stack(specs):
+    """x (B, T, 3) -> stride-2 conv "c0" -> stride-1 convs "c1", ... given as (filters, width,
+    padding, activation) -> 1x1 conv "out". Returns the model and the hidden layers' names."""
     x = keras.Input((None, 3))
     h = L.Conv1D(4, 5, strides=2, padding="same", activation="relu", name="c0")(x)
-    h = L.Conv1D(6, 16, padding="same", activation="relu", name="c1")(h)
-    h = L.Conv1D(5, 9, padding="causal", name="c2")(h)
-    h = L.Conv1D(7, 4, padding="valid", activation="tanh", name="c3")(h)
-    h = L.Conv1D(5, 17, padding="same", name="c4")(h)
-    return keras.Model(x, L.Conv1D(4, 1, name="out")(h)), ["c0", "c1", "c2", "c3", "c4"]
+    for i, (filters, width, padding, activation) in enumerate(specs, start=1):
+        h = L.Conv1D(filters, width, padding=padding, activation=activation, name=f"c{i}")(h)
+    names = [f"c{i}" for i in range(len(specs) + 1)]
+    return keras.Model(x, L.Conv1D(4, 1, name="out")(h)), names
+
+
+def _wide_conv_model():
+    """Stride-1 convs of several widths and paddings (even and odd kernels) after a stride-2 one."""
+    return _conv_stack([(6, 16, "same", "relu"), (5, 9, "causal", None),
+                        (7, 4, "valid", "tanh"), (5, 17, "same", None)])
 
 
 @pytest.mark.backend
