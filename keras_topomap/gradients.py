@@ -695,47 +695,57 @@ def _fft_size(kernel_size):
     return 1 << max(1, math.ceil(math.log2(4 * kernel_size)))
 
 
+def _overlap_save_input_gradient(dy, spec_re, spec_im, kernel_size, pad_left, t_in, n_fft):
+    """``d/dx`` of a stride-1 conv ``y[t] = sum_j x[t - pad_left + j] @ w[j]`` from the output
+    gradient ``dy`` ``(rows, t_out, out)``, by overlap-save FFT with the kernel's spectrum
+    (:func:`_kernel_spectrum`). ``keras.ops`` only: JAX (static shapes) and TensorFlow (time
+    axis dynamic) run the same code.
+
+    ``dx[s] = sum_j dy[s + pad_left - j] @ w[j]^T`` is the full linear convolution ``z`` of
+    ``dy`` with ``h[j] = w[j]^T``, read at ``z[pad_left : pad_left + t_in]``. Block ``b`` gives
+    ``z[pad_left + b*block + (0 .. block-1)]`` from the ``n_fft`` frames of ``dy`` starting at
+    ``pad_left + b*block - (k-1)`` (the first ``k-1`` only as history).
+    """
+    k = kernel_size
+    block = n_fft - k + 1
+    dtype = dy.dtype
+    dy = ops.cast(dy, "float32")
+    rows = ops.shape(dy)[0]
+    c_out, c_in = dy.shape[-1], spec_re.shape[-1]
+    freqs = n_fft // 2 + 1
+    n_blocks = (t_in + block - 1) // block
+    # Zeros before dy for the first block's history, and n_fft after: always enough for the
+    # last block (static widths, so the same code runs with a dynamic time axis).
+    dy = ops.pad(dy, [[0, 0], [k - 1 - pad_left, n_fft], [0, 0]])
+    index = ops.arange(n_blocks)[:, None] * block + ops.arange(n_fft)[None, :]
+    blocks = ops.transpose(ops.take(dy, index, axis=1), (0, 1, 3, 2))  # (rows, blocks, o, n_fft)
+    real, imag = ops.rfft(blocks, fft_length=n_fft)  # (rows, blocks, o, freqs)
+    # Complex product as real matmuls, one batched matmul per kernel part: real and imaginary
+    # rows stacked, so each kernel spectrum is read once.
+    parts = ops.transpose(ops.stack([real, imag]), (4, 0, 1, 2, 3))  # (freqs, 2, rows, blocks, o)
+    parts = ops.reshape(parts, (freqs, -1, c_out))
+    by_re = ops.reshape(ops.matmul(parts, spec_re), (freqs, 2, -1, c_in))
+    by_im = ops.reshape(ops.matmul(parts, spec_im), (freqs, 2, -1, c_in))
+    product = (by_re[:, 0] - by_im[:, 1], by_re[:, 1] + by_im[:, 0])  # (freqs, rows x blocks, i)
+    product = tuple(ops.transpose(part, (1, 2, 0)) for part in product)
+    z = ops.irfft(product, fft_length=n_fft)[..., k - 1:]  # (rows x blocks, i, block)
+    z = ops.reshape(ops.transpose(z, (0, 2, 1)), (rows, -1, c_in))
+    return ops.cast(z[:, :t_in], dtype)
+
+
 def _conv1d_fft_vjp(kernel_size, pad_left, pad_right, n_fft):
     """A stride-1 NWC conv ``f(x, w, spectrum_real, spectrum_imag)`` whose input gradient is
     computed by overlap-save FFT with the kernel's precomputed spectrum (see
     :func:`_kernel_spectrum`)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     numbers = ("NWC", "WIO", "NWC")
     k = kernel_size
-    block = n_fft - k + 1  # input-gradient frames per FFT block
 
     def conv(x, w):
         return jax.lax.conv_general_dilated(x, w, (1,), [(pad_left, pad_right)],
                                             dimension_numbers=numbers)
-
-    def input_gradient(cotangent, spec_re, spec_im, t_in, dtype):
-        # dx[s] = sum_j dy[s + pad_left - j] @ w[j]^T: the full linear convolution z of dy with
-        # h[j] = w[j]^T, read at z[pad_left : pad_left + t_in]. Block b gives
-        # z[pad_left + b*block + (0 .. block-1)] from dy[pad_left + b*block - (k-1) ...] (n_fft
-        # frames, the first k-1 only as history).
-        dy = cotangent.astype(jnp.float32)
-        rows, t_out, c_out = dy.shape
-        n_blocks = -(-t_in // block)
-        total = n_blocks * block + k - 1
-        left = k - 1 - pad_left
-        right = total - left - t_out
-        dy = jnp.pad(dy, ((0, 0), (left, max(right, 0)), (0, 0)))[:, :total]
-        index = np.arange(n_blocks)[:, None] * block + np.arange(n_fft)[None, :]
-        spectrum = jnp.fft.rfft(dy[:, index], axis=2)  # (rows, blocks, freqs, c_out)
-        freqs = spectrum.shape[2]
-        # Complex product as real matmuls, one batched matmul per kernel part: real and
-        # imaginary rows stacked, so each kernel spectrum is read once.
-        parts = jnp.concatenate([jnp.real(spectrum), jnp.imag(spectrum)], axis=0)
-        parts = jnp.transpose(parts, (2, 0, 1, 3)).reshape(freqs, 2 * rows * n_blocks, c_out)
-        by_re = jnp.einsum("fmo,foi->fmi", parts, spec_re).reshape(freqs, 2, rows, n_blocks, -1)
-        by_im = jnp.einsum("fmo,foi->fmi", parts, spec_im).reshape(freqs, 2, rows, n_blocks, -1)
-        product = jax.lax.complex(by_re[:, 0] - by_im[:, 1], by_re[:, 1] + by_im[:, 0])
-        z = jnp.fft.irfft(product, n=n_fft, axis=0)[k - 1:]  # (block, rows, blocks, c_in)
-        z = jnp.transpose(z, (1, 2, 0, 3)).reshape(rows, n_blocks * block, -1)[:, :t_in]
-        return z.astype(dtype)
 
     @jax.custom_vjp
     def f(x, w, spec_re, spec_im):
@@ -746,7 +756,8 @@ def _conv1d_fft_vjp(kernel_size, pad_left, pad_right, n_fft):
 
     def f_bwd(residuals, cotangent):
         x, w, spec_re, spec_im = residuals
-        dx = input_gradient(cotangent, spec_re, spec_im, x.shape[1], x.dtype)
+        dx = _overlap_save_input_gradient(cotangent, spec_re, spec_im, k, pad_left, x.shape[1],
+                                          n_fft)
         # Weight gradient by XLA's own rule; dead code (dropped) when weights aren't requested.
         dw = jax.vjp(lambda w_: conv(x, w_), w)[1](cotangent)[0]
         return dx, dw, jnp.zeros_like(spec_re), jnp.zeros_like(spec_im)
@@ -809,17 +820,6 @@ def _kernel_values(conv):
     return value
 
 
-def _copy_array(value):
-    """A copy of a kernel's current values that later assignments and donations leave alone."""
-    if keras.backend.backend() == "jax":
-        import jax.numpy as jnp
-
-        return jnp.array(value, copy=True)
-    import tensorflow as tf
-
-    return tf.identity(value)
-
-
 def _on_cpu(backend):
     """Whether the backend computes on the CPU (no accelerator visible)."""
     if backend == "jax":
@@ -873,37 +873,12 @@ def _conv1d_fft_grad_tf(forward, kernel_size, pad_left, n_fft):
     dynamic: the step is traced once for all lengths)."""
     import tensorflow as tf
 
-    k = kernel_size
-    block = n_fft - k + 1
-
-    def input_gradient(dy, spec_re, spec_im, t_in):
-        dtype = dy.dtype
-        dy = tf.cast(dy, tf.float32)
-        rows, t_out = tf.shape(dy)[0], tf.shape(dy)[1]
-        c_out, c_in = dy.shape[-1], spec_re.shape[-1]
-        freqs = n_fft // 2 + 1
-        n_blocks = (t_in + block - 1) // block
-        total = n_blocks * block + k - 1
-        left = k - 1 - pad_left
-        dy = tf.pad(dy, [[0, 0], [left, tf.maximum(total - left - t_out, 0)], [0, 0]])[:, :total]
-        index = tf.range(n_blocks)[:, None] * block + tf.range(n_fft)[None, :]
-        # tf.signal transforms the last axis: (rows, blocks, c_out, n_fft).
-        blocks = tf.transpose(tf.gather(dy, index, axis=1), [0, 1, 3, 2])
-        spectrum = tf.transpose(tf.signal.rfft(blocks), [3, 0, 1, 2])  # (freqs, rows, blocks, o)
-        parts = tf.concat([tf.math.real(spectrum), tf.math.imag(spectrum)], axis=1)
-        parts = tf.reshape(parts, [freqs, 2 * rows * n_blocks, c_out])
-        by_re = tf.reshape(tf.matmul(parts, spec_re), [freqs, 2, rows, n_blocks, c_in])
-        by_im = tf.reshape(tf.matmul(parts, spec_im), [freqs, 2, rows, n_blocks, c_in])
-        product = tf.complex(by_re[:, 0] - by_im[:, 1], by_re[:, 1] + by_im[:, 0])
-        z = tf.signal.irfft(tf.transpose(product, [1, 2, 3, 0]), fft_length=[n_fft])[..., k - 1:]
-        z = tf.reshape(tf.transpose(z, [0, 1, 3, 2]), [rows, n_blocks * block, c_in])
-        return tf.cast(z[:, :t_in], dtype)
-
     def f(x, w, spec_re, spec_im):
         @tf.custom_gradient
         def conv(x):
             def grad(dy):
-                return input_gradient(dy, spec_re, spec_im, tf.shape(x)[1])
+                return _overlap_save_input_gradient(dy, spec_re, spec_im, kernel_size, pad_left,
+                                                    tf.shape(x)[1], n_fft)
 
             return forward(x, w), grad
 
@@ -972,7 +947,7 @@ class _FastGradConv1D(keras.layers.Layer):
                 self._fn = _conv1d_fft_vjp(k, pad_left, pad_right, self.n_fft)
             self._source = conv.kernel.value
             current = _kernel_values(conv)
-            self._kernel_copy = _copy_array(current)
+            self._kernel_copy = ops.copy(current)
             parts = _kernel_spectrum(current, self.n_fft)
             self.spectrum_real, self.spectrum_imag = (
                 self.add_weight(name=f"spectrum_{part}", shape=value.shape, dtype="float32",
@@ -1020,7 +995,7 @@ class _FastGradConv1D(keras.layers.Layer):
                 real, imag = _kernel_spectrum(values, self.n_fft)
                 self.spectrum_real.assign(real)
                 self.spectrum_imag.assign(imag)
-                self._kernel_copy = _copy_array(values)
+                self._kernel_copy = ops.copy(values)
         elif not _same_array(current, self.flipped_kernel.value, flipped=True):
             self.flipped_kernel.assign(_flip_kernel(current))
         self._source = current
