@@ -270,22 +270,27 @@ def _cell(entry, digits=2):
     return f"{mean:+.{digits}f} ± {std:.{digits}f} ({perm:+.{digits}f})"
 
 
-def table(results):
-    """Markdown table: one row per run and layer."""
-    lines = [
-        "| run | layer | kernel score (perm. mean, z) | Moran's I ± sd (perm.) | "
-        "blur-error AUC ± sd (perm.) | localisation ± sd (perm.) |",
-        "|---|---|---|---|---|---|",
-    ]
+def _per_layer_table(results, columns, cells):
+    """Markdown table with one row per run and layer: ``columns`` after "run | layer",
+    ``cells(layer_result)`` the row's cells."""
+    lines = ["| run | layer | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for result in results:
         for layer, r in result["layers"].items():
-            k, m = r["kernel"], r["maps"]
-            lines.append(
-                f"| {result['run']} | {layer} | {k['score']:+.3f} ({k['null_mean']:+.2f}, "
-                f"z {k['z']:+.0f}) | {_cell(m['morans_i'])} | {_cell(m['blur_auc'])} | "
-                f"{_cell(m['localization'])} |"
-            )
+            lines.append(f"| {result['run']} | {layer} | " + " | ".join(cells(r)) + " |")
     return "\n".join(lines)
+
+
+def table(results):
+    """Markdown table: one row per run and layer."""
+    columns = ["kernel score (perm. mean, z)", "Moran's I ± sd (perm.)",
+               "blur-error AUC ± sd (perm.)", "localisation ± sd (perm.)"]
+
+    def cells(r):
+        k, m = r["kernel"], r["maps"]
+        return [f"{k['score']:+.3f} ({k['null_mean']:+.2f}, z {k['z']:+.0f})",
+                _cell(m["morans_i"]), _cell(m["blur_auc"]), _cell(m["localization"])]
+
+    return _per_layer_table(results, columns, cells)
 
 
 def z_table(results):
@@ -306,20 +311,17 @@ def z_table(results):
 
 def diagnostics_table(results):
     """Markdown table: dead filters, kernel score on live inputs, Moran's I of NAP maps."""
-    lines = [
-        "| run | layer | dead filters | kernel score: all inputs / live inputs | "
-        "activation correlation: neighbours / all pairs | Moran's I of NAP maps ± sd (perm.) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for result in results:
-        for layer, r in result["layers"].items():
-            k, c = r["kernel"], r["activation_correlation"]
-            lines.append(
-                f"| {result['run']} | {layer} | {r['dead_filters']:.0%} | {k['score']:.2f} / "
-                f"{k['score_live_inputs']:.2f} | {c['neighbours']:+.2f} / {c['all_pairs']:+.2f} | "
-                f"{_cell(r['nap_maps']['morans_i'])} |"
-            )
-    return "\n".join(lines)
+    columns = ["dead filters", "kernel score: all inputs / live inputs",
+               "activation correlation: neighbours / all pairs",
+               "Moran's I of NAP maps ± sd (perm.)"]
+
+    def cells(r):
+        k, c = r["kernel"], r["activation_correlation"]
+        return [f"{r['dead_filters']:.0%}", f"{k['score']:.2f} / {k['score_live_inputs']:.2f}",
+                f"{c['neighbours']:+.2f} / {c['all_pairs']:+.2f}",
+                _cell(r["nap_maps"]["morans_i"])]
+
+    return _per_layer_table(results, columns, cells)
 
 
 def figure(results, path):
