@@ -323,7 +323,7 @@ class GradNAP:
         blank = self.blank
         if self.target == "prediction":
 
-            def target(output, activations, mask, *onehots):
+            def target(output, activations, mask, *frame_labels):
                 best = ops.argmax(output, axis=-1)
                 keep = mask if blank is None else mask * ops.cast(best != blank, mask.dtype)
                 return ops.sum(ops.max(ops.cast(output, "float32"), axis=-1) * keep)
@@ -332,7 +332,7 @@ class GradNAP:
         if self.target == "ctc_loss":
 
             def target(output, activations, mask, labels, label_lengths, out_lengths, row_valid,
-                       *onehots):
+                       *frame_labels):
                 loss = ops.ctc_loss(labels, ops.cast(output, "float32"), label_lengths,
                                     out_lengths, mask_index=blank)
                 return -ops.sum(loss * row_valid)
@@ -341,7 +341,7 @@ class GradNAP:
         user = self.target
         n_args = _n_positional(user)
 
-        def target(output, activations, mask, *onehots):
+        def target(output, activations, mask, *frame_labels):
             return user(output, mask) if n_args >= 2 else user(output)
 
         return target, 1
