@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_BACKEND ?= jax
 ARGS ?=
+# The bundled corpus (and pretrained models) is its own distribution, installed from the checkout.
+CORPUS_PKG := ./keras-topomap-corpus
 
 .PHONY: demo test notebooks docs lint venv clean
 
@@ -18,15 +20,15 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Stamp files: reinstall only when the project's metadata changes.
-$(VENV)/.test-deps: pyproject.toml setup.cfg | $(PY)
-	$(PY) -m pip install --quiet -e ".[all,dev]" "$(TORCH_SPEC)"
+$(VENV)/.test-deps: pyproject.toml setup.cfg $(CORPUS_PKG)/pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e $(CORPUS_PKG) -e ".[all,dev]" "$(TORCH_SPEC)"
 	touch $@
 
 # The demo installs only its backend (DEMO_BACKEND = jax, tensorflow or torch).
 DEMO_PKGS := $(if $(filter torch,$(DEMO_BACKEND)),"$(TORCH_SPEC)",)
 
-$(VENV)/.demo-deps-$(DEMO_BACKEND): pyproject.toml setup.cfg | $(PY)
-	$(PY) -m pip install --quiet -e ".[$(DEMO_BACKEND),audio]" $(DEMO_PKGS)
+$(VENV)/.demo-deps-$(DEMO_BACKEND): pyproject.toml setup.cfg $(CORPUS_PKG)/pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e $(CORPUS_PKG) -e ".[$(DEMO_BACKEND),audio,corpus]" $(DEMO_PKGS)
 	touch $@
 
 venv: $(VENV)/.test-deps

@@ -5,9 +5,10 @@ audio, its sample rate, the spoken words, and (where the corpus has them) time-a
 Everything downstream (features, frame labels, batches) only sees this type, so it does not care
 which corpus the speech came from.
 
-The package ships a small corpus synthesised with Festival's free English voices (see
-``keras_topomap/datasets/data/tts_corpus/README.md`` for its provenance and licence, and
-:mod:`keras_topomap.datasets.build_tts_corpus` for the script that made it). Load it with
+A small corpus synthesised with Festival's free English voices ships in the separate
+``keras-topomap-corpus`` distribution (``pip install "keras-topomap[corpus]"``; its
+``tts_corpus/README.md`` gives provenance and licences, and
+:mod:`keras_topomap.datasets.build_tts_corpus` is the script that made it). Load it with
 :func:`load_tts_corpus`; it needs no network and no Festival.
 
 Example:
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.resources
 import json
 import os
 import warnings
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_topomap.bundled_data import bundled_data_dir
 from keras_topomap.datasets import phones as phones_lib
 
 __all__ = [
@@ -255,8 +256,13 @@ def check_alignment(segments, duration, source, tolerance=0.01):
 
 
 def tts_corpus_dir():
-    """Directory of the bundled corpus inside the installed package."""
-    return Path(str(importlib.resources.files("keras_topomap.datasets") / "data" / "tts_corpus"))
+    """Directory of the bundled corpus (in the installed ``keras-topomap-corpus`` distribution).
+
+    Raises:
+        CorpusNotInstalledError: when that distribution is not installed; the message gives
+            the install command (``pip install "keras-topomap[corpus]"``).
+    """
+    return bundled_data_dir("tts_corpus")
 
 
 def _corpus_root(root):
@@ -354,11 +360,15 @@ def load_tts_corpus(split="train", root=None):
     Args:
         split: one of :data:`SPLITS`.
         root: a corpus directory written by the builder; ``None`` loads the bundled corpus from
-            the installed package (offline, any OS).
+            the installed ``keras-topomap-corpus`` distribution (offline, any OS).
 
     Returns:
         list of :class:`Utterance`, in a fixed order. Audio arrays are shared between calls in
         one process and read-only (:func:`clear_tts_corpus_cache` frees them).
+
+    Raises:
+        CorpusNotInstalledError: ``root=None`` and the bundled corpus is not installed; the
+            message gives the command: ``pip install "keras-topomap[corpus]"``.
 
     Example:
 
