@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import warnings
 from collections import Counter
@@ -37,6 +38,7 @@ from keras_topomap.bundled_data import bundled_data_dir
 from keras_topomap.datasets import phones as phones_lib
 
 __all__ = [
+    "CorpusError",
     "PhoneSegment",
     "Utterance",
     "SPLITS",
@@ -49,6 +51,7 @@ __all__ = [
     "read_audio",
     "check_alignment",
     "check_transcript",
+    "confined_path",
     "SkipLog",
 ]
 
@@ -57,6 +60,14 @@ SPLITS = ("train", "test", "train_voices", "test_voice", "all")
 
 #: The voice the ``"train_voices"`` / ``"test_voice"`` split holds out.
 HELD_OUT_VOICE = "ked_diphone"
+
+
+class CorpusError(ValueError):
+    """A problem with one utterance of a corpus; ``reason`` is a short category for counts."""
+
+    def __init__(self, message, reason="bad input"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +151,15 @@ class Utterance:
             )
         object.__setattr__(self, "sample_rate", int(self.sample_rate))
         object.__setattr__(self, "phones", tuple(self.phones))
+        bad = [s for s in self.phones if not isinstance(s, PhoneSegment)]
+        if bad:
+            raise ValueError(
+                f"Utterance {self.id!r}: phones must be PhoneSegment objects. "
+                f"Received: {bad[0]!r}"
+            )
+        # Readers check with file and line first; this catches utterances built by hand (and
+        # anything a reader missed), since frame_labels relies on phones in time order.
+        check_alignment(self.phones, None, f"utterance {self.id!r}")
         if not self.text:
             object.__setattr__(self, "text", self.transcript)
 
@@ -221,38 +241,75 @@ def read_audio(path, mono=True):
 
 
 def check_transcript(transcript, source):
-    """Raise a ValueError naming ``source`` if the transcript is empty."""
+    """Raise a :class:`CorpusError` naming ``source`` if the transcript is empty."""
     if not transcript or not transcript.strip():
-        raise ValueError(f"Empty transcript in {source}.")
+        raise CorpusError(f"Empty transcript in {source}.", reason="empty transcript")
 
 
-def check_alignment(segments, duration, source, tolerance=0.01):
-    """Check aligned phones against the audio; raise a ValueError naming ``source`` if wrong.
+def check_alignment(segments, duration, source, tolerance=0.01, lines=None):
+    """Check aligned phones against the audio; raise a :class:`CorpusError` naming ``source``.
 
+    The one alignment check: every reader and :class:`Utterance` itself call it.
     Checks: every symbol is a known phone (:func:`~keras_topomap.datasets.phones.fold_phone`),
-    ``0 <= start <= end``, segments are in time order, and no segment ends more than
-    ``tolerance`` seconds after the end of the audio (``duration`` seconds).
+    finite times with ``0 <= start <= end``, segments in time order without overlaps, and
+    (unless ``duration`` is ``None``) no segment ending more than ``tolerance`` seconds after
+    the end of the audio (``duration`` seconds).
+
+    Args:
+        segments: :class:`PhoneSegment` objects in the order the source lists them.
+        duration: length of the audio in seconds, or ``None`` to skip the end check.
+        source: the file (or utterance) the segments came from, for the message.
+        tolerance: seconds a segment may end after the audio (rounding of aligners).
+        lines: optional line number of each segment in ``source``; without them the message
+            names the segment's position.
     """
     previous_end = 0.0
     for i, seg in enumerate(segments):
-        where = f"{source}, segment {i + 1}"
-        phones_lib.fold_phone(seg.phone, source=where)
-        if not (0.0 <= seg.start <= seg.end):
-            raise ValueError(
-                f"Bad phone times in {where}: need 0 <= start <= end. "
-                f"Received: start={seg.start}, end={seg.end}"
+        where = f"{source}, line {lines[i]}" if lines is not None else f"{source}, segment {i + 1}"
+        try:
+            phones_lib.fold_phone(seg.phone, source=where)
+        except ValueError as e:
+            raise CorpusError(str(e), reason="unknown phone") from None
+        if not (math.isfinite(seg.start) and math.isfinite(seg.end)
+                and 0.0 <= seg.start <= seg.end):
+            raise CorpusError(
+                f"Bad phone times in {where}: need finite 0 <= start <= end. "
+                f"Received: start={seg.start}, end={seg.end}",
+                reason="bad times",
             )
         if seg.start < previous_end - 1e-6:
-            raise ValueError(
-                f"Phones out of time order in {where}: starts at {seg.start} s, before the "
-                f"previous phone ends ({previous_end} s)."
+            raise CorpusError(
+                f"Phones out of time order or overlapping in {where}: {seg.phone!r} starts at "
+                f"{seg.start} s, before the previous phone ends ({previous_end} s).",
+                reason="phones out of order",
             )
         previous_end = seg.end
-        if seg.end > duration + tolerance:
-            raise ValueError(
+        if duration is not None and seg.end > duration + tolerance:
+            raise CorpusError(
                 f"Alignment past the end of the audio in {where}: phone {seg.phone!r} ends at "
-                f"{seg.end:.3f} s but the audio lasts {duration:.3f} s."
+                f"{seg.end:.3f} s but the audio lasts {duration:.3f} s.",
+                reason="alignment past end",
             )
+
+
+def confined_path(root, relative, source):
+    """``root / relative``, refusing a path that leaves ``root`` (absolute, or ``..`` above it).
+
+    The check is on the path as written (symbolic links inside the corpus are the user's
+    choice and are followed as usual).
+
+    Raises:
+        CorpusError: naming ``source`` (the file and line the path came from).
+    """
+    text = os.fspath(relative)
+    parts = Path(os.path.normpath(text)).parts
+    if not text or os.path.isabs(text) or Path(text).drive or (parts and parts[0] == ".."):
+        raise CorpusError(
+            f"Path outside the corpus in {source}: {text!r} must be relative to and stay "
+            f"inside {root}.",
+            reason="path outside corpus",
+        )
+    return Path(root) / os.path.normpath(text)
 
 
 def tts_corpus_dir():
@@ -276,18 +333,73 @@ def _corpus_root(root):
     return root
 
 
+def _read_json(path):
+    """A JSON file of a corpus; a missing or malformed one raises a :class:`CorpusError`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CorpusError(f"Missing corpus file {path}.", reason="missing file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorpusError(f"Cannot read {path}: {e}", reason="malformed file") from None
+
+
 def tts_corpus_info(root=None):
     """The corpus manifest (voices, counts, seed, sentence source) as a dict."""
-    with open(_corpus_root(root) / "manifest.json", encoding="utf-8") as f:
-        return json.load(f)
+    return _read_json(_corpus_root(root) / "manifest.json")
+
+
+# Fields of one utterances.jsonl record and their JSON types.
+_RECORD_FIELDS = {
+    "id": str, "voice": str, "text": str, "transcript": str, "audio": str,
+    "sample_rate": int, "n_samples": int, "phones": list,
+}
 
 
 def _read_records(root):
+    """The records of ``utterances.jsonl``, each with its line number under ``"_line"``."""
+    path = root / "utterances.jsonl"
     records = []
-    with open(root / "utterances.jsonl", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                records.append(json.loads(line))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CorpusError(f"Cannot read {path}: {e}", reason="malformed file") from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {line_no}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"Malformed JSON in {where}: {e}", reason="malformed file") from None
+        if not isinstance(rec, dict):
+            raise CorpusError(
+                f"Malformed record in {where}: expected a JSON object. Received: {line[:80]!r}",
+                reason="malformed file",
+            )
+        for key, kind in _RECORD_FIELDS.items():
+            if key not in rec:
+                raise CorpusError(
+                    f"Malformed record in {where}: no {key!r} field.", reason="malformed file"
+                )
+            if not isinstance(rec[key], kind) or isinstance(rec[key], bool):
+                raise CorpusError(
+                    f"Malformed record in {where}: {key!r} must be a JSON {kind.__name__}. "
+                    f"Received: {rec[key]!r}",
+                    reason="malformed file",
+                )
+        for i, phone in enumerate(rec["phones"]):
+            if not (isinstance(phone, list) and len(phone) == 4
+                    and all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                            for t in phone[:2])
+                    and isinstance(phone[2], str) and isinstance(phone[3], (str, type(None)))):
+                raise CorpusError(
+                    f"Malformed record in {where}: phone {i + 1} must be "
+                    f"[start, end, symbol, word or null]. Received: {phone!r}",
+                    reason="malformed file",
+                )
+        rec["_line"] = line_no
+        records.append(rec)
     return records
 
 
@@ -296,14 +408,30 @@ def _load_all(root_str):
     """Decode every utterance of a corpus once per process (audio arrays are read-only)."""
     root = Path(root_str)
     records = _read_records(root)
+    listing = root / "utterances.jsonl"
+    paths = [
+        confined_path(root, rec["audio"], f"{listing}, line {rec['_line']}") for rec in records
+    ]
+
+    def decode(index):
+        source = f"{listing}, line {records[index]['_line']}"
+        try:
+            return read_audio(paths[index])
+        except FileNotFoundError:
+            raise CorpusError(
+                f"Missing audio for {source}: expected {paths[index]}", reason="missing audio"
+            ) from None
+        except ValueError as e:
+            raise CorpusError(f"{e} (listed in {source})", reason="unreadable audio") from None
+
     # libsndfile releases the GIL while decoding, so threads overlap the OGG decoding
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        decoded = list(pool.map(lambda rec: read_audio(root / rec["audio"]), records))
+        decoded = list(pool.map(decode, range(len(records))))
     utterances = {}
-    for line_no, (rec, (audio, sample_rate)) in enumerate(zip(records, decoded), start=1):
-        source = f"{root / 'utterances.jsonl'}, line {line_no} ({rec.get('id')})"
+    for rec, path, (audio, sample_rate) in zip(records, paths, decoded):
+        source = f"{listing}, line {rec['_line']} ({rec['id']})"
         if sample_rate != rec["sample_rate"] or audio.shape[0] != rec["n_samples"]:
-            raise ValueError(
+            raise CorpusError(
                 f"Audio of {source} does not match its record: expected {rec['n_samples']} "
                 f"samples at {rec['sample_rate']} Hz. Received: {audio.shape[0]} samples at "
                 f"{sample_rate} Hz"
@@ -320,12 +448,32 @@ def _load_all(root_str):
             phones=segments,
             speaker=rec["voice"],
             text=rec["text"],
-            path=str(root / rec["audio"]),
+            path=str(path),
         )
-    with open(root / "splits.json", encoding="utf-8") as f:
-        splits = json.load(f)
+    splits = _read_splits(root)
+    for name, ids in splits.items():
+        unknown = [i for i in ids if i not in utterances]
+        if unknown:
+            raise CorpusError(
+                f"Split {name!r} of {root / 'splits.json'} lists {len(unknown)} ids that "
+                f"utterances.jsonl does not have, e.g. {unknown[0]!r}.",
+                reason="malformed file",
+            )
     splits["all"] = list(utterances)
     return utterances, splits
+
+
+def _read_splits(root):
+    path = root / "splits.json"
+    splits = _read_json(path)
+    if not isinstance(splits, dict) or not all(
+        isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in splits.values()
+    ):
+        raise CorpusError(
+            f"Malformed {path}: expected {{split name: [utterance ids]}}.",
+            reason="malformed file",
+        )
+    return splits
 
 
 def clear_tts_corpus_cache():
@@ -341,8 +489,12 @@ def split_ids(split="train", root=None):
     root = _corpus_root(root)
     if split == "all":
         return [rec["id"] for rec in _read_records(root)]
-    with open(root / "splits.json", encoding="utf-8") as f:
-        return list(json.load(f)[split])
+    splits = _read_splits(root)
+    if split not in splits:
+        raise CorpusError(
+            f"{root / 'splits.json'} has no split {split!r}.", reason="malformed file"
+        )
+    return list(splits[split])
 
 
 def load_tts_corpus(split="train", root=None):
@@ -380,4 +532,8 @@ def load_tts_corpus(split="train", root=None):
         raise ValueError(f"Unknown split: expected one of {SPLITS}. Received: {split!r}")
     root = _corpus_root(root)
     utterances, splits = _load_all(str(root.resolve()))
+    if split not in splits:
+        raise CorpusError(
+            f"{root / 'splits.json'} has no split {split!r}.", reason="malformed file"
+        )
     return [utterances[i] for i in splits[split]]

@@ -36,6 +36,8 @@ import hashlib
 import json
 import os
 import re
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -485,17 +487,42 @@ class FeatureSet:
 
     @classmethod
     def load(cls, path):
-        with np.load(path, allow_pickle=False) as data:
-            config = FeatureConfig.from_dict(json.loads(str(data["config"])))
-            splits = np.cumsum(data["lengths"])[:-1]
-            return cls(
-                ids=data["ids"].tolist(),
-                speakers=data["speakers"].tolist(),
-                transcripts=data["transcripts"].tolist(),
-                features=np.split(data["features"], splits),
-                frame_labels=np.split(data["frame_labels"].astype(np.int32), splits),
-                config=config,
+        """Read a file :meth:`save` wrote.
+
+        Raises:
+            ValueError: naming the file, when it is truncated, not an ``.npz``, lacks an array
+                or holds arrays that disagree in length.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                config = FeatureConfig.from_dict(json.loads(str(data["config"])))
+                lengths = data["lengths"]
+                ids = data["ids"].tolist()
+                features = data["features"]
+                labels = data["frame_labels"].astype(np.int32)
+                speakers = data["speakers"].tolist()
+                transcripts = data["transcripts"].tolist()
+        except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+            raise ValueError(
+                f"Cannot read the feature file {path}: {type(e).__name__}: {e}"
+            ) from None
+        total = int(lengths.sum()) if lengths.size else 0
+        if not (len(ids) == len(speakers) == len(transcripts) == len(lengths)) or not (
+            total == len(features) == len(labels)
+        ):
+            raise ValueError(
+                f"Inconsistent feature file {path}: {len(ids)} ids, {len(lengths)} lengths "
+                f"summing to {total}, {len(features)} feature rows, {len(labels)} labels."
             )
+        splits = np.cumsum(lengths)[:-1]
+        return cls(
+            ids=ids,
+            speakers=speakers,
+            transcripts=transcripts,
+            features=np.split(features, splits),
+            frame_labels=np.split(labels, splits),
+            config=config,
+        )
 
 
 def _corpus_fingerprint(root):
@@ -536,8 +563,8 @@ def load_corpus_features(split="train", config=None, root=None, cache=True, prog
     if path.is_file():
         try:
             return FeatureSet.load(path).subset(wanted)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged or partial cache file is rebuilt below
+        except (ValueError, KeyError) as e:  # a damaged or partial cache file is rebuilt below
+            warnings.warn(f"Rebuilding the feature cache: {e}", stacklevel=2)
     everything = FeatureSet.from_utterances(
         load_tts_corpus("all", root=corpus_root), config, progress
     )

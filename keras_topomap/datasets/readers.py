@@ -15,7 +15,8 @@ same on every corpus.
   `praatio <https://pypi.org/project/praatio/>`_.
 
 Bad input: missing, unreadable or corrupt audio, a malformed alignment line, an unknown phone
-symbol, an alignment running past the end of the audio, or an empty transcript raise a
+symbol, phones out of order or overlapping, an alignment running past the end of the audio, an
+empty transcript, or an utterance id leading outside ``root`` raise a
 :class:`CorpusError` naming the file (and line). With ``on_error="skip"`` such utterances are
 left out and one warning counts them by reason. Nothing is silently relabelled.
 
@@ -35,11 +36,13 @@ import numpy as np
 
 from keras_topomap.datasets import phones as phones_lib
 from keras_topomap.datasets.corpus import (
+    CorpusError,
     PhoneSegment,
     SkipLog,
     Utterance,
     check_alignment,
     check_transcript,
+    confined_path,
     read_audio,
 )
 
@@ -53,14 +56,6 @@ __all__ = [
 
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".sph", ".mp3")
 _SILENCE_WORDS = frozenset({"", "<eps>", "sil", "sp"})
-
-
-class CorpusError(ValueError):
-    """A problem with one utterance of a corpus; ``reason`` is a short category for counts."""
-
-    def __init__(self, message, reason="bad input"):
-        super().__init__(message)
-        self.reason = reason
 
 
 def _classify(exc):
@@ -153,7 +148,10 @@ def read_librispeech(root, on_error="raise", limit=None):
             raise CorpusError(
                 f"Empty transcript in {source}. Received: {line!r}", reason="empty transcript"
             )
-        audio, sample_rate = _load_audio(trans.parent / f"{utt_id}.flac", source)
+        # The id names the audio file: keep it inside the corpus.
+        folder = trans.parent.relative_to(root)
+        audio_path = confined_path(root, os.path.join(folder, f"{utt_id}.flac"), source)
+        audio, sample_rate = _load_audio(audio_path, source)
         return Utterance(
             id=utt_id,
             audio=audio,
@@ -162,7 +160,7 @@ def read_librispeech(root, on_error="raise", limit=None):
             phones=(),
             speaker=utt_id.split("-")[0],
             text=text.strip(),
-            path=str(trans.parent / f"{utt_id}.flac"),
+            path=str(audio_path),
         )
 
     return _run(items, read_one, "read_librispeech", on_error)
@@ -257,8 +255,6 @@ def read_timit(root, on_error="raise", limit=None):
                         f"{label!r} ends at sample {end} but {audio_path} has {n} samples.",
                         reason="alignment past end",
                     )
-        for _, _, label, line_no in phone_rows:
-            phones_lib.fold_phone(label, source=f"{phn}, line {line_no}")
         # word covering each phone's midpoint (vectorised over phones)
         w_start = np.array([r[0] for r in word_rows])
         w_end = np.array([r[1] for r in word_rows])
@@ -275,6 +271,7 @@ def read_timit(root, on_error="raise", limit=None):
             )
             for i, (start, end, label, _) in enumerate(phone_rows)
         )
+        check_alignment(segments, n / sample_rate, str(phn), 0.0, [r[3] for r in phone_rows])
         txt = _sibling(phn, ".TXT")
         text = " ".join(words)
         if txt.is_file():
