@@ -25,6 +25,16 @@ filter gets its own input, all optimised together in one batched run (the batch 
 filters); with ``joint=True`` one input maximises the *sum* of the chosen filters (e.g. a grid
 region from :meth:`keras_topomap.gradnap.GradNAP.most_responsive_region`).
 
+**Images and other models.** For a layer with outputs other than ``(batch, time, filters)`` on a
+``(batch, time, features)`` model -- a ``Conv2D`` on images ``(batch, H, W, channels)``, a
+``Dense`` layer on images or vectors -- the input has the model's fixed input shape (or
+``image_size`` where the model leaves height and width open) and the target is the unit's
+activation at the **centre position** of the layer's output (row ``(H' - 1) // 2``, column
+``(W' - 1) // 2`` of a Conv2D output; the unit itself for a Dense layer). Jitter rolls the image
+by up to ``jitter`` pixels in both directions, blur runs over rows and columns (each channel on
+its own, so colour survives), decay, clipping and bounds are as above; a flat ``(batch, D)`` input
+gets neither jitter nor blur. These layers are optimised through the full model (no cone).
+
 Steps use the gradient adapter :class:`keras_topomap.gradients.ActivationGradients` (compiled
 once, every backend); the step size is normalised per input (the gradient is divided by its root
 mean square), so filters with very different gradient magnitudes progress alike.
@@ -38,7 +48,9 @@ lies inside the window. Values agree with the original model at those frames (ch
 fit on a random input; on a mismatch, or for other architectures, the full model is used:
 ``cone_`` says which). The last convolution's activation is applied in the target, with a small
 leak (``0.01 * pre-activation``) so that a filter whose ReLU is off at the start still gets a
-gradient; reported activations are the plain layer outputs.
+gradient; reported activations are the plain layer outputs. Image and vector layers with an
+``activation`` (Conv2D, Dense) get the same leak, through a copy of the layer without its
+activation.
 
 Example:
 
@@ -80,8 +92,9 @@ class OptimalInputs:
     """Activation maximisation for filters of one layer (scikit-learn style: ``fit()`` -> self).
 
     Args:
-        model: a Functional or Sequential Keras model on ``(batch, time, features)`` inputs.
-        layer: name of the layer whose filters are maximised.
+        model: a Functional or Sequential Keras model on ``(batch, time, features)`` inputs, or
+            on images ``(batch, H, W, channels)`` or vectors (see the module doc).
+        layer: name of the layer whose filters (Conv1D/Conv2D) or units (Dense) are maximised.
         filters: filter indices (each gets its own input). Default: every filter of the layer
             (or of ``region``).
         region: a :class:`keras_topomap.grid.Region` (e.g. from ``GradNAP.most_responsive_region``
@@ -99,7 +112,8 @@ class OptimalInputs:
         blur: Gaussian blur sigma in frames and feature bins (0 disables).
         blur_every: blur every this many steps.
         clip: fraction (0..1) of the smallest-magnitude values of each input set to 0 per step.
-        jitter: largest random time shift (frames) per step (0 disables).
+        jitter: largest random time shift (frames) per step, or image shift (pixels, rows and
+            columns independently) (0 disables).
         value_range: ``(low, high)`` bounds on input values (None: unbounded). The default suits
             per-utterance normalised features (:class:`keras_topomap.datasets.FeatureConfig`).
         polish: fraction of the steps, at the end, run without blur and jitter at a fifth of
@@ -116,16 +130,23 @@ class OptimalInputs:
         cone: use the cone model when the architecture allows (see the module doc); False
             always differentiates the full model.
         progress: show a progress bar.
+        image_size: ``(H, W)`` of the optimised images when the model's input leaves them open
+            (``keras.Input((None, None, 3))``); must match where the model fixes them.
 
     Attributes (after :meth:`fit`):
-        inputs_: float32 ``(n, T, n_features)``: one row per filter, or one row for ``joint``.
+        inputs_: float32 ``(n, T, n_features)``: one row per filter, or one row for ``joint``
+            (``(n, H, W, channels)`` for image models).
+        inputs_shape_: the shape of one input (``inputs_.shape[1:]``).
         activations_: float ``(n,)``: what each input achieves on the original model at the
             centre frame: the filter's activation, or for ``joint`` the sum over the filters.
         filters_: int ``(n,)`` filter per input; for ``joint`` the summed filters (``(k,)``).
         region_: the :class:`~keras_topomap.grid.Region` (None without one).
         center_frame_: the layer frame (of the original model on ``T`` frames) that is the
-            target.
-        receptive_field_: the layer's receptive field in input frames.
+            target (None for image and vector layers).
+        position_: the target's index along the layer's axes between batch and units:
+            ``(center_frame_,)``, ``(row, col)`` of a Conv2D output, ``()`` for Dense.
+        receptive_field_: the layer's receptive field in input frames (None for image and
+            vector layers).
         history_: float ``(steps, n)``: the (surrogate) target per input at each step (of the
             kept start).
         cone_: True if the cone model was used.
@@ -142,7 +163,7 @@ class OptimalInputs:
     def __init__(self, model, layer, filters=None, region=None, joint=False, length=None,
                  steps=200, learning_rate=0.5, l2=1e-4, blur=1.0, blur_every=4, clip=0.0,
                  jitter=4, value_range=(-3.0, 3.0), polish=0.2, restarts=None, init_scale=0.1,
-                 grid=None, seed=0, cone=True, progress=False):
+                 grid=None, seed=0, cone=True, progress=False, image_size=None):
         self.model = model
         self.layer = layer
         self.filters = filters
@@ -164,6 +185,7 @@ class OptimalInputs:
         self.seed = seed
         self.cone = cone
         self.progress = progress
+        self.image_size = image_size
 
     # -- checks ---------------------------------------------------------------------------------
 
@@ -413,21 +435,55 @@ class OptimalInputs:
         """Runs the optimisation. Returns self."""
         self._check_params()
         model_layer = find_layer(self.model, self.layer)
-        out_shape = model_layer.output.shape
-        if len(out_shape) != 3:
+        out_shape = tuple(model_layer.output.shape)
+        in_shape = tuple((getattr(self.model, "_functional", None) or self.model).inputs[0].shape)
+        if len(out_shape) < 2 or out_shape[-1] is None:
             raise ValueError(
-                f"Layer '{self.layer}' must output (batch, time, filters). Received: output "
-                f"shape {tuple(out_shape)}"
+                f"Layer '{self.layer}' must output (batch, ..., units) with a known number of "
+                f"units. Received: output shape {out_shape}"
             )
         n_filters = int(out_shape[-1])
-        in_shape = (getattr(self.model, "_functional", None) or self.model).inputs[0].shape
-        if len(in_shape) != 3 or in_shape[-1] is None:
+        filters, region = self._resolve_filters(n_filters)
+        if len(in_shape) == 3 and len(out_shape) == 3:
+            step, weights, shape, cone_model = self._prepare_sequence(in_shape, filters, n_filters)
+        else:
+            step, weights, shape = self._prepare_positions(in_shape, out_shape, filters)
+            cone_model = None
+
+        # Restarts are extra rows of the same batch; the best start of each target is kept.
+        restarts = self._restarts
+        starts_weights = np.repeat(weights, restarts, axis=0)
+        x = self._optimise(step, starts_weights, shape)
+        achieved = np.sum(self.layer_response(x) * starts_weights, axis=1)
+        first = np.arange(len(weights)) * restarts
+        best = first + np.argmax(achieved.reshape(-1, restarts), axis=1)
+        self.inputs_ = x[best]
+        self.activations_ = achieved[best]
+        self.history_ = self.history_[:, best]
+        self.filters_ = filters.copy()
+        self.region_ = region
+        self.position_ = self._position
+        self.cone_ = cone_model is not None
+        return self
+
+    def _target_weights(self, filters, n_filters):
+        """One row per input; the weights select the filters whose activation it maximises."""
+        if self.joint:
+            weights = np.zeros((1, n_filters), np.float32)
+            weights[0, filters] = 1.0
+        else:
+            weights = np.zeros((len(filters), n_filters), np.float32)
+            weights[np.arange(len(filters)), filters] = 1.0
+        return weights
+
+    def _prepare_sequence(self, in_shape, filters, n_filters):
+        """(step, weights, input shape, cone model) for a time layer of a sequence model."""
+        if in_shape[-1] is None:
             raise ValueError(
-                f"Model '{self.model.name}' must take (batch, time, n_features) inputs. Received: "
-                f"input shape {tuple(in_shape)}"
+                f"Model '{self.model.name}' must take (batch, time, n_features) inputs with a "
+                f"known number of features. Received: input shape {in_shape}"
             )
         n_features = int(in_shape[-1])
-        filters, region = self._resolve_filters(n_filters)
         length, size = self._resolve_length()
         if in_shape[1] is not None and int(in_shape[1]) != length:
             raise ValueError(
@@ -438,51 +494,107 @@ class OptimalInputs:
         candidates = np.flatnonzero(inside)
         center = int(candidates[np.argmin(np.abs(centres[candidates] - (length - 1) / 2))])
         self._taps = flatten_model(self.model, [self.layer], include_output=False)
-        self._center = center
-
-        # One row per input; weights select the filters whose activation each input maximises.
-        if self.joint:
-            weights = np.zeros((1, n_filters), np.float32)
-            weights[0, filters] = 1.0
-        else:
-            weights = np.zeros((len(filters), n_filters), np.float32)
-            weights[np.arange(len(filters)), filters] = 1.0
+        self.inputs_shape_ = (length, n_features)
+        self._position = (center,)
+        self._spatial_axes = (1, 2)  # blur over time and feature
+        self._jitter_axes = (1,)  # jitter in time only
+        weights = self._target_weights(filters, n_filters)
 
         cone_model, activation = (None, None)
         if self.cone:
             start = int(starts[center])
             crop = (start, length - start - int(size))
             cone_model, activation = self._build_cone(crop, n_features)
-            frame = 0
-            if cone_model is not None and not self._cone_agrees(cone_model, activation, frame,
+            if cone_model is not None and not self._cone_agrees(cone_model, activation, 0,
                                                                 length, n_features):
                 warnings.warn(
                     f"The cone model of layer '{self.layer}' disagrees with the model; "
                     "optimising through the full model instead (slower).",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 cone_model = None
         if cone_model is not None:
-            step = _objective(cone_model, None, frame, activation)
+            step = _objective(cone_model, None, (0,), activation)
         else:
-            step = _objective(self.model, self.layer, center, None)
-
-        # Restarts are extra rows of the same batch; the best start of each target is kept.
-        restarts = self._restarts
-        starts_weights = np.repeat(weights, restarts, axis=0)
-        x = self._optimise(step, starts_weights, length, n_features)
-        achieved = np.sum(self.layer_response(x) * starts_weights, axis=1)
-        first = np.arange(len(weights)) * restarts
-        best = first + np.argmax(achieved.reshape(-1, restarts), axis=1)
-        self.inputs_ = x[best]
-        self.activations_ = achieved[best]
-        self.history_ = self.history_[:, best]
-        self.filters_ = filters.copy()
-        self.region_ = region
+            step = _objective(self.model, self.layer, self._position, None)
         self.center_frame_ = center
         self.receptive_field_ = int(size)
-        self.cone_ = cone_model is not None
-        return self
+        return step, weights, (length, n_features), cone_model
+
+    def _prepare_positions(self, in_shape, out_shape, filters):
+        """(step, weights, input shape) for an image layer or a layer without positions.
+
+        The target is the unit's activation at the centre position of the layer's spatial axes
+        (Conv2D: the middle row and column of its output; Dense: the unit itself).
+        """
+        shape = list(in_shape[1:])
+        if len(in_shape) == 4 and self.image_size is not None:
+            size = tuple(self.image_size)
+            ok = len(size) == 2 and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                for v in size
+            )
+            if not ok:
+                raise ValueError(
+                    f"image_size must be (height, width) in pixels. Received: "
+                    f"image_size={self.image_size!r}"
+                )
+            for axis, (known, wanted) in enumerate(zip(shape[:2], size)):
+                if known is not None and int(known) != int(wanted):
+                    raise ValueError(
+                        f"Model '{self.model.name}' takes images of {tuple(in_shape[1:3])} "
+                        f"pixels. Received: image_size={self.image_size!r}"
+                    )
+                shape[axis] = int(wanted)
+        elif len(in_shape) == 3 and shape[0] is None and self.length is not None:
+            shape[0] = self.length
+        if any(v is None for v in shape):
+            hint = "image_size=(H, W)" if len(in_shape) == 4 else "length"
+            raise ValueError(
+                f"Optimal inputs of layer '{self.layer}' need a fixed input shape; model "
+                f"'{self.model.name}' takes {in_shape}: pass {hint}."
+            )
+        shape = tuple(int(v) for v in shape)
+        self._taps = flatten_model(self.model, [self.layer], include_output=False)
+        self.inputs_shape_ = shape
+        probe = to_numpy(self._taps(np.zeros((1, *shape), np.float32), training=False))
+        # Positions are the axes between batch and units; the target sits at their middle.
+        self._position = tuple((int(n) - 1) // 2 for n in probe.shape[1:-1])
+        # Blur and jitter run over the input's spatial axes: rows and columns of an image,
+        # time and feature of a sequence (jitter in time only); none for a flat vector.
+        rank = len(shape)
+        self._spatial_axes = (1, 2) if rank >= 2 else ()
+        self._jitter_axes = (1, 2) if rank == 3 else ((1,) if rank == 2 else ())
+        weights = self._target_weights(filters, int(out_shape[-1]))
+        self.center_frame_ = None
+        self.receptive_field_ = None
+        # As in the cone model, differentiate the pre-activation through the activation with a
+        # leak, so a unit whose ReLU is off at the random start still moves.
+        pre_model, activation = self._pre_activation_model(shape)
+        if pre_model is not None:
+            return _objective(pre_model, None, self._position, activation), weights, shape
+        return _objective(self.model, self.layer, self._position, None), weights, shape
+
+    def _pre_activation_model(self, shape):
+        """(model from the input to ``layer``'s pre-activation, the activation), or (None, None)
+        when the layer has no separate activation or the copy disagrees with the model."""
+        layer = find_layer(self.model, self.layer)
+        clone, activation = _linear_copy(layer)
+        if clone is None:
+            return None, None
+
+        def override(candidate):
+            return clone if candidate is layer else None
+
+        pre_model = flatten_model(self.model, [self.layer], include_output=False,
+                                  layer_override=override)
+        probe = np.random.default_rng(12345).normal(size=(2, *shape)).astype(np.float32)
+        full = to_numpy(self._taps(probe, training=False))
+        part = to_numpy(activation(pre_model(probe, training=False)))
+        scale = max(float(np.abs(full).max()), 1e-6)
+        if not np.allclose(part, full, rtol=1e-3, atol=1e-4 * scale):
+            return None, None
+        return pre_model, activation
 
     def _cone_agrees(self, cone_model, activation, frame, length, n_features):
         rng = np.random.default_rng(12345)
@@ -493,15 +605,14 @@ class OptimalInputs:
         scale = max(float(np.abs(full).max()), 1e-6)
         return np.allclose(part, full, rtol=1e-3, atol=1e-4 * scale)
 
-    def _optimise(self, step, weights, length, n_features):
+    def _optimise(self, step, weights, shape):
         n = weights.shape[0]
         rng = np.random.default_rng(self.seed)
-        x = (self.init_scale * rng.standard_normal((n, length, n_features))).astype(np.float32)
+        x = (self.init_scale * rng.standard_normal((n, *shape))).astype(np.float32)
         low, high = self.value_range if self.value_range is not None else (None, None)
         kernel = _gaussian_kernel(self.blur)
         history = np.zeros((self._steps, n), np.float64)
-        rows = np.arange(n)[:, None]
-        frames = np.arange(length)[None, :]
+        input_axes = tuple(range(1, x.ndim))
         bar = keras.utils.Progbar(self._steps, unit_name="step") if self.progress else None
         # The last `polish` fraction of steps: no blur or jitter, a fifth of the step size, so
         # the input ends at a maximum of its (decayed, bounded) target, not just after a blur.
@@ -509,23 +620,25 @@ class OptimalInputs:
         for i in range(self._steps):
             polishing = i >= start_polish
             lr = self.learning_rate * (_POLISH_RATE if polishing else 1.0)
-            if self._jitter and not polishing:
-                shift = rng.integers(-self._jitter, self._jitter + 1, size=n)
-                index = (frames - shift[:, None]) % length  # row r: x rolled by shift[r]
-                grad, value = step(x[rows, index], weights)
+            if self._jitter and self._jitter_axes and not polishing:
+                shifts = rng.integers(-self._jitter, self._jitter + 1,
+                                      size=(n, len(self._jitter_axes)))
+                index = _roll_index(x.shape, self._jitter_axes, shifts)
+                grad, value = step(x[index], weights)
                 back = np.empty_like(grad)
-                back[rows, index] = grad  # roll the gradient back onto the unshifted frames
+                back[index] = grad  # roll the gradient back onto the unshifted positions
                 grad = back
             else:
                 grad, value = step(x, weights)
-            rms = np.sqrt(np.mean(np.square(grad), axis=(1, 2), keepdims=True))
+            rms = np.sqrt(np.mean(np.square(grad), axis=input_axes, keepdims=True))
             x = x + lr * grad / (rms + 1e-12)
             if self.l2:
                 x *= 1.0 - self.l2
-            if kernel is not None and (i + 1) % self._blur_every == 0 and not polishing:
-                x = _blur(x, kernel)
+            blur_now = (i + 1) % self._blur_every == 0 and not polishing
+            if kernel is not None and blur_now and self._spatial_axes:
+                x = _blur(x, kernel, self._spatial_axes)
             if self.clip:
-                cut = np.quantile(np.abs(x), self.clip, axis=(1, 2), keepdims=True)
+                cut = np.quantile(np.abs(x), self.clip, axis=input_axes, keepdims=True)
                 x = np.where(np.abs(x) < cut, 0.0, x)
             if low is not None:
                 x = np.clip(x, low, high)
@@ -546,25 +659,34 @@ class OptimalInputs:
 
         Evaluated on the original model (not the cone model), for inputs of the fitted length.
         """
-        if not hasattr(self, "_taps"):
+        if not hasattr(self, "inputs_shape_"):
             raise ValueError("OptimalInputs is not fitted yet: call fit() first.")
         inputs = np.asarray(inputs, dtype=np.float32)
-        if inputs.ndim == 2:
+        if inputs.ndim == len(self.inputs_shape_):
             inputs = inputs[None]
-        return to_numpy(self._taps(inputs, training=False))[:, self._center, :].astype(np.float64)
+        if inputs.shape[1:] != self.inputs_shape_:
+            wanted = ", ".join(map(str, self.inputs_shape_))
+            raise ValueError(
+                f"layer_response expects inputs shaped (n, {wanted}) like the fitted ones. "
+                f"Received: shape={inputs.shape}"
+            )
+        out = to_numpy(self._taps(inputs, training=False))
+        return out[(slice(None), *self._position)].astype(np.float64)
 
 
-def _objective(model, layer, frame, activation):
+def _objective(model, layer, position, activation):
     """A compiled ``(x, weights) -> (d target / d x, per-input achieved value)`` step.
 
-    ``model``'s output (``layer=None``) or ``layer``'s activation is read at time ``frame``;
-    ``activation`` (cone model) turns the pre-activation into the layer's activation, and the
-    leak keeps a gradient where it is 0.
+    ``model``'s output (``layer=None``) or ``layer``'s activation is read at ``position`` (a
+    tuple of indices along the axes between batch and units: ``(frame,)``, ``(row, col)`` or
+    ``()``); ``activation`` (cone model) turns the pre-activation into the layer's activation,
+    and the leak keeps a gradient where it is 0.
     """
+    index = (slice(None), *position)
 
     def centre(output, activations):
-        sequence = output if layer is None else activations[layer]
-        return sequence[:, frame, :]
+        values = output if layer is None else activations[layer]
+        return values[index]
 
     def surrogate(pre):
         if activation is None:
@@ -587,6 +709,25 @@ def _objective(model, layer, frame, activation):
     return fn
 
 
+def _linear_copy(layer):
+    """(a copy of ``layer`` without its activation, weights copied, the activation), or
+    (None, None) for a layer without a non-linear ``activation`` argument."""
+    config = layer.get_config()
+    activation = getattr(layer, "activation", None)
+    linear = keras.activations.get("linear")
+    if "activation" not in config or activation is None or activation is linear:
+        return None, None
+    config.update(activation="linear", name=f"{layer.name}_pre_activation")
+    for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer",
+                "kernel_constraint", "bias_constraint"):
+        if key in config:
+            config[key] = None
+    clone = type(layer).from_config(config)
+    clone.build(layer.input.shape)
+    clone.set_weights(layer.get_weights())
+    return clone, activation
+
+
 def _gaussian_kernel(sigma):
     if not sigma:
         return None
@@ -595,33 +736,55 @@ def _gaussian_kernel(sigma):
     return (taps / taps.sum()).astype(np.float32)
 
 
-def _blur(x, kernel):
-    """Separable Gaussian blur of ``(n, T, F)`` over time and features, reflecting at borders."""
+def _blur(x, kernel, axes=(1, 2)):
+    """Separable Gaussian blur of ``x`` along ``axes`` (time and feature of ``(n, T, F)``,
+    rows and columns of ``(n, H, W, C)``), reflecting at borders."""
     radius = len(kernel) // 2
-    for axis in (1, 2):
+    for axis in axes:
         n = x.shape[axis]
         r = min(radius, n - 1)  # reflect padding needs r < n
         if r < 1:
             continue
         taps = kernel[radius - r: radius + r + 1] / kernel[radius - r: radius + r + 1].sum()
-        pad = [(0, 0)] * 3
+        pad = [(0, 0)] * x.ndim
         pad[axis] = (r, r)
         padded = np.pad(x, pad, mode="reflect")
-        out = taps[0] * (padded[:, :n] if axis == 1 else padded[:, :, :n])
-        for k in range(1, len(taps)):  # a few taps, each a shifted view (no copies)
-            out += taps[k] * (padded[:, k:k + n] if axis == 1 else padded[:, :, k:k + n])
+
+        def window(k, axis=axis, n=n, padded=padded):  # a shifted view (no copy)
+            return padded[(slice(None),) * axis + (slice(k, k + n),)]
+
+        out = taps[0] * window(0)
+        for k in range(1, len(taps)):
+            out += taps[k] * window(k)
         x = out
     return x
+
+
+def _roll_index(shape, axes, shifts):
+    """An advanced index that rolls row ``r`` of an array of ``shape`` by ``shifts[r, j]``
+    along ``axes[j]`` (one gather for the whole batch; axes after the last one stay whole)."""
+    n, last = shape[0], max(axes)
+    index = [np.arange(n).reshape((n,) + (1,) * last)]
+    for axis in range(1, last + 1):
+        size = shape[axis]
+        positions = np.arange(size).reshape((1,) * axis + (size,) + (1,) * (last - axis))
+        if axis in axes:
+            shift = shifts[:, axes.index(axis)].reshape((n,) + (1,) * last)
+            positions = (positions - shift) % size
+        index.append(positions)
+    return tuple(index)
 
 
 def optimal_inputs(model, layer, filters=None, region=None, joint=False, length=None, steps=200,
                    learning_rate=0.5, l2=1e-4, blur=1.0, blur_every=4, jitter=4, seed=0, *,
                    clip=0.0, value_range=(-3.0, 3.0), polish=0.2, restarts=None, init_scale=0.1,
-                   grid=None, cone=True, progress=False, return_activations=False):
+                   grid=None, cone=True, progress=False, image_size=None,
+                   return_activations=False):
     """Inputs that maximally drive filters of ``layer`` (see :class:`OptimalInputs`).
 
     Returns:
-        float32 array ``(n, T, n_features)``: one input per filter (``n = len(filters)``, or the
+        float32 array ``(n, T, n_features)`` (``(n, H, W, channels)`` for image models): one
+        input per filter (``n = len(filters)``, or the
         region's filters), or one (``n = 1``) with ``joint=True``. With
         ``return_activations=True``: ``(inputs, activations)`` where ``activations[i]`` is what
         input ``i`` achieves at the centre frame (its filter's activation, or the sum over the
@@ -638,7 +801,7 @@ def optimal_inputs(model, layer, filters=None, region=None, joint=False, length=
         learning_rate=learning_rate, l2=l2, blur=blur, blur_every=blur_every, clip=clip,
         jitter=jitter, value_range=value_range, polish=polish, restarts=restarts,
         init_scale=init_scale, grid=grid, seed=seed,
-        cone=cone, progress=progress,
+        cone=cone, progress=progress, image_size=image_size,
     ).fit()
     if return_activations:
         return fitted.inputs_, fitted.activations_

@@ -17,7 +17,8 @@ import numpy as np
 __all__ = [
     "new_figure", "plot_grid_map", "plot_grid_maps", "outline_region", "symmetric_limit",
     "plot_gradnap", "plot_gradnap_eeg", "plot_gradnap_dendrogram", "plot_gradnap_time",
-    "smooth_to_image", "plot_optimal_input", "plot_optimal_inputs", "filter_images",
+    "smooth_to_image", "plot_optimal_input", "plot_optimal_inputs", "plot_input_image",
+    "filter_images",
     "local_similarity", "pick_neighborhoods", "plot_filter_neighborhoods", "plot_figure1b",
 ]
 
@@ -499,8 +500,62 @@ def plot_optimal_input(ax, features, title=None, feature_config=None, vmax=None,
     return mesh
 
 
+def _image_for_display(image, vmax=None, value_range=None):
+    """``(H, W, C)`` model input -> (what imshow draws, vmin, vmax): RGB mapped to [0, 1] (0 at
+    mid-grey on a symmetric scale, or ``value_range`` stretched to black..white), one channel
+    as ``(H, W)`` values with their colour limits, other channel counts averaged."""
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 3:
+        raise ValueError(
+            f"plot_input_image expects one (H, W, channels) image. Received: shape={image.shape}"
+        )
+    if image.shape[-1] == 3:
+        if value_range is not None:
+            low, high = (float(v) for v in value_range)
+            rgb = (image - low) / (high - low)
+        else:
+            limit = vmax if vmax is not None else symmetric_limit(image)
+            rgb = 0.5 + 0.5 * image / limit
+        return np.clip(rgb, 0.0, 1.0), None, None
+    plane = image[..., 0] if image.shape[-1] == 1 else image.mean(axis=-1)
+    if value_range is not None:
+        return plane, float(value_range[0]), float(value_range[1])
+    limit = vmax if vmax is not None else symmetric_limit(plane)
+    return plane, -limit, limit
+
+
+def plot_input_image(ax, image, title=None, vmax=None, value_range=None, cmap="RdBu_r"):
+    """Draws one ``(H, W, channels)`` input image (an optimal input of an image model) into ``ax``.
+
+    Three channels are drawn in colour, as RGB: on a symmetric scale by default (0 is mid-grey,
+    ``+vmax`` full intensity of a channel, ``-vmax`` none), or with ``value_range=(low, high)``
+    from black to white (inputs in pixel units, e.g. ``(0, 1)``). One channel is drawn with
+    ``cmap``; other channel counts are averaged over the channels.
+
+    Args:
+        ax: matplotlib Axes.
+        image: array ``(H, W, channels)``.
+        title: axes title.
+        vmax: symmetric colour limit; default: the largest absolute value.
+        value_range: ``(low, high)`` of the input's values; overrides ``vmax``.
+        cmap: colormap for single-channel images.
+
+    Returns:
+        The ``AxesImage`` drawn.
+    """
+    shown, low, high = _image_for_display(image, vmax=vmax, value_range=value_range)
+    kwargs = {} if shown.ndim == 3 else {"cmap": cmap, "vmin": low, "vmax": high}
+    drawn = ax.imshow(shown, interpolation="nearest", **kwargs)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    return drawn
+
+
 def plot_optimal_inputs(inputs, region=None, joint=None, filters=None, feature_config=None,
-                        titles=None, suptitle=None, panel_size=(1.9, 1.5), cmap="RdBu_r"):
+                        titles=None, suptitle=None, panel_size=(1.9, 1.5), cmap="RdBu_r",
+                        value_range=None):
     """Single-filter optimal inputs laid out as their filters sit on the grid, the joint beside.
 
     The paper's Figure 1B (bottom): for a region of a topographic layer, the input that drives
@@ -510,15 +565,20 @@ def plot_optimal_inputs(inputs, region=None, joint=None, filters=None, feature_c
 
     Args:
         inputs: ``(n, T, n_features)`` single-filter inputs (``OptimalInputs(..., region=r)``'s
-            ``inputs_``), in the order of ``region.filters`` (or ``filters``).
+            ``inputs_``), in the order of ``region.filters`` (or ``filters``); or images
+            ``(n, H, W, channels)`` of an image model, drawn with :func:`plot_input_image`
+            (three channels in colour).
         region: the :class:`~keras_topomap.grid.Region` (None: the panels go in one row).
-        joint: optional ``(T, n_features)`` (or ``(1, T, n_features)``) joint input.
+        joint: optional ``(T, n_features)`` (or ``(1, T, n_features)``) joint input, shaped
+            like one single-filter input.
         filters: filter index per input for the titles (default ``region.filters``).
         feature_config: see :func:`plot_optimal_input`.
         titles: one title per single-filter panel (default ``"filter i (r, c)"``).
         suptitle: figure title.
         panel_size: ``(width, height)`` of one panel in inches.
         cmap: colormap.
+        value_range: for images: ``(low, high)`` of the pixel values (see
+            :func:`plot_input_image`); default: one symmetric scale around 0 for all panels.
 
     Returns:
         matplotlib Figure.
@@ -531,11 +591,12 @@ def plot_optimal_inputs(inputs, region=None, joint=None, filters=None, feature_c
     >>> fig.savefig("optimal_inputs.png")
     """
     inputs = np.asarray(inputs, dtype=np.float64)
-    if inputs.ndim != 3 or inputs.shape[0] == 0:
+    if inputs.ndim not in (3, 4) or inputs.shape[0] == 0:
         raise ValueError(
-            f"plot_optimal_inputs expects inputs (n, T, n_features). Received: shape="
-            f"{inputs.shape}"
+            f"plot_optimal_inputs expects inputs (n, T, n_features) or images (n, H, W, "
+            f"channels). Received: shape={inputs.shape}"
         )
+    images = inputs.ndim == 4
     n = inputs.shape[0]
     if filters is None and region is not None:
         filters = np.asarray(region.filters)
@@ -546,7 +607,7 @@ def plot_optimal_inputs(inputs, region=None, joint=None, filters=None, feature_c
         )
     if joint is not None:
         joint = np.asarray(joint, dtype=np.float64)
-        joint = joint[0] if joint.ndim == 3 and joint.shape[0] == 1 else joint
+        joint = joint[0] if joint.ndim == inputs.ndim and joint.shape[0] == 1 else joint
         if joint.shape != inputs.shape[1:]:
             raise ValueError(
                 f"The joint input must be shaped like one single-filter input {inputs.shape[1:]}"
@@ -576,6 +637,10 @@ def plot_optimal_inputs(inputs, region=None, joint=None, filters=None, feature_c
             title = f"filter {int(filters[i])}"
         else:
             title = None
+        if images:
+            mesh = plot_input_image(ax, inputs[i], title=title, vmax=limit,
+                                    value_range=value_range, cmap=cmap)
+            continue
         mesh = plot_optimal_input(ax, inputs[i], title=title, feature_config=feature_config,
                                   vmax=limit, cmap=cmap)
         if int(rows[i]) != n_rows - 1:  # axis labels and tick labels on the outer panels only
@@ -586,9 +651,16 @@ def plot_optimal_inputs(inputs, region=None, joint=None, filters=None, feature_c
             ax.tick_params(labelleft=False)
     if joint is not None:
         ax = fig.add_subplot(spec[:, -1])
-        mesh = plot_optimal_input(ax, joint, title="joint (region sum)",
-                                  feature_config=feature_config, vmax=limit, cmap=cmap)
-    fig.colorbar(mesh, ax=fig.axes, shrink=0.8, label="feature value (normalised)")
+        if images:
+            mesh = plot_input_image(ax, joint, title="joint (region sum)", vmax=limit,
+                                    value_range=value_range, cmap=cmap)
+        else:
+            mesh = plot_optimal_input(ax, joint, title="joint (region sum)",
+                                      feature_config=feature_config, vmax=limit, cmap=cmap)
+    if not images:
+        fig.colorbar(mesh, ax=fig.axes, shrink=0.8, label="feature value (normalised)")
+    elif inputs.shape[-1] != 3:  # colour images carry their scale in the caption instead
+        fig.colorbar(mesh, ax=fig.axes, shrink=0.8, label="input value")
     if suptitle:
         fig.suptitle(suptitle)
     return fig
@@ -598,23 +670,40 @@ def plot_optimal_inputs(inputs, region=None, joint=None, filters=None, feature_c
 # Filters on the grid (the paper's Figure 1A) and the combined Figure 1B
 
 
-def filter_images(kernel):
+def filter_images(kernel, rgb=None):
     """One small image per filter of a convolution kernel: ``(F, rows, columns)``.
 
     Conv1D kernels ``(width, in_features, F)`` become ``in_features x width`` images (input
     feature upwards, time to the right: a spectro-temporal patch for speech features); Conv2D
     kernels ``(kh, kw, in_channels, F)`` become ``kh x kw`` images averaged over the input
-    channels.
+    channels, or, for kernels on 3 input channels (RGB), ``(F, kh, kw, 3)`` colour images.
+
+    Args:
+        kernel: the layer's kernel (filters on the last axis).
+        rgb: keep the 3 input channels of a Conv2D kernel as colour; default (None): whenever
+            the kernel has exactly 3 input channels. False averages them.
 
     Raises:
-        ValueError: for a kernel of another rank.
+        ValueError: for a kernel of another rank, or ``rgb=True`` without 3 input channels.
     """
     from keras_topomap._arrays import to_numpy
 
     k = np.asarray(to_numpy(kernel), dtype=np.float64)
     if k.ndim == 3:
+        if rgb:
+            raise ValueError(
+                f"rgb=True needs a Conv2D kernel on 3 input channels. Received: shape={k.shape}"
+            )
         return np.transpose(k, (2, 1, 0))
     if k.ndim == 4:
+        if rgb is None:
+            rgb = k.shape[2] == 3
+        if rgb and k.shape[2] != 3:
+            raise ValueError(
+                f"rgb=True needs a Conv2D kernel on 3 input channels. Received: shape={k.shape}"
+            )
+        if rgb:
+            return np.transpose(k, (3, 0, 1, 2))
         return np.transpose(k.mean(axis=2), (2, 0, 1))
     raise ValueError(
         "filter_images expects a Conv1D (width, in, F) or Conv2D (kh, kw, in, F) kernel. "
@@ -696,19 +785,20 @@ def pick_neighborhoods(similarity, n=2, size=3):
 
 def _normalised_filters(images):
     limit = np.abs(images).reshape(len(images), -1).max(axis=1)
-    return images / np.where(limit > 0, limit, 1.0)[:, None, None]
+    limit = np.where(limit > 0, limit, 1.0).reshape((-1,) + (1,) * (images.ndim - 1))
+    return images / limit
 
 
 def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=None,
                               layer=None, overview=True, cmap="RdBu_r"):
     """Figure 1A: close-ups of ``size x size`` neighbourhoods of a layer's filter map.
 
-    Every filter is drawn as a small image (:func:`filter_images`), each on its own symmetric
-    colour scale (the topographic constraint compares directions, not norms, so every filter is
-    scaled to its largest absolute weight). With ``overview`` the whole map comes first, all
-    filters tiled at their grid positions, with the close-up neighbourhoods outlined; then one
-    ``size x size`` panel block per neighbourhood, titled with its centre and its
-    :func:`local_similarity`.
+    Every filter is drawn as a small image (:func:`filter_images`; in colour for Conv2D kernels
+    on 3 input channels), each on its own symmetric colour scale (the topographic constraint
+    compares directions, not norms, so every filter is scaled to its largest absolute weight).
+    With ``overview`` the whole map comes first, all filters tiled at their grid positions, with
+    the close-up neighbourhoods outlined; then one ``size x size`` panel block per
+    neighbourhood, titled with its centre and its :func:`local_similarity`.
 
     Args:
         kernel: the layer's kernel (Conv1D or Conv2D, filters on the last axis).
@@ -735,7 +825,14 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
     from keras_topomap import grid as grid_lib
 
     images = _normalised_filters(filter_images(kernel))
-    n_filters, ih, iw = images.shape
+    n_filters, ih, iw = images.shape[:3]
+    # Conv2D filters keep image orientation (row 0 at the top) and RGB kernels their colour
+    # (0 is mid-grey, +1 a channel's full intensity); Conv1D patches put the lowest input
+    # feature at the bottom.
+    image_like = np.ndim(kernel) == 4
+    colour = images.ndim == 4
+    if colour:
+        images = np.clip(0.5 + 0.5 * images, 0.0, 1.0)
     h, w = grid_lib.resolve_grid(grid, n_filters, what="plot_filter_neighborhoods grid")
     similarity = local_similarity(kernel, (h, w), size)
     if centers is None:
@@ -754,14 +851,15 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
     image = None
     if overview:
         gap = max(1, ih // 8)
-        mosaic = np.full((h * (ih + gap) - gap, w * (iw + gap) - gap), np.nan)
+        mosaic = np.full((h * (ih + gap) - gap, w * (iw + gap) - gap, *images.shape[3:]),
+                         1.0 if colour else np.nan)  # gaps: white in colour, blank otherwise
         rows, cols = np.divmod(np.arange(n_filters), w)
         tile_rows = (rows[:, None] * (ih + gap) + np.arange(ih))[:, :, None]
         tile_cols = (cols[:, None] * (iw + gap) + np.arange(iw))[:, None, :]
-        # flip each image vertically: the lowest input feature at the bottom of its tile
-        mosaic[tile_rows, tile_cols] = images[:, ::-1, :]
+        mosaic[tile_rows, tile_cols] = images if image_like else images[:, ::-1, :]
         ax = parts[0].add_subplot()
-        image = ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+        shown = ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+        image = None if colour else shown
         ax.set_axis_off()
         for k, (row, col) in enumerate(centers):
             top, left = max(row - r, 0), max(col - r, 0)
@@ -787,8 +885,10 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
                 if not (0 <= rr < h and 0 <= cc < w):
                     ax.set_axis_off()
                     continue
-                image = ax.imshow(images[rr * w + cc], cmap=cmap, vmin=-1, vmax=1, origin="lower",
-                                  aspect="auto", interpolation="nearest")
+                shown = ax.imshow(images[rr * w + cc], cmap=cmap, vmin=-1, vmax=1,
+                                  origin="upper" if image_like else "lower", aspect="auto",
+                                  interpolation="nearest")
+                image = None if colour else shown
                 if (dr, dc) == (r, r):
                     for spine in ax.spines.values():
                         spine.set_linewidth(2.0)
@@ -798,6 +898,8 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
         cbar = fig.colorbar(image, ax=parts[-1].axes, shrink=0.7, ticks=[-1, 0, 1])
         cbar.set_label("weight / max |weight|", fontsize=7)
         cbar.ax.tick_params(labelsize=6)
+    elif colour:
+        fig.supxlabel("RGB weight / max |weight| (mid-grey = 0)", fontsize=7)
     return fig
 
 
