@@ -760,12 +760,14 @@ class GradNAP:
         maps = grid_lib.to_grid(self.profiles_[layer], self.grids_[layer])
         return grid_lib.smooth(maps, size) if smooth else maps
 
-    def most_responsive_region(self, layer, group, size=3):
-        """The ``size x size`` block of highest smoothed GradNAP of ``group`` on ``layer``'s grid
-        (:class:`keras_topomap.grid.Region`: centre, filter indices, value)."""
+    def most_responsive_region(self, layer, group, size=3, inside=True):
+        """The ``size x size`` block of highest mean GradNAP of ``group`` on ``layer``'s grid
+        (:class:`keras_topomap.grid.Region`: centre, filter indices, value), as
+        :func:`keras_topomap.grid.most_responsive_region` defines it: by default the best full
+        block on the grid, ``inside=False`` for the cut-border variant."""
         self._check_fitted()
         maps = self.maps(layer)
-        return grid_lib.most_responsive_region(maps[self.group_index(group)], size)
+        return grid_lib.most_responsive_region(maps[self.group_index(group)], size, inside=inside)
 
     def cluster(self, layer, metric="cosine", method="average"):
         """Hierarchical clustering of the group profiles of ``layer`` (groups with frames only).

@@ -27,11 +27,13 @@ from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 
 __all__ = [
+    "MoransITest",
     "TopographyResult",
     "blur_error_auc",
     "connected_regions",
     "localization",
     "morans_i",
+    "morans_i_test",
     "topography_score",
     "topography_test",
     "unit_filters",
@@ -54,6 +56,29 @@ class TopographyResult(NamedTuple):
     null_std: float
     z: float
     n_permutations: int
+
+    def __str__(self):
+        return (
+            f"topography S = {self.score:.3f} (permuted layouts {self.null_mean:+.3f} "
+            f"± {self.null_std:.3f}, z = {self.z:.1f}, {self.n_permutations} permutations): "
+            f"{_reading(self.z)}"
+        )
+
+
+def _z_score(value, mean, std):
+    """``(value - mean) / std``; +-inf (0 when equal) for a null without spread."""
+    if std > 0:
+        return (value - mean) / std
+    return 0.0 if value == mean else float(np.copysign(np.inf, value - mean))
+
+
+def _reading(z, threshold=3.0):
+    """One line saying what a permutation z-score means for a map."""
+    if not np.isfinite(z) and z > 0:
+        return "ordered (the permuted layouts have no spread)"
+    if z >= threshold:
+        return f"ordered: neighbours are more alike than in permuted layouts (z >= {threshold:g})"
+    return f"not topographic: no more order than permuted layouts (z < {threshold:g})"
 
 
 def unit_filters(kernel, epsilon=1e-7):
@@ -159,7 +184,7 @@ def topography_test(kernel, grid=None, neighborhood=3, wrap=False, n_permutation
     for i in range(int(n_permutations)):  # offline analysis; each pass is a few einsums
         null[i] = _grid_score(u[:, rng.permutation(u.shape[1])], grid, neighborhood, wrap)
     mean, std = float(null.mean()), float(null.std(ddof=1))
-    z = (score - mean) / std if std > 0 else float("inf") * np.sign(score - mean)
+    z = _z_score(score, mean, std)
     return TopographyResult(score, mean, std, float(z), int(n_permutations))
 
 
@@ -228,6 +253,101 @@ def morans_i(grid_map, neighborhood=3, wrap=False):
     s0 = 2.0 * float(weight.sum())
     numerator = 2.0 * float((weight * x[first] * x[second]).sum())
     return (x.size / s0) * numerator / denominator
+
+
+class MoransITest(NamedTuple):
+    """Result of :func:`morans_i_test`.
+
+    Attributes:
+        morans_i: Moran's I of the map as laid out.
+        null_mean: mean Moran's I of the map's values in randomly permuted layouts (close to
+            ``-1 / (N - 1)``).
+        null_std: their standard deviation.
+        z: ``(morans_i - null_mean) / null_std``.
+        p_value: one-sided permutation p-value of "smoother than chance":
+            ``(1 + #{permuted I >= I}) / (1 + n_permutations)``.
+        n_permutations: how many permuted layouts were drawn.
+    """
+
+    morans_i: float
+    null_mean: float
+    null_std: float
+    z: float
+    p_value: float
+    n_permutations: int
+
+    def is_topographic(self, threshold=3.0):
+        """Whether the map is smoother than chance: ``z >= threshold``."""
+        return bool(self.z >= float(threshold))
+
+    def __str__(self):
+        return (
+            f"Moran's I = {self.morans_i:.3f} (permuted layouts {self.null_mean:+.3f} "
+            f"± {self.null_std:.3f}, z = {self.z:.1f}, p = {self.p_value:.3g}, "
+            f"{self.n_permutations} permutations): {_reading(self.z)}"
+        )
+
+
+# permuted layouts are scored in chunks of about this many pair products (8 bytes each)
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def morans_i_test(grid_map, n_permutations=999, seed=0, neighborhood=3, wrap=False):
+    """Moran's I of a map against randomly permuted layouts of its own values.
+
+    The values of the map are shuffled over the grid ``n_permutations`` times; Moran's I of
+    those layouts is the null distribution of "no spatial structure" for exactly these values
+    (the same histogram, outliers and all). The mean and the denominator of I do not change
+    under a permutation, so all layouts are scored at once as one batched product over the
+    grid's neighbour pairs.
+
+    A map drawn smoothed or interpolated looks smooth whatever its values; this test is meant
+    for the raw map, before any smoothing.
+
+    Args:
+        grid_map: ``(H, W)`` map (raw values).
+        n_permutations: number of permuted layouts (at least 2).
+        seed: seed of the permutations (same seed, same null distribution).
+        neighborhood: odd side of the neighbourhood block, as for :func:`morans_i`.
+        wrap: treat the grid as a torus.
+
+    Returns:
+        :class:`MoransITest`.
+
+    Raises:
+        ValueError: for ``n_permutations < 2``, a constant map (I undefined), or a map that is
+            not 2-D or holds NaN/inf.
+
+    Example:
+
+    >>> rows, cols = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    >>> result = morans_i_test((rows + cols).astype(float), n_permutations=199)
+    >>> result.z > 3, result.p_value
+    (True, 0.005)
+    """
+    if isinstance(n_permutations, bool) or int(n_permutations) < 2:
+        raise ValueError(f"n_permutations must be >= 2. Received: n_permutations={n_permutations}")
+    n_permutations = int(n_permutations)
+    m = _check_map(grid_map)
+    first, second, weight = grid_lib.neighbor_pairs(m.shape, neighborhood, wrap)
+    if _is_constant(m):
+        raise ValueError(f"Moran's I is undefined for a constant map (shape {m.shape}).")
+    x = m.ravel() - m.mean()
+    n = x.size
+    scale = n / (2.0 * float(weight.sum())) * 2.0 / float((x * x).sum())
+    observed = scale * float((weight * x[first] * x[second]).sum())
+    rng = np.random.default_rng(seed)
+    # one independent shuffle per row; every permuted layout is a row of the same batch
+    layouts = rng.permuted(np.broadcast_to(x, (n_permutations, n)), axis=1)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, weight.size))
+    null = np.concatenate([
+        scale * ((layouts[i:i + chunk, first] * layouts[i:i + chunk, second]) @ weight)
+        for i in range(0, n_permutations, chunk)  # bounded memory for the large grids
+    ])
+    mean, std = float(null.mean()), float(null.std(ddof=1))
+    z = _z_score(observed, mean, std)
+    p_value = (1.0 + float((null >= observed - 1e-12).sum())) / (1.0 + n_permutations)
+    return MoransITest(float(observed), mean, std, float(z), p_value, n_permutations)
 
 
 def blur_error_auc(grid_map, sigmas=None):

@@ -149,11 +149,12 @@ def test_most_responsive_region():
     assert region.value == pytest.approx(grid.smooth(m)[region.center])
     corner = np.zeros((4, 4))
     corner[0, 0] = 1.0
-    r = grid.most_responsive_region(corner)
+    r = grid.most_responsive_region(corner, inside=False)
     assert r.center == (0, 0)
     np.testing.assert_array_equal(np.sort(r.filters), [0, 1, 4, 5])
-    # inside=True: the best block wholly on the grid, here the one holding the corner
-    r = grid.most_responsive_region(corner, inside=True)
+    # default inside=True: the best block wholly on the grid, here the one holding the corner
+    r = grid.most_responsive_region(corner)
+    assert r.center == grid.most_responsive_region(corner, inside=True).center
     assert r.center == (1, 1)
     np.testing.assert_array_equal(np.sort(r.filters), [0, 1, 2, 4, 5, 6, 8, 9, 10])
     assert r.value == pytest.approx(1 / 9)
@@ -161,10 +162,30 @@ def test_most_responsive_region():
     edge = np.zeros((6, 6))
     edge[0, 5] = 4.0
     edge[2:5, 1:4] = 0.6
-    assert grid.most_responsive_region(edge).center == (0, 5)
-    assert grid.most_responsive_region(edge, inside=True).center == (3, 2)
+    assert grid.most_responsive_region(edge, inside=False).center == (0, 5)
+    assert grid.most_responsive_region(edge).center == (3, 2)
     with pytest.raises(ValueError, match="No 5x5 block lies wholly on a 4x4 grid"):
         grid.most_responsive_region(corner, size=5, inside=True)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (12, 8)])
+def test_most_responsive_region_is_uniform_over_the_allowed_positions_on_noise(shape):
+    from scipy import stats
+
+    h, w = shape
+    rng = np.random.default_rng(7)
+    n_maps = 40 * (h - 2) * (w - 2)  # 40 expected wins per position (chi-square needs >= 5)
+    centres = np.array([grid.most_responsive_region(m).center
+                        for m in rng.normal(size=(n_maps, h, w))])
+    counts = np.bincount((centres[:, 0] - 1) * (w - 2) + centres[:, 1] - 1,
+                         minlength=(h - 2) * (w - 2))
+    assert stats.chisquare(counts).pvalue > 0.01
+    # the cut-border variant is the biased one: it lands on the grid's border far too often
+    cut = np.array([grid.most_responsive_region(m, inside=False).center
+                    for m in rng.normal(size=(2000, h, w))])
+    on_border = (cut[:, 0] % (h - 1) == 0) | (cut[:, 1] % (w - 1) == 0)
+    chance = 1 - (h - 2) * (w - 2) / (h * w)
+    assert on_border.mean() > chance + 0.1
 
 
 def test_region_filters_validation():

@@ -200,7 +200,9 @@ def test_localization_region_is_the_most_responsive_one_kept_inside_the_grid():
     m[0, 0] = 4.0  # the corner block (2 x 2 cells on the grid) has the highest mean
     m[1, 2] = 1.0  # outside the 2 x 2 corner block, inside the 3 x 3 block moved inwards
     m[5, 5] = 1.0  # elsewhere
-    assert grid_lib.most_responsive_region(m).center == (0, 0)
+    assert grid_lib.most_responsive_region(m, inside=False).center == (0, 0)
+    # localisation uses the package's one region: the best full block, here centred at (1, 1)
+    assert grid_lib.most_responsive_region(m).center == (1, 1)
     assert localization(m) == pytest.approx(5.0 / 6.0)
     with pytest.raises(ValueError, match="size"):
         localization(m, size=2)
@@ -219,3 +221,111 @@ def test_constant_maps_are_constant_despite_rounding(value):
     assert blur_error_auc(constant) == 0.0
     with pytest.raises(ValueError, match="constant map"):
         morans_i(constant)
+
+
+def _reference_weights(h, w, size=3):
+    """Dense row-normalised reciprocal-distance weights ``W[c, j]`` (method.md §1)."""
+    r = size // 2
+    weights = np.zeros((h * w, h * w))
+    for row in range(h):
+        for col in range(w):
+            for dy in range(-r, r + 1):
+                for dx in range(-r, r + 1):
+                    if (dy, dx) != (0, 0) and 0 <= row + dy < h and 0 <= col + dx < w:
+                        weights[row * w + col, (row + dy) * w + col + dx] = 1 / np.hypot(dy, dx)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def _randomization_moments(grid_map):
+    """Mean and variance of Moran's I over all permutations of the map's values (Cliff & Ord's
+    closed form under the randomization assumption)."""
+    weights = _reference_weights(*grid_map.shape)
+    n = weights.shape[0]
+    x = grid_map.ravel() - grid_map.mean()
+    s0 = weights.sum()
+    s1 = 0.5 * ((weights + weights.T) ** 2).sum()
+    s2 = ((weights.sum(axis=0) + weights.sum(axis=1)) ** 2).sum()
+    b2 = n * (x**4).sum() / ((x**2).sum() ** 2)
+    mean = -1.0 / (n - 1)
+    second = (
+        n * ((n * n - 3 * n + 3) * s1 - n * s2 + 3 * s0**2)
+        - b2 * ((n * n - n) * s1 - 2 * n * s2 + 6 * s0**2)
+    ) / ((n - 1) * (n - 2) * (n - 3) * s0**2)
+    return mean, second - mean**2
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (6, 10)])
+def test_morans_i_test_matches_the_closed_form_null(shape):
+    from keras_topomap.metrics import morans_i, morans_i_test
+
+    m = np.random.default_rng(5).exponential(size=shape)  # skewed values: b2 matters
+    result = morans_i_test(m, n_permutations=20000, seed=0)
+    mean, variance = _randomization_moments(m)
+    assert result.morans_i == pytest.approx(morans_i(m), abs=1e-12)
+    assert result.morans_i == pytest.approx(_reference_morans_i(m), abs=1e-12)
+    # 20000 draws: the standard error of the mean is std / 141, of the std about std / 200
+    assert result.null_mean == pytest.approx(mean, abs=4 * np.sqrt(variance) / 141)
+    assert result.null_std == pytest.approx(np.sqrt(variance), rel=0.03)
+    assert result.z == pytest.approx((result.morans_i - result.null_mean) / result.null_std)
+    assert result.n_permutations == 20000
+
+
+def test_morans_i_test_on_planted_maps_and_its_p_value():
+    from keras_topomap.metrics import morans_i_test
+
+    gradient, checker, _ = _maps()
+    ramp = morans_i_test(gradient, n_permutations=199, seed=0)
+    # no permuted layout of a ramp is as smooth: the smallest p-value 199 draws can give
+    assert ramp.p_value == pytest.approx(1 / 200)
+    assert ramp.z > 10 and ramp.is_topographic() and ramp.is_topographic(threshold=10)
+    rows, cols = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    bump = np.exp(-((rows - 5.0) ** 2 + (cols - 9.0) ** 2) / 8.0)
+    assert morans_i_test(bump, n_permutations=199).z > 5
+    board = morans_i_test(checker, n_permutations=199, seed=0)
+    assert board.p_value == pytest.approx(1.0)  # one-sided: rougher than chance is not smoother
+    assert board.z < 0 and not board.is_topographic()
+    # same seed, same null; another seed, another one
+    assert morans_i_test(gradient, n_permutations=50, seed=3) == morans_i_test(
+        gradient, n_permutations=50, seed=3)
+    assert morans_i_test(gradient, n_permutations=50, seed=3) != morans_i_test(
+        gradient, n_permutations=50, seed=4)
+
+
+def test_morans_i_test_p_value_is_calibrated_on_noise():
+    from keras_topomap.metrics import morans_i_test
+
+    rng = np.random.default_rng(6)
+    p = np.array([morans_i_test(rng.normal(size=(8, 8)), n_permutations=99, seed=i).p_value
+                  for i in range(600)])
+    # 600 noise maps: 5% +- 0.9% (one standard error); allow about 3 standard errors
+    assert 0.025 < np.mean(p < 0.05) < 0.08
+    assert 0.07 < np.mean(p < 0.1) < 0.13
+    z = np.array([morans_i_test(rng.normal(size=(8, 8)), n_permutations=99, seed=i).z
+                  for i in range(200)])
+    assert np.mean(z >= 3) < 0.02  # the drawing threshold almost never fires on noise
+
+
+def test_results_print_readably():
+    from keras_topomap.metrics import morans_i_test
+
+    gradient, _, noise = _maps()
+    text = str(morans_i_test(gradient, n_permutations=99))
+    assert text.startswith("Moran's I = 0.957 (permuted layouts ")
+    assert "z = " in text and "p = 0.01" in text and "ordered" in text
+    assert "not topographic" in str(morans_i_test(noise, n_permutations=99))
+    smooth = np.cos(np.arange(64.0) / 8)[None, :] * np.ones((5, 1))
+    result = str(topography_test(np.tile(smooth, (1, 1)), grid=(8, 8), n_permutations=20))
+    assert result.startswith("topography S = ") and "± " in result and "z = " in result
+
+
+def test_morans_i_test_errors():
+    from keras_topomap.metrics import morans_i_test
+
+    with pytest.raises(ValueError, match="n_permutations"):
+        morans_i_test(np.eye(4), n_permutations=1)
+    with pytest.raises(ValueError, match="constant map"):
+        morans_i_test(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        morans_i_test(np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        morans_i_test(np.ones(16))
