@@ -47,7 +47,8 @@ class TopographyResult(NamedTuple):
         score: the kernel's topography score ``S``.
         null_mean: mean score over random permutations of its filters.
         null_std: their standard deviation.
-        z: ``(score - null_mean) / null_std`` (``inf`` if the null has no spread).
+        z: ``(score - null_mean) / null_std`` (``+-inf`` if the null has no spread, 0 if
+            the score equals the null too).
         n_permutations: how many permutations were drawn.
     """
 

@@ -253,29 +253,36 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
         self.reduction = reduction
         self.epsilon = epsilon
 
-    def resolve_grid(self, kernel_shape):
+    def resolve_grid(self, kernel_shape, owner=None):
         """The ``(H, W)`` grid used for a kernel of this shape (explicit or inferred).
 
+        Args:
+            kernel_shape: the kernel's shape, filters last.
+            owner: what the kernel belongs to (a layer name or a variable path), for messages.
+
         Raises:
-            ValueError: naming the kernel shape, when the grid does not fit it.
+            ValueError: naming the owner and the kernel shape, when the grid does not fit it.
         """
         kernel_shape = tuple(kernel_shape)
+        of = f"kernel of shape {kernel_shape}" + (f" of {owner}" if owner else "")
         if len(kernel_shape) < 1 or kernel_shape[-1] is None:
             raise ValueError(
-                "TopographicRegularizer needs a kernel with a known last (filter) axis. "
-                f"Received: kernel shape {kernel_shape}"
+                f"TopographicRegularizer needs a kernel with a known last (filter) axis. "
+                f"Received: {of}"
             )
         n_filters = int(kernel_shape[-1])
-        what = f"TopographicRegularizer grid for kernel of shape {kernel_shape}"
+        what = f"TopographicRegularizer grid for {of}"
         grid = grid_lib.resolve_grid(self.grid, n_filters, what=what)
         try:
             grid_lib.validate_neighborhood(self.neighborhood, grid)
         except ValueError as e:
-            raise ValueError(f"{e} (kernel of shape {kernel_shape})") from None
+            raise ValueError(f"{e} ({of})") from None
         return grid
 
     def __call__(self, x):
-        grid = self.resolve_grid(x.shape)
+        # A layer's regularization loss passes its variable (whose path names the layer), or,
+        # inside a stateless JAX step, the value alone.
+        grid = self.resolve_grid(x.shape, owner=getattr(x, "path", None))
         penalty = topographic_penalty(x, grid, self.neighborhood, self.wrap, self.epsilon)
         if self.reduction == "mean":
             penalty = penalty / float(grid[0] * grid[1])
@@ -299,12 +306,47 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
         )
 
 
+# Layers whose kernel's last axis is not (or not only) their output channels: a transposed
+# convolution's kernel is (..., filters, in) and a depthwise one's (..., in, multiplier) with
+# in * multiplier outputs. A topographic kernel regularizer on them would order the wrong units.
+_OTHER_KERNEL_LAYOUTS = (
+    "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D",
+)
+
+
+def _check_kernel_layout(layer):
+    """Refuse a layer whose kernel's last axis is not its output channels (naming the layer).
+
+    Raises:
+        ValueError: for transposed and depthwise convolutions, and any layer whose ``filters``
+            or ``units`` differ from the kernel's last axis.
+    """
+    kernel = layer.kernel
+    kind = type(layer).__name__
+    outputs = getattr(layer, "filters", None) or getattr(layer, "units", None)
+    other_layout = any(
+        isinstance(layer, getattr(keras.layers, name, ())) for name in _OTHER_KERNEL_LAYOUTS
+    )
+    if other_layout or (outputs is not None and int(outputs) != int(kernel.shape[-1])):
+        raise ValueError(
+            f"Layer {layer.name!r} ({kind}) has a kernel of shape {tuple(kernel.shape)} whose last "
+            "axis is not its output channels, so TopographicRegularizer would order the wrong "
+            "units. Put the regularizer on Conv1D/2D/3D or Dense kernels (for a depthwise layer, "
+            "on the pointwise kernel of a SeparableConv). Received: "
+            f"{kind} with a TopographicRegularizer on its kernel"
+        )
+
+
 def topographic_layers(model):
     """The layers of ``model`` whose kernel carries a :class:`TopographicRegularizer`.
 
     Searches nested models too. Returns a dict ``{layer_name: info}`` in model order, where
     ``info`` is a dict with ``layer`` (the layer), ``grid`` (``(H, W)``, resolved from the
     kernel), ``regularizer`` and ``kernel`` (the variable).
+
+    Raises:
+        ValueError: naming the layer, when its grid does not fit its kernel, or its kernel's
+            last axis is not its output channels (transposed and depthwise convolutions).
 
     Example:
 
@@ -314,12 +356,16 @@ def topographic_layers(model):
     found = {}
     for layer in _walk_layers(model):
         kernel = getattr(layer, "kernel", None)
-        reg = getattr(layer, "kernel_regularizer", None)
+        # Depthwise convolutions name it depthwise_regularizer (and are refused below).
+        reg = getattr(layer, "kernel_regularizer", None) or getattr(
+            layer, "depthwise_regularizer", None
+        )
         if kernel is None or not isinstance(reg, TopographicRegularizer):
             continue
+        _check_kernel_layout(layer)
         found[layer.name] = {
             "layer": layer,
-            "grid": reg.resolve_grid(kernel.shape),
+            "grid": reg.resolve_grid(kernel.shape, owner=f"layer {layer.name!r}"),
             "regularizer": reg,
             "kernel": kernel,
         }

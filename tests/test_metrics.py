@@ -13,6 +13,9 @@ def test_identical_filters_score_one_and_random_filters_score_zero():
     assert topography_score(same, grid=(8, 8)) == pytest.approx(1.0, abs=1e-6)
     random = rng.normal(size=(400, 256))
     assert abs(topography_score(random)) < 0.02  # inferred 16x16 grid
+    # Every order scores the same: no spread in the null and no difference, z is 0 (not NaN).
+    test = topography_test(same, grid=(8, 8), n_permutations=5, seed=0)
+    assert test.null_std == 0 and test.z == 0.0
 
 
 @pytest.mark.parametrize("wrap", [False, True])
