@@ -40,6 +40,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_topomap import checks
+
 __all__ = [
     "CTCLoss",
     "character_error_rate",
@@ -57,12 +59,6 @@ __all__ = [
 _STRATEGIES = ("greedy", "beam_search")
 
 
-def _check_stride(stride):
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
-        raise ValueError(f"stride must be a positive int. Received: stride={stride!r}")
-    return int(stride)
-
-
 def output_lengths(input_lengths, stride=2):
     """Output frames of a ``"same"``-padded strided model: ``ceil(T / stride)``.
 
@@ -71,7 +67,7 @@ def output_lengths(input_lengths, stride=2):
     >>> output_lengths(np.array([300, 301]), stride=2)
     array([150, 151])
     """
-    stride = _check_stride(stride)
+    stride = checks.positive_int(stride, "stride")
     if isinstance(input_lengths, (int, np.integer)):
         return -(-int(input_lengths) // stride)
     if isinstance(input_lengths, (list, tuple, np.ndarray)):
@@ -121,7 +117,7 @@ def check_ctc_lengths(n_frames, labels, stride=2, names=None):
     ...
     ValueError: 1 utterance(s) have more labels than the model has output frames ...
     """
-    stride = _check_stride(stride)
+    stride = checks.positive_int(stride, "stride")
     n_frames = np.asarray(n_frames, dtype=np.int64).reshape(-1)
     if len(labels) != len(n_frames):
         raise ValueError(
@@ -171,7 +167,7 @@ def _feasible(labels, label_lengths, out_lengths):
 
 def count_infeasible(y_true, stride=2):
     """How many samples of a packed target batch cannot be aligned (they add 0 to the loss)."""
-    stride = _check_stride(stride)
+    stride = checks.positive_int(stride, "stride")
     packed = np.asarray(y_true, dtype=np.int64)
     need = required_frames(packed[:, 2:], packed[:, 1])
     return int(np.sum(need > output_lengths(packed[:, 0], stride)))
@@ -204,7 +200,7 @@ class CTCLoss(keras.losses.Loss):
         self, stride=2, blank_index=0, reduction="sum_over_batch_size", name="ctc", dtype=None
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.stride = _check_stride(stride)
+        self.stride = checks.positive_int(stride, "stride")
         self.blank_index = int(blank_index)
 
     def call(self, y_true, y_pred):
@@ -244,8 +240,7 @@ def ctc_decode(logits, lengths=None, strategy="greedy", beam_width=100, blank_in
     >>> ctc_decode(logits)
     [array([1, 2, 3], dtype=int32)]
     """
-    if strategy not in _STRATEGIES:
-        raise ValueError(f"strategy must be one of {_STRATEGIES}. Received: {strategy!r}")
+    checks.choice(strategy, "strategy", _STRATEGIES)
     logits = ops.convert_to_tensor(logits, dtype="float32")
     if len(logits.shape) != 3:
         raise ValueError(

@@ -52,6 +52,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_topomap import checks
+
 __all__ = [
     "DEFAULT_PHONEMES",
     "TrainingTimeLimit",
@@ -120,9 +122,7 @@ class TrainingTimeLimit(keras.callbacks.Callback):
 
     def __init__(self, seconds):
         super().__init__()
-        if not float(seconds) > 0:
-            raise ValueError(f"seconds must be > 0. Received: seconds={seconds!r}")
-        self.seconds = float(seconds)
+        self.seconds = checks.positive_number(seconds, "seconds")
         self.stopped = False
         self._start = None
 
@@ -337,8 +337,7 @@ def run_demo(
     from keras_topomap.regularizers import topographic_layers
 
     wanted = parse_phonemes([*DEFAULT_PHONEMES, *phonemes])
-    if target not in ("prediction", "ctc_loss"):
-        raise ValueError(f"target must be 'prediction' or 'ctc_loss'. Received: {target!r}")
+    checks.choice(target, "target", ("prediction", "ctc_loss"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seconds = {}

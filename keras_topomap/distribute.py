@@ -49,6 +49,7 @@ import os
 import keras
 import numpy as np
 
+from keras_topomap import checks
 from keras_topomap.datasets.batches import SpeechBatches
 
 __all__ = [
@@ -80,8 +81,7 @@ def available_choices(backend=None):
 
 
 def _check_choice(choice, backend):
-    if choice not in CHOICES:
-        raise ValueError(f"distribute must be one of {CHOICES}. Received: distribute={choice!r}")
+    checks.choice(choice, "distribute", CHOICES)
     allowed = available_choices(backend)
     if choice not in allowed:
         others = [
@@ -597,16 +597,11 @@ class ShardedSpeechBatches(SpeechBatches):
     def __init__(self, data, num_shards=1, shard_index=0, multiple=None, batch_size=16,
                  **kwargs):
         multiple = num_shards if multiple is None else multiple
-        for name, value in (("num_shards", num_shards), ("multiple", multiple)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(
-                    f"ShardedSpeechBatches: {name} must be a positive int. Received: {value!r}"
-                )
-        if not 0 <= shard_index < num_shards:
-            raise ValueError(
-                f"ShardedSpeechBatches: shard_index must be in [0, {num_shards}). "
-                f"Received: shard_index={shard_index!r}"
-            )
+        owner = "ShardedSpeechBatches"
+        num_shards = checks.positive_int(num_shards, "num_shards", owner=owner)
+        multiple = checks.positive_int(multiple, "multiple", owner=owner)
+        shard_index = checks.integer(shard_index, "shard_index", minimum=0,
+                                     maximum=num_shards - 1, owner=owner)
         if multiple % num_shards or batch_size % multiple:
             raise ValueError(
                 "ShardedSpeechBatches: multiple must be a multiple of num_shards and batch_size "

@@ -61,6 +61,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops, tree
 
+from keras_topomap import checks
 from keras_topomap._arrays import to_numpy
 
 __all__ = ["GradientResult", "ActivationGradients", "flatten_model", "find_layer"]
@@ -329,14 +330,8 @@ class ActivationGradients:
         self.backend = keras.backend.backend()
         self.trace_count = 0
         use_probes = self.backend == "jax" and self.layer_gradients and bool(self.layers)
-        if fft_conv_grad not in (True, False, "auto"):
-            raise ValueError(
-                f"fft_conv_grad must be True, False or 'auto'. Received: {fft_conv_grad!r}"
-            )
-        if not isinstance(fft_min_kernel, int) or fft_min_kernel < 2:
-            raise ValueError(
-                f"fft_min_kernel must be an integer >= 2. Received: {fft_min_kernel!r}"
-            )
+        checks.choice(fft_conv_grad, "fft_conv_grad", (True, False, "auto"))
+        fft_min_kernel = checks.integer(fft_min_kernel, "fft_min_kernel", minimum=2)
         override = None
         if fast_conv_grad and (self.layer_gradients or input_gradient):
             use_fft = self.backend in ("jax", "tensorflow") and (

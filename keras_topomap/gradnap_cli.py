@@ -40,6 +40,8 @@ import warnings
 
 import numpy as np
 
+from keras_topomap import checks
+
 __all__ = ["build_parser", "build_merge_parser", "main", "merge_main", "parse_shard",
            "shard_utterances", "merge_shard_files"]
 
@@ -178,10 +180,8 @@ def run_shard(args):
     from keras_topomap.train import extract_feature_set
 
     index, count = parse_shard(args.shard)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive. Received: {args.batch_size}")
-    if args.max_utterances is not None and args.max_utterances < 1:
-        raise ValueError(f"--max-utterances must be positive. Received: {args.max_utterances}")
+    checks.positive_int(args.batch_size, "--batch-size")
+    checks.positive_int(args.max_utterances, "--max-utterances", allow_none=True)
     model = _load_model(args.model)
     layers = args.layers or list(topographic_layers(model))
     if not layers:

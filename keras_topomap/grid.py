@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from keras_topomap import checks
+
 __all__ = [
     "MAX_ASPECT",
     "Region",
@@ -88,7 +90,7 @@ def validate_grid(grid, n_filters=None, what="grid"):
     ok = (
         values is not None
         and len(values) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
+        and all(checks.is_integer(v) for v in values)
         and all(v > 0 for v in values)
     )
     if not ok:
@@ -117,16 +119,7 @@ def _suggest_grid(n_filters):
 
 def validate_neighborhood(size, grid=None, what="neighborhood"):
     """Checks an ``n x n`` neighbourhood size: an odd integer >= 3, no larger than the grid."""
-    if (
-        isinstance(size, bool)
-        or not isinstance(size, (int, np.integer))
-        or size < 3
-        or size % 2 == 0
-    ):
-        raise ValueError(
-            f"{what} must be an odd integer >= 3 (the side of an n x n block around each filter). "
-            f"Received: {what}={size!r}"
-        )
+    size = checks.odd_int(size, what, minimum=3)
     if grid is not None:
         h, w = grid
         if size > h or size > w:
@@ -134,7 +127,7 @@ def validate_neighborhood(size, grid=None, what="neighborhood"):
                 f"{what} {size}x{size} is larger than the {h}x{w} grid. Use a neighborhood no "
                 f"larger than {min(h, w)} or a squarer grid. Received: {what}={size}, grid={grid}"
             )
-    return int(size)
+    return size
 
 
 def infer_grid(n_filters):
@@ -378,9 +371,9 @@ def smooth(maps, size=3):
     maps = np.asarray(maps, dtype=np.float64)
     if maps.ndim < 2:
         raise ValueError(f"smooth expects maps of shape (..., H, W). Received: shape={maps.shape}")
+    size = checks.odd_int(size, "size")
     if size == 1:
         return maps.copy()
-    validate_neighborhood(size, what="size")
     if not np.all(np.isfinite(maps)):
         raise ValueError("smooth received maps with NaN or infinite values.")
     counts = _box_sum(np.ones(maps.shape[-2:]), size)
@@ -390,13 +383,7 @@ def smooth(maps, size=3):
 def region_filters(center, size, grid):
     """Indices of the filters in the ``size x size`` block centred at ``center`` (in-grid only)."""
     h, w = validate_grid(grid)
-    if (
-        isinstance(size, bool)
-        or not isinstance(size, (int, np.integer))
-        or size < 1
-        or size % 2 == 0
-    ):
-        raise ValueError(f"Region size must be a positive odd integer. Received: size={size!r}")
+    size = checks.odd_int(size, "size")
     row, col = (int(v) for v in center)
     if not (0 <= row < h and 0 <= col < w):
         raise ValueError(

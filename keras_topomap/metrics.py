@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 
@@ -174,8 +175,7 @@ def topography_test(kernel, grid=None, neighborhood=3, wrap=False, n_permutation
     >>> abs(result.z) < 4  # random filters: no topography
     True
     """
-    if int(n_permutations) < 2:
-        raise ValueError(f"n_permutations must be >= 2. Received: n_permutations={n_permutations}")
+    n_permutations = checks.integer(n_permutations, "n_permutations", minimum=2)
     u = unit_filters(kernel)
     grid = _resolve(u.shape, grid, neighborhood)
     wrap = bool(wrap)

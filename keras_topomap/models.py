@@ -56,6 +56,7 @@ import random
 
 import keras
 
+from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 from keras_topomap.receptive_field import receptive_fields
 from keras_topomap.regularizers import TopographicRegularizer
@@ -132,8 +133,7 @@ def get_config(config):
 
 
 def _check_config(cfg):
-    if cfg.stride < 1:
-        raise ValueError(f"Wav2Letter stride must be >= 1. Received: stride={cfg.stride}")
+    checks.positive_int(cfg.stride, "stride", owner=f"Wav2Letter config {cfg.name!r}")
     grid_lib.validate_grid(cfg.grid, cfg.first_filters, what=f"{cfg.name} grid of conv_1")
     grid_lib.validate_grid(cfg.grid, cfg.inner_filters, what=f"{cfg.name} grid of inner layers")
     grid_lib.validate_grid(cfg.big_grid, cfg.big_filters, what=f"{cfg.name} grid of big layers")
@@ -181,13 +181,10 @@ def wav2letter(
     """
     cfg = get_config(config)
     _check_config(cfg)
-    for what, value in (("n_features", n_features), ("n_classes", n_classes)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{what} must be a positive int. Received: {what}={value!r}")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be >= 2 (blank + 1). Received: n_classes={n_classes}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
+    n_features = checks.positive_int(n_features, "n_features")
+    # The CTC blank plus at least one label.
+    n_classes = checks.integer(n_classes, "n_classes", minimum=2)
+    dropout = checks.fraction(dropout, "dropout")
 
     grids = cfg.layer_grids()
     if seed is None:

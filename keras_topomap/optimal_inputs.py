@@ -73,6 +73,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 from keras_topomap.gradients import ActivationGradients, find_layer, flatten_model
@@ -190,38 +191,18 @@ class OptimalInputs:
     # -- checks ---------------------------------------------------------------------------------
 
     def _check_params(self):
-        def positive_int(name, value, minimum=1):
-            ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-            if not ok or value < minimum:
-                raise ValueError(
-                    f"OptimalInputs: {name} must be an integer >= {minimum}. "
-                    f"Received: {name}={value!r}"
-                )
-            return int(value)
-
-        self._steps = positive_int("steps", self.steps)
-        self._blur_every = positive_int("blur_every", self.blur_every)
-        self._jitter = positive_int("jitter", self.jitter, minimum=0)
+        owner = "OptimalInputs"
+        self._steps = checks.positive_int(self.steps, "steps", owner=owner)
+        self._blur_every = checks.positive_int(self.blur_every, "blur_every", owner=owner)
+        self._jitter = checks.non_negative_int(self.jitter, "jitter", owner=owner)
         restarts = (8 if self.joint else 1) if self.restarts is None else self.restarts
-        self._restarts = positive_int("restarts", restarts)
-        for name in ("learning_rate", "l2", "blur", "clip", "polish", "init_scale"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, np.number)) or not math.isfinite(value) or (
-                value < 0
-            ):
-                raise ValueError(
-                    f"OptimalInputs: {name} must be a finite number >= 0. "
-                    f"Received: {name}={value!r}"
-                )
-        if self.learning_rate <= 0:
-            raise ValueError(
-                f"OptimalInputs: learning_rate must be > 0. Received: {self.learning_rate!r}"
-            )
-        if not (0 <= self.l2 < 1 and 0 <= self.clip < 1 and 0 <= self.polish <= 1):
-            raise ValueError(
-                f"OptimalInputs: l2 and clip must lie in [0, 1), polish in [0, 1]. Received: "
-                f"l2={self.l2!r}, clip={self.clip!r}, polish={self.polish!r}"
-            )
+        self._restarts = checks.positive_int(restarts, "restarts", owner=owner)
+        checks.positive_number(self.learning_rate, "learning_rate", owner=owner)
+        for name in ("blur", "init_scale"):
+            checks.number(getattr(self, name), name, minimum=0, owner=owner)
+        for name in ("l2", "clip"):
+            checks.fraction(getattr(self, name), name, owner=owner)
+        checks.number(self.polish, "polish", minimum=0, maximum=1, owner=owner)
         if self.value_range is not None:
             low, high = (float(v) for v in self.value_range)
             if not low < high:
@@ -342,8 +323,7 @@ class OptimalInputs:
             raise ValueError(
                 f"No frame of layer '{self.layer}' fits inside {length} input frames."
             )
-        bad = isinstance(self.length, bool) or not isinstance(self.length, (int, np.integer))
-        if bad or self.length < size:
+        if not checks.is_integer(self.length) or self.length < size:
             raise ValueError(
                 f"length must be an integer >= the receptive field of layer '{self.layer}', "
                 f"{size} input frames (a shorter window cuts off part of what the centre frame "

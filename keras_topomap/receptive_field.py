@@ -53,6 +53,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from keras_topomap import checks
+
 __all__ = [
     "LayerTiming",
     "receptive_fields",
@@ -363,13 +365,7 @@ def receptive_fields(model, n_frames=None, pointwise=()):
     >>> timing["conv_1"].stride, timing["conv_1"].size
     (2, 60)
     """
-    if n_frames is not None:
-        bad = isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer))
-        if bad or n_frames < 1:
-            raise ValueError(
-                f"n_frames must be a positive integer. Received: n_frames={n_frames!r}"
-            )
-        n_frames = int(n_frames)
+    n_frames = checks.positive_int(n_frames, "n_frames", allow_none=True)
     pointwise = set(pointwise)
     result = {}
     _walk(model, _State(1, 1, 0.0, n_frames), pointwise, result)

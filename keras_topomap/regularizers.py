@@ -32,6 +32,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 
 __all__ = ["TopographicRegularizer", "topographic_layers", "topographic_penalty"]
@@ -226,26 +227,12 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
     ):
         if grid is not None:
             grid = grid_lib.validate_grid(grid)
-        try:
-            strength = float(strength)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"strength must be a non-negative number. Received: strength={strength!r}"
-            ) from None
-        if not np.isfinite(strength) or strength < 0:
-            raise ValueError(
-                f"strength must be a non-negative finite number. Received: strength={strength}"
-            )
+        strength = checks.number(strength, "strength", minimum=0)
         neighborhood = grid_lib.validate_neighborhood(neighborhood)
         if grid is not None:
             grid_lib.validate_neighborhood(neighborhood, grid)
-        if reduction not in _REDUCTIONS:
-            raise ValueError(
-                f"reduction must be one of {_REDUCTIONS}. Received: reduction={reduction!r}"
-            )
-        epsilon = float(epsilon)
-        if not epsilon > 0:
-            raise ValueError(f"epsilon must be > 0. Received: epsilon={epsilon}")
+        reduction = checks.choice(reduction, "reduction", _REDUCTIONS)
+        epsilon = checks.positive_number(epsilon, "epsilon")
         self.grid = grid
         self.strength = strength
         self.neighborhood = neighborhood

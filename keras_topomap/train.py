@@ -67,7 +67,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_topomap import ctc
+from keras_topomap import checks, ctc
 from keras_topomap import distribute as distribute_lib
 from keras_topomap import models as models_lib
 
@@ -168,31 +168,17 @@ class TrainConfig:
 
     def __post_init__(self):
         models_lib.get_config(self.config)
-        if self.distribute not in distribute_lib.CHOICES:
-            raise ValueError(
-                f"distribute must be one of {distribute_lib.CHOICES}. Received: "
-                f"distribute={self.distribute!r}"
-            )
+        checks.choice(self.distribute, "distribute", distribute_lib.CHOICES)
         for name in ("epochs", "batch_size", "n_mels", "pad_to_multiple"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int. Received: {name}={value!r}")
+            checks.positive_int(getattr(self, name), name)
         for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
+            checks.fraction(getattr(self, name), name)
         for name in ("max_train", "max_eval"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be None or >= 1. Received: {name}={value!r}")
-        if self.max_minutes is not None and not float(self.max_minutes) > 0:
-            raise ValueError(f"max_minutes must be > 0. Received: max_minutes={self.max_minutes}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0. Received: patience={self.patience}")
-        if not float(self.learning_rate) > 0:
-            raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate}")
-        if self.n_permutations < 2:
-            raise ValueError(f"n_permutations must be >= 2. Received: {self.n_permutations}")
+            checks.positive_int(getattr(self, name), name, allow_none=True)
+        checks.positive_number(self.max_minutes, "max_minutes", allow_none=True)
+        checks.non_negative_int(self.patience, "patience")
+        checks.positive_number(self.learning_rate, "learning_rate")
+        checks.integer(self.n_permutations, "n_permutations", minimum=2)
 
     def feature_config(self):
         from keras_topomap.datasets import FeatureConfig

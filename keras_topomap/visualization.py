@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_topomap import checks
+
 __all__ = [
     "new_figure", "plot_grid_map", "plot_grid_maps", "outline_region", "symmetric_limit",
     "plot_gradnap", "plot_gradnap_eeg", "plot_gradnap_dendrogram", "plot_gradnap_time",
@@ -340,8 +342,7 @@ def smooth_to_image(grid_map, size=3, upsample=8):
         raise ValueError(
             f"smooth_to_image expects one (H, W) map. Received: shape={grid_map.shape}"
         )
-    if not isinstance(upsample, (int, np.integer)) or upsample < 1:
-        raise ValueError(f"upsample must be a positive integer. Received: upsample={upsample!r}")
+    upsample = checks.positive_int(upsample, "upsample")
     smoothed = grid_lib.smooth(grid_map, size) if size > 1 else grid_map
     return ndimage.zoom(smoothed, upsample, order=3, mode="nearest", grid_mode=True)
 

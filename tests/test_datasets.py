@@ -121,7 +121,7 @@ def test_corpus_size_splits_and_provenance(corpus_all):
     assert datasets.HELD_OUT_VOICE not in {u.speaker for u in train_voices}
     assert len(train_voices) + len(test_voice) == len(corpus_all)
     assert len({u.speaker for u in load_tts_corpus("test")}) == 3
-    with pytest.raises(ValueError, match="Received: 'dev'"):
+    with pytest.raises(ValueError, match="Received: split='dev'"):
         load_tts_corpus("dev")
 
 
@@ -209,7 +209,7 @@ def test_feature_config():
     variants = ({}, {"n_mels": 64}, {"normalize": False}, {"kind": "mfcc"}, {"hop_ms": 20})
     keys = {FeatureConfig(**kw).cache_key() for kw in variants}
     assert len(keys) == 5
-    with pytest.raises(ValueError, match="Received: 'stft'"):
+    with pytest.raises(ValueError, match="Received: kind='stft'"):
         FeatureConfig(kind="stft")
     with pytest.raises(ValueError, match="n_mfcc"):
         FeatureConfig(kind="mfcc", n_mfcc=50, n_mels=40)
@@ -388,9 +388,9 @@ def test_batches_from_utterances_and_errors():
     utts = [_utterance(uid=f"u{i}", seconds=0.5 + 0.1 * i, seed=i) for i in range(5)]
     ds = SpeechBatches(utts, FeatureConfig(kind="mfcc"), batch_size=2, mode="all", shuffle=False)
     assert ds[0]["features"].shape[2] == 13 and len(ds) == 3
-    with pytest.raises(ValueError, match="mode.*Received: 'seq'"):
+    with pytest.raises(ValueError, match="mode.*Received: mode='seq'"):
         SpeechBatches(utts, mode="seq")
-    with pytest.raises(ValueError, match="batch_size.*Received: 0"):
+    with pytest.raises(ValueError, match="batch_size.*Received: batch_size=0"):
         SpeechBatches(utts, batch_size=0)
     with pytest.raises(ValueError, match="empty"):
         SpeechBatches([])

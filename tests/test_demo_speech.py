@@ -155,5 +155,5 @@ def test_training_time_limit_stops_mid_epoch():
     history = model.fit(x, y, batch_size=4, epochs=5, callbacks=[limit], verbose=0)
     assert limit.stopped and len(history.history["loss"]) == 1
     assert not demo.TrainingTimeLimit(3600).stopped
-    with pytest.raises(ValueError, match="seconds must be > 0"):
+    with pytest.raises(ValueError, match="seconds must be a finite number > 0"):
         demo.TrainingTimeLimit(0)

@@ -491,8 +491,8 @@ def test_shard_padding_and_modes():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(num_shards=0), "num_shards must be a positive int"),
-        (dict(num_shards=2, shard_index=2), r"shard_index must be in \[0, 2\)"),
+        (dict(num_shards=0), "num_shards must be an integer >= 1"),
+        (dict(num_shards=2, shard_index=2), r"shard_index must be an integer in \[0, 1\]"),
         (dict(num_shards=2, multiple=3), "multiple must be a multiple of num_shards"),
         (dict(num_shards=2, batch_size=5), "batch_size a multiple of multiple"),
         (dict(num_shards=16, batch_size=16), "cannot fill one batch of 16"),

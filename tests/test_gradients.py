@@ -255,7 +255,7 @@ def test_dispatch_fetch_and_fft_argument_errors():
     a, b = step(xb), step.fetch(step.dispatch(xb))
     for name in names:
         np.testing.assert_array_equal(a.gradients[name], b.gradients[name])
-    with pytest.raises(ValueError, match="fft_conv_grad must be True, False or 'auto'"):
+    with pytest.raises(ValueError, match=r"fft_conv_grad must be one of \[True, False, 'auto'\]"):
         ActivationGradients(model, names, target, fft_conv_grad="yes")
     with pytest.raises(ValueError, match="fft_min_kernel must be an integer >= 2"):
         ActivationGradients(model, names, target, fft_min_kernel=1)

@@ -168,7 +168,7 @@ def test_errors():
     short = keras.Sequential([keras.Input((None, 1)), L.Conv1D(1, 5, name="v")])
     with pytest.raises(ValueError, match="'v'.*at least 5 input frames"):
         receptive_fields(short, n_frames=3)
-    with pytest.raises(ValueError, match="n_frames must be a positive integer"):
+    with pytest.raises(ValueError, match="n_frames must be an integer >= 1"):
         receptive_fields(short, n_frames=0)
     with pytest.raises(ValueError, match="Layers with a time axis: \\['v'\\]"):
         layer_frame_centers(short, "nope", n_frames=8)

@@ -236,13 +236,13 @@ def test_get_config_round_trip_keeps_every_argument():
         ({"neighborhood": 4}, r"odd integer >= 3.*Received: neighborhood=4"),
         ({"neighborhood": 1}, "odd integer >= 3"),
         ({"grid": (2, 8), "neighborhood": 3}, "larger than the 2x8 grid"),
-        ({"strength": -1.0}, r"non-negative.*Received: strength=-1.0"),
-        ({"strength": "a lot"}, "non-negative number"),
+        ({"strength": -1.0}, r"finite number >= 0.*Received: strength=-1.0"),
+        ({"strength": "a lot"}, "strength must be a finite number >= 0"),
         (
             {"reduction": "max"},
-            r"reduction must be one of \('sum', 'mean'\). Received: reduction='max'",
+            r"reduction must be one of \['sum', 'mean'\]. Received: reduction='max'",
         ),
-        ({"epsilon": 0}, "epsilon must be > 0"),
+        ({"epsilon": 0}, "epsilon must be a finite number > 0"),
     ],
 )
 def test_constructor_errors(kwargs, message):

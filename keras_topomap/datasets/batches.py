@@ -39,6 +39,7 @@ import math
 import keras
 import numpy as np
 
+from keras_topomap import checks
 from keras_topomap.datasets.features import FeatureConfig, FeatureSet, load_corpus_features
 
 __all__ = ["SpeechBatches", "pack_ctc_targets", "unpack_ctc_targets", "pad_sequences"]
@@ -161,17 +162,13 @@ class SpeechBatches(keras.utils.PyDataset):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if mode not in _MODES:
-            raise ValueError(f"SpeechBatches: mode must be one of {_MODES}. Received: {mode!r}")
+        checks.choice(mode, "mode", _MODES, owner="SpeechBatches")
         for name, value in (
             ("batch_size", batch_size),
             ("bucket_pool", bucket_pool),
             ("pad_to_multiple", pad_to_multiple),
         ):
-            if int(value) != value or value < 1:
-                raise ValueError(
-                    f"SpeechBatches: {name} must be a positive integer. Received: {value!r}"
-                )
+            checks.positive_int(value, name, owner="SpeechBatches")
         if isinstance(data, FeatureSet):
             features = data
         else:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_topomap import checks
 from keras_topomap.bundled_data import bundled_data_dir
 from keras_topomap.datasets import phones as phones_lib
 
@@ -185,8 +186,7 @@ class SkipLog:
     """Collects what a reader skipped with ``on_error="skip"`` and warns once with the counts."""
 
     def __init__(self, what, on_error):
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip'. Received: {on_error!r}")
+        checks.choice(on_error, "on_error", ("raise", "skip"))
         self.what = what
         self.on_error = on_error
         self.reasons = Counter()
@@ -484,8 +484,7 @@ def clear_tts_corpus_cache():
 
 def split_ids(split="train", root=None):
     """Utterance ids of a split, in :func:`load_tts_corpus` order, without decoding any audio."""
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split: expected one of {SPLITS}. Received: {split!r}")
+    checks.choice(split, "split", SPLITS)
     root = _corpus_root(root)
     if split == "all":
         return [rec["id"] for rec in _read_records(root)]
@@ -528,8 +527,7 @@ def load_tts_corpus(split="train", root=None):
     >>> sorted({u.speaker for u in test})
     ['cmu_us_slt_arctic_hts', 'kal_diphone', 'ked_diphone']
     """
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split: expected one of {SPLITS}. Received: {split!r}")
+    checks.choice(split, "split", SPLITS)
     root = _corpus_root(root)
     utterances, splits = _load_all(str(root.resolve()))
     if split not in splits:

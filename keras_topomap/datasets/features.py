@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_topomap import checks
 from keras_topomap.datasets import phones as phones_lib
 
 __all__ = [
@@ -106,25 +107,15 @@ class FeatureConfig:
     normalize: bool = True
 
     def __post_init__(self):
-        if self.kind not in ("logmel", "mfcc"):
-            raise ValueError(
-                f"FeatureConfig.kind must be 'logmel' or 'mfcc'. Received: {self.kind!r}"
-            )
+        checks.choice(self.kind, "kind", ("logmel", "mfcc"), owner="FeatureConfig")
         for name in ("n_mels", "n_mfcc", "sample_rate"):
-            value = getattr(self, name)
-            if int(value) != value or value <= 0:
-                raise ValueError(
-                    f"FeatureConfig.{name} must be a positive integer. Received: {value!r}"
-                )
+            checks.positive_int(getattr(self, name), name, owner="FeatureConfig")
         if self.kind == "mfcc" and self.n_mfcc > self.n_mels:
             raise ValueError(
                 f"FeatureConfig: n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})."
             )
-        if not (self.win_ms > 0 and self.hop_ms > 0):
-            raise ValueError(
-                f"FeatureConfig: win_ms and hop_ms must be positive. Received: win_ms="
-                f"{self.win_ms}, hop_ms={self.hop_ms}"
-            )
+        for name in ("win_ms", "hop_ms"):
+            checks.positive_number(getattr(self, name), name, owner="FeatureConfig")
         if self.hop_length < 1 or self.win_length < 2:
             raise ValueError(
                 f"FeatureConfig: win_ms={self.win_ms} / hop_ms={self.hop_ms} are too short for "
