@@ -49,6 +49,7 @@ __all__ = [
     "count_infeasible",
     "ctc_decode",
     "decode_texts",
+    "describe_bad_targets",
     "error_rates",
     "output_lengths",
     "required_frames",
@@ -147,6 +148,96 @@ def check_ctc_lengths(n_frames, labels, stride=2, names=None):
         )
 
 
+_PACKED_FORMAT = (
+    "CTCLoss expects packed targets of shape (batch, 2 + L): column 0 = input frames, column 1 "
+    "= label length, then the labels, zero-padded (keras_topomap.datasets.pack_ctc_targets, or "
+    "SpeechBatches(mode='ctc')). Plain (batch, L) label arrays must be packed first."
+)
+
+
+def _check_packed_shape(y_true, y_pred):
+    shape = tuple(y_true.shape)
+    if len(shape) != 2 or (shape[1] is not None and shape[1] < 3):
+        raise ValueError(f"{_PACKED_FORMAT} Received: y_true of shape {shape}.")
+    if shape[0] is not None and y_pred.shape[0] is not None and shape[0] != y_pred.shape[0]:
+        raise ValueError(
+            f"CTCLoss: y_true and y_pred hold different batch sizes. Received: y_true of shape "
+            f"{shape}, y_pred of shape {tuple(y_pred.shape)}."
+        )
+
+
+def describe_bad_targets(packed, classes, blank_index=0):
+    """What is wrong with a packed CTC target batch, as a sentence (``None`` when it is valid).
+
+    Checks that lengths are within bounds (frames >= 0, ``0 <= label length <= L`` for ``L``
+    label columns), that every label is a class index in ``[0, classes)``, and that no label
+    within a sample's length is the blank (CTC never emits it as a label; plain zero-padded
+    labels read as packed targets fail here).
+
+    Example:
+
+    >>> describe_bad_targets(np.array([[8, 5, 12, 12, 15, 0, 0]]), classes=29)
+    'sample 0: the blank (0) occurs inside its 5 labels'
+    """
+    packed = np.asarray(packed)
+    frames, lengths, labels = packed[:, 0], packed[:, 1], packed[:, 2:]
+    width = labels.shape[1]
+    inside = np.arange(width)[None, :] < lengths[:, None]
+    problems = []
+    for i in np.flatnonzero(frames < 0)[:3]:
+        problems.append(f"sample {i}: negative frame count {frames[i]}")
+    for i in np.flatnonzero((lengths < 0) | (lengths > width))[:3]:
+        problems.append(
+            f"sample {i}: label length {lengths[i]} is outside [0, {width}] "
+            f"(the target has {width} label columns)"
+        )
+    for i in np.flatnonzero(np.any((labels < 0) | (labels >= classes), axis=1))[:3]:
+        row = labels[i]
+        problems.append(
+            f"sample {i}: label {row[(row < 0) | (row >= classes)][0]} is not a class index in "
+            f"[0, {classes})"
+        )
+    for i in np.flatnonzero(np.any((labels == blank_index) & inside, axis=1))[:3]:
+        if 0 <= lengths[i] <= width:
+            problems.append(
+                f"sample {i}: the blank ({blank_index}) occurs inside its {lengths[i]} labels"
+            )
+    return "; ".join(problems) or None
+
+
+def _check_packed_values(packed, classes, blank_index):
+    """Raise a ValueError for a bad target batch, in eager code and inside compiled steps.
+
+    Eager tensors are checked at once. Inside a compiled step the values only exist when it
+    runs: JAX checks them in a host callback, TensorFlow in a graph assertion (which XLA drops).
+    """
+    def check(values):
+        problem = describe_bad_targets(values, classes, blank_index)
+        if problem:
+            raise ValueError(f"{_PACKED_FORMAT} Received: {problem}.")
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        if isinstance(packed, jax.core.Tracer):
+            jax.debug.callback(check, packed)
+            return
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            frames, lengths, labels = packed[:, 0], packed[:, 1], packed[:, 2:]
+            width = ops.shape(labels)[1]
+            inside = ops.expand_dims(ops.arange(width), 0) < ops.expand_dims(lengths, 1)
+            ok = ops.all(frames >= 0) & ops.all((lengths >= 0) & (lengths <= width))
+            ok = ok & ops.all((labels >= 0) & (labels < classes))
+            ok = ok & ops.logical_not(ops.any((labels == blank_index) & inside))
+            tf.debugging.Assert(ok, [_PACKED_FORMAT, "Received (first rows):", packed[:3]])
+            return
+    check(ops.convert_to_numpy(packed))
+
+
 def _unpack(y_true, stride):
     packed = ops.cast(y_true, "int32")
     frames = packed[:, 0]
@@ -182,7 +273,9 @@ class CTCLoss(keras.losses.Loss):
     ``ops.ctc_loss(labels, logits, label_length, ceil(frames / stride))`` (clipped to ``T_out``),
     i.e. the negative log-likelihood of the transcript; padded output frames are ignored.
     Infeasible samples contribute 0 (see module docstring); check data with
-    :func:`check_ctc_lengths` first.
+    :func:`check_ctc_lengths` first. A target that is not a packed batch (wrong shape, lengths
+    out of bounds, labels outside ``[0, classes)`` or a blank among the labels, as plain
+    zero-padded labels give) raises a ``ValueError`` saying so (:func:`describe_bad_targets`).
 
     Args:
         stride: the model's cumulative stride (input frames per output frame).
@@ -204,6 +297,8 @@ class CTCLoss(keras.losses.Loss):
         self.blank_index = int(blank_index)
 
     def call(self, y_true, y_pred):
+        _check_packed_shape(y_true, y_pred)
+        _check_packed_values(ops.cast(y_true, "int32"), int(y_pred.shape[-1]), self.blank_index)
         out_lengths, label_lengths, labels = _unpack(y_true, self.stride)
         out_lengths = ops.minimum(out_lengths, ops.shape(y_pred)[1])
         feasible = _feasible(labels, label_lengths, out_lengths)

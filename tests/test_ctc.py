@@ -112,3 +112,34 @@ def test_error_rates_use_jiwer_definitions():
         ctc.character_error_rate(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="non-empty reference"):
         ctc.word_error_rate([""], ["x"])
+
+
+@pytest.mark.backend
+def test_loss_rejects_plain_labels_and_bad_packed_targets():
+    logits = np.random.default_rng(0).normal(size=(2, 8, 6)).astype("float32")
+    loss = ctc.CTCLoss(stride=2)
+    plain = np.array([[3, 1, 4, 0, 0], [2, 5, 5, 1, 0]])  # labels, not packed targets
+    with pytest.raises(ValueError, match=r"packed targets .*label length 5 is outside \[0, 3\]"):
+        loss(plain, logits)
+    with pytest.raises(ValueError, match=r"sample 0: the blank \(0\) occurs inside its 2 labels"):
+        loss(np.array([[5, 2, 3, 0], [3, 1, 2, 0]]), logits)
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        loss(np.array([3, 1]), logits)
+    too_long = np.array([[8, 4, 1, 2], [8, 1, 3, 0]])  # 4 labels claimed, 2 columns
+    with pytest.raises(ValueError, match="label length 4 is outside"):
+        loss(too_long, logits)
+    with pytest.raises(ValueError, match="label 7 is not a class index"):
+        loss(np.array([[8, 1, 7], [8, 1, 2]]), logits)
+    with pytest.raises(ValueError, match="negative frame count"):
+        loss(np.array([[-1, 1, 2], [8, 1, 2]]), logits)
+    assert ctc.describe_bad_targets(pack_ctc_targets([8, 8], [[1, 2], [3]]), classes=6) is None
+
+
+@pytest.mark.backend
+def test_fit_with_plain_labels_fails_inside_the_compiled_step():
+    model = models.wav2letter("tiny", n_features=5)
+    model.compile(optimizer="sgd", loss=ctc.CTCLoss(stride=2))
+    x = np.random.default_rng(1).normal(size=(4, 8, 5)).astype("float32")
+    plain = np.array([[3, 5, 4, 1, 0]] * 4)  # read as packed: 5 labels in 3 columns
+    with pytest.raises(Exception, match="packed targets"):
+        model.fit(x, plain, epochs=1, batch_size=4, verbose=0)
