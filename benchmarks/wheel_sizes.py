@@ -28,7 +28,8 @@ def build(project_dir, files, out):
                 shutil.copytree(path, source / name, ignore=IGNORE)
             else:
                 shutil.copy(path, source / name)
-        code = "import sys; from setuptools import build_meta as b; print(b.build_wheel(sys.argv[1]))"
+        code = "import sys; from setuptools import build_meta as b; "
+        code += "print(b.build_wheel(sys.argv[1]))"
         done = subprocess.run(
             [sys.executable, "-c", code, str(out)], cwd=source, capture_output=True, text=True,
             check=True,
