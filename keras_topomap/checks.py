@@ -59,7 +59,8 @@ def integer(value, name, *, minimum=None, maximum=None, odd=False, allow_none=Fa
     Args:
         value: the value received.
         name: the argument's name, as the caller spells it.
-        minimum, maximum: inclusive bounds (``None``: unbounded).
+        minimum: inclusive lower bound (``None``: unbounded).
+        maximum: inclusive upper bound (``None``: unbounded).
         odd: require an odd integer.
         allow_none: return ``None`` for ``None`` instead of refusing it.
         owner: prefix of the message (class or command name).
@@ -111,8 +112,10 @@ def number(value, name, *, minimum=None, maximum=None, above=None, below=None, a
     Args:
         value: the value received.
         name: the argument's name.
-        minimum, maximum: inclusive bounds.
-        above, below: exclusive bounds (``above=0``: strictly positive).
+        minimum: inclusive lower bound.
+        maximum: inclusive upper bound.
+        above: exclusive lower bound (``above=0``: strictly positive).
+        below: exclusive upper bound.
         allow_none: return ``None`` for ``None`` instead of refusing it.
         owner: prefix of the message.
 
