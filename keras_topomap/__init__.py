@@ -8,6 +8,7 @@ from keras_topomap import ctc, grid, metrics, models
 from keras_topomap.callbacks import TopoMapCallback
 from keras_topomap.ctc import CTCLoss, transcribe
 from keras_topomap.gradnap import GradNAP
+from keras_topomap.group_sums import GroupSums
 from keras_topomap.metrics import topography_score, topography_test
 from keras_topomap.models import wav2letter
 from keras_topomap.optimal_inputs import OptimalInputs, optimal_inputs
@@ -24,6 +25,7 @@ __all__ = [
     "OptimalInputs",
     "optimal_inputs",
     "GradNAP",
+    "GroupSums",
     "TopoMapCallback",
     "LayerTiming",
     "receptive_fields",

@@ -31,32 +31,23 @@ callback.history_["conv_3"].shape   # (20, 8, 8)
 
 from __future__ import annotations
 
-import io
 import os
-import re
 import tempfile
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
 
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
+from keras_topomap.group_sums import GroupSums
+from keras_topomap.map_writers import EpochMaps, MapWriters
 from keras_topomap.metrics import topography_score
-from keras_topomap.receptive_field import (
-    check_frame_labels,
-    input_frames_to_layer,
-    receptive_fields,
-)
+from keras_topomap.receptive_field import check_frame_labels, receptive_fields
 from keras_topomap.regularizers import _walk_layers, topographic_layers
-from keras_topomap.visualization import new_figure, plot_grid_maps, plot_grid_mosaic
 
 __all__ = ["TopoMapCallback"]
-
-# The "no TensorFlow" warning is given once per process, not once per callback or epoch.
-_warned_no_tensorflow = False
 
 
 class TopoMapCallback(keras.callbacks.Callback):
@@ -77,7 +68,8 @@ class TopoMapCallback(keras.callbacks.Callback):
        ``smooth x smooth`` average (:func:`keras_topomap.grid.smooth`);
     4. computes the kernel's topography score and, for regularized layers, the penalty
        ``layer.kernel_regularizer(layer.kernel)``;
-    5. writes the outputs below.
+    5. hands the maps, as plain arrays, to the writers (:mod:`keras_topomap.map_writers`),
+       which write the outputs below.
 
     Outputs:
 
@@ -87,7 +79,10 @@ class TopoMapCallback(keras.callbacks.Callback):
       backend): images ``topomap/<layer>`` and ``nap/<layer>/<group>``, scalars
       ``topo_score/<layer>`` and ``penalty/<layer>``, at step = epoch index (0-based, like
       ``keras.callbacks.TensorBoard``'s epoch summaries). Without TensorFlow: one warning,
-      and only the file outputs.
+      and only the file outputs. Under a JAX or torch backend, opening ``log_dir`` hides the
+      GPUs from TensorFlow for the whole process (``tf.config.set_visible_devices([],
+      "GPU")``, see :mod:`keras_topomap.map_writers`), so that TensorFlow, which only writes
+      files here, takes no accelerator memory.
     - ``out_dir``: ``<layer>/epoch_001.png`` per layer per logged epoch, numbered from 1 like
       the progress bar; ``topomaps.npz`` with the whole history (rewritten each logged epoch);
       at train end ``<layer>.gif``, the epoch PNGs as an animation. With groups, also
@@ -215,8 +210,8 @@ class TopoMapCallback(keras.callbacks.Callback):
         self._batch_sizes = [_leading_shape(x, i)[0] for i, x in enumerate(self._batches)]
         self._lengths = _per_batch(probe_lengths, self._batches, "probe_lengths", ndim=1)
         self._groups = _per_batch(groups, self._batches, "groups", ndim=2)
-        self._check_lengths()
-        self._check_groups(group_names)
+        _check_probe_lengths(self._batches, self._lengths)
+        _check_probe_groups(self._batches, self._groups, group_names)
         self.group_names = None if group_names is None else [str(n) for n in group_names]
 
         self.layers = _layer_names(layers)
@@ -232,55 +227,13 @@ class TopoMapCallback(keras.callbacks.Callback):
 
         self.background = bool(background)
         self.group_pngs = bool(group_pngs)
+        self._writers = MapWriters(
+            self.log_dir, self.out_dir, cmap=self.cmap, interpolation=self.interpolation,
+            image_size=self.image_size, fps=self.fps, group_pngs=self.group_pngs,
+            background=self.background,
+        )
         self._reset_history()
         self._extractor = None
-        self._writer = None
-        self._summary_fn = None
-        self._executor = None
-        self._pending = None
-        self._figures = {}
-
-    # ------------------------------------------------------------------------------------------
-    # Construction-time checks
-
-    def _check_lengths(self):
-        if self._lengths is None:
-            return
-        for i, (x, lengths) in enumerate(zip(self._batches, self._lengths)):
-            shape = _leading_shape(x, i)
-            if len(shape) < 2:
-                raise ValueError(
-                    f"probe_lengths needs a probe with a time axis (batch, T, ...). Received: "
-                    f"probe batch {i} of shape {shape}"
-                )
-            if not np.issubdtype(lengths.dtype, np.integer) or lengths.shape != shape[:1]:
-                raise ValueError(
-                    f"probe_lengths for probe batch {i} must be {shape[0]} integers (one per "
-                    f"sequence). Received: dtype={lengths.dtype}, shape={lengths.shape}"
-                )
-            if lengths.size and (lengths.min() < 1 or lengths.max() > shape[1]):
-                raise ValueError(
-                    f"probe_lengths for probe batch {i} must lie in [1, {shape[1]}] (its "
-                    f"frames). Received: min={lengths.min()}, max={lengths.max()}"
-                )
-
-    def _check_groups(self, group_names):
-        if self._groups is None:
-            if group_names is not None:
-                raise ValueError("group_names was given without groups (the frame labels).")
-            return
-        top = -1
-        for i, (x, labels) in enumerate(zip(self._batches, self._groups)):
-            shape = _leading_shape(x, i)
-            check_frame_labels(labels, shape[:2], f"groups for probe batch {i}")
-            top = max(top, int(labels.max()) if labels.size else -1)
-        if top < 0:
-            raise ValueError("groups holds no label >= 0: every probe frame is marked -1.")
-        if group_names is not None and len(group_names) <= top:
-            raise ValueError(
-                f"group_names must name every label up to {top}. Received: "
-                f"{len(group_names)} names"
-            )
 
     def _reset_history(self):
         self.layers_ = []
@@ -298,7 +251,8 @@ class TopoMapCallback(keras.callbacks.Callback):
         self.group_names_ = []
         self.log_seconds_ = []
         self.background_seconds_ = []
-        self._gif_frames = {}
+        self._last_maps = None
+        self._writers.reset()
 
     # ------------------------------------------------------------------------------------------
     # Train begin: resolve layers, build the extractor, check the probe, precompute weights
@@ -316,11 +270,11 @@ class TopoMapCallback(keras.callbacks.Callback):
             name: info[2] for name, info in watched.items() if info[2] is not None
         }
         self._extractor = self._build_extractor(model)
-        self._check_probe_shapes(model)
+        _check_probe_shapes(model, self._batches)
         outputs = [self._extract(x, i)[0] for i, x in enumerate(self._batches)]
         self._check_outputs(outputs)
         self._prepare_reductions(model, outputs)
-        self._open_writer()
+        self._writers.open()
 
     def _ensure_graph(self, model):
         """Builds a Sequential model defined without ``keras.Input`` from the probe's shape.
@@ -413,29 +367,6 @@ class TopoMapCallback(keras.callbacks.Callback):
                 f"'{model.name}': {e}"
             ) from e
 
-    def _check_probe_shapes(self, model):
-        inputs = model.inputs
-        if len(inputs) != 1:
-            return  # multi-input models: the forward pass below names the problem
-        expected = tuple(inputs[0].shape)
-        for i, x in enumerate(self._batches):
-            leaves = keras.tree.flatten(x)
-            if len(leaves) != 1:
-                raise ValueError(
-                    f"Model '{model.name}' takes one input of shape {expected}, but probe "
-                    f"batch {i} holds {len(leaves)} arrays."
-                )
-            shape = tuple(np.shape(leaves[0]))
-            # The batch axis is not checked: Keras may fix it to the training batch size.
-            fits = len(shape) == len(expected) and all(
-                e is None or e == s for s, e in zip(shape[1:], expected[1:])
-            )
-            if not fits:
-                raise ValueError(
-                    f"The probe does not fit model '{model.name}': its input has shape "
-                    f"{expected} (None = any size). Received: probe batch {i} of shape {shape}"
-                )
-
     def _extract(self, x, index):
         """The watched layers' outputs for one probe batch, as a list of float arrays, and the
         penalties of the regularized layers (``{name: float}``)."""
@@ -479,34 +410,29 @@ class TopoMapCallback(keras.callbacks.Callback):
 
         ``self._frames[i][l]``: flat indices of the valid frames of batch ``i``'s ``(b * T_l)``
         frames of layer ``l`` (None: all), ``self._totals[l]`` their number over all batches.
-        ``self._segments[i][l]``: ``(order, starts, groups)``: the labelled frames sorted by
-        group, where each group's run starts, and which groups the runs belong to, so one
-        ``np.add.reduceat`` gives every group's sum; ``self._group_counts[l]``: ``(G,)``.
+        ``self._frame_groups[i][l]``: the group (position in ``group_labels_``) of each of those
+        frames, -1 for none (no label, a dropped group, past ``probe_lengths``).
         """
         timed = self._groups is not None or self._lengths is not None
         valid, labels = [], []
         timings = {}
         for i, (x, outs) in enumerate(zip(self._batches, outputs)):
             shape = _leading_shape(x, i)
-            b = shape[0]
             batch_valid, batch_labels = [], []
             for name, out in zip(self.layers_, outs):
                 n_frames = int(np.prod(out.shape[1:-1], dtype=np.int64))
+                layer_valid = np.ones((shape[0], n_frames), dtype=bool)
                 if not timed:
-                    batch_valid.append(np.ones((b, n_frames), dtype=bool))
+                    batch_valid.append(layer_valid)
                     continue
-                key = shape[1]
-                if key not in timings:
-                    timings[key] = _timings(model, shape[1], self.layers_)
-                timing = timings[key][name]
+                if shape[1] not in timings:
+                    timings[shape[1]] = _timings(model, shape[1], self.layers_)
+                timing = timings[shape[1]][name]
                 if self._lengths is not None:
-                    inside = np.arange(shape[1])[None, :] < self._lengths[i][:, None]
-                    layer_valid = input_frames_to_layer(inside, timing, n_frames, fill=False)
-                else:
-                    layer_valid = np.ones((b, n_frames), dtype=bool)
+                    layer_valid = timing.valid_frames(self._lengths[i], np.arange(n_frames))
                 batch_valid.append(layer_valid)
                 if self._groups is not None:
-                    layer_labels = input_frames_to_layer(self._groups[i], timing, n_frames)
+                    layer_labels = timing.labels_at_frames(self._groups[i], None, n_frames)
                     batch_labels.append(np.where(layer_valid, layer_labels, -1))
             valid.append(batch_valid)
             labels.append(batch_labels)
@@ -523,15 +449,21 @@ class TopoMapCallback(keras.callbacks.Callback):
             [None if v.all() else np.flatnonzero(v.ravel()) for v in batch_valid]
             for batch_valid in valid
         ]
+        self._frame_groups = None
+        if self._groups is not None:
+            self._frame_groups = self._choose_groups(labels)
 
-        self._segments = None
-        if self._groups is None:
-            return
+    def _choose_groups(self, labels):
+        """Sets ``group_labels_`` to the probe's labels with frames in every watched layer
+        (the group maps share one group axis; a group without frames in some layer gets no map
+        anywhere, with a warning) and returns each batch's and layer's frame groups."""
         present = np.unique(np.concatenate([g[g >= 0] for g in self._groups]))
-        counts = np.zeros((len(self.layers_), len(present)))
+        counts = np.zeros((len(self.layers_), int(present.max()) + 1), np.int64)
         for batch_labels in labels:
             for j, layer_labels in enumerate(batch_labels):
-                counts[j] += (layer_labels[..., None] == present).sum(axis=(0, 1))
+                counts[j] += np.bincount(layer_labels[layer_labels >= 0].ravel(),
+                                         minlength=counts.shape[1])
+        counts = counts[:, present]
         kept = counts.min(axis=0) > 0
         if not kept.all():
             lost = {
@@ -545,7 +477,7 @@ class TopoMapCallback(keras.callbacks.Callback):
                 "TopoMapCallback: these groups have no frame in some watched layers (their "
                 "frames fall between the strided layers' frame centres) and get no map: "
                 f"{lost}",
-                stacklevel=2,
+                stacklevel=3,
             )
         if kept.sum() < 2:
             raise ValueError(
@@ -559,35 +491,16 @@ class TopoMapCallback(keras.callbacks.Callback):
             self._group_range = {}
         self.group_labels_ = new_labels
         self.group_names_ = [self._group_name(int(g)) for g in new_labels]
-        self._group_counts = counts[:, kept]
         # Position of each label in new_labels; -1 for no label or a dropped group.
         lookup = np.full(int(present.max()) + 2, -1)
         lookup[new_labels] = np.arange(len(new_labels))
-        self._segments = []
-        for batch_labels in labels:
-            per_layer = []
-            for layer_labels in batch_labels:
-                position = lookup[layer_labels.ravel()]  # label -1 reads lookup[-1] == -1
-                order = np.flatnonzero(position >= 0)
-                order = order[np.argsort(position[order], kind="stable")]
-                groups, starts = np.unique(position[order], return_index=True)
-                per_layer.append((order, starts, groups))
-            self._segments.append(per_layer)
+        # label -1 reads lookup[-1] == -1
+        return [[lookup[layer_labels] for layer_labels in batch_labels] for batch_labels in labels]
 
     def _group_name(self, label):
         if self.group_names is not None:
             return self.group_names[label]
         return f"group_{label}"
-
-    def _open_writer(self):
-        self._writer = None
-        if self.log_dir is None:
-            return
-        tf = _import_tensorflow()
-        if tf is None:
-            return
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(self.log_dir)
 
     # ------------------------------------------------------------------------------------------
     # Every logged epoch
@@ -597,63 +510,66 @@ class TopoMapCallback(keras.callbacks.Callback):
         if (epoch + 1) % self.every and (last is None or epoch + 1 != last):
             return
         start = time.perf_counter()
+        self._last_maps = self._epoch_maps(epoch, logs)
+        self._writers.write(self._last_maps, _history_arrays(self),
+                            self.background_seconds_.append)
+        self.log_seconds_.append(time.perf_counter() - start)
+
+    def _epoch_maps(self, epoch, logs):
+        """Runs the probe, appends this epoch's maps, scores and penalties to the history and
+        the scores to ``logs``; returns the epoch's maps as :class:`EpochMaps`."""
         means, group_means, penalties = self._probe_means()
         self._epochs.append(int(epoch))
+        maps, limits, group_maps, group_limits, scores, layer_penalties = ({} for _ in range(6))
         for j, name in enumerate(self.layers_):
             grid = self.grids_[name]
             raw = grid_lib.to_grid(means[j], grid)
             self._raw.setdefault(name, []).append(raw)
-            smoothed = grid_lib.smooth(raw, self.smooth)
-            self._maps.setdefault(name, []).append(smoothed)
+            maps[name] = grid_lib.smooth(raw, self.smooth)
+            self._maps.setdefault(name, []).append(maps[name])
             lo, hi = self._range.get(name, (np.inf, -np.inf))
-            self._range[name] = (min(lo, float(smoothed.min())), max(hi, float(smoothed.max())))
+            limits[name] = (min(lo, float(maps[name].min())), max(hi, float(maps[name].max())))
+            self._range[name] = limits[name]
             if group_means is not None:
                 raw_groups = grid_lib.to_grid(group_means[j], grid)
                 self._group_raw.setdefault(name, []).append(raw_groups)
-                smoothed_groups = grid_lib.smooth(raw_groups, self.smooth)
-                self._group_maps.setdefault(name, []).append(smoothed_groups)
-                limit = max(self._group_range.get(name, 0.0), float(np.abs(smoothed_groups).max()))
-                self._group_range[name] = limit
-            self._score_layer(name, logs, penalties.get(name))
-        jobs = []
-        if self._writer is not None:
-            jobs.append(self._summary_job(epoch))
-        if self.out_dir is not None:
-            jobs.append(self._file_job(epoch))
-        if jobs:
-            self._submit(jobs)
-        self.log_seconds_.append(time.perf_counter() - start)
+                group_maps[name] = grid_lib.smooth(raw_groups, self.smooth)
+                self._group_maps.setdefault(name, []).append(group_maps[name])
+                group_limits[name] = max(self._group_range.get(name, 0.0),
+                                         float(np.abs(group_maps[name]).max()))
+                self._group_range[name] = group_limits[name]
+            score = self._score_layer(name, logs, penalties.get(name))
+            if score is not None:
+                scores[name] = score
+            if penalties.get(name) is not None:
+                layer_penalties[name] = float(penalties[name])
+        return EpochMaps(int(epoch), list(self.layers_), maps, limits, group_maps, group_limits,
+                         list(self.group_names_), scores, layer_penalties)
 
     def _probe_means(self):
         """Overall means ``[(F,)] per layer``, group NAPs ``[(G, F)]`` (or None) and the
         regularizer penalties ``{name: value}``."""
-        sums, group_sums = None, None
+        sums, state = None, None
         for i, x in enumerate(self._batches):
             outputs, batch_penalties = self._extract(x, None)
             if i == 0:
                 penalties = batch_penalties
             if sums is None:
                 sums = [np.zeros(out.shape[-1]) for out in outputs]
-                if self._segments is not None:
-                    group_sums = [np.zeros((len(self.group_labels_), len(s))) for s in sums]
+                if self._frame_groups is not None:
+                    n_filters = {name: len(s) for name, s in zip(self.layers_, sums)}
+                    state = GroupSums(n_filters, len(self.group_labels_))
             for j, out in enumerate(outputs):
                 frames = out.reshape(-1, out.shape[-1])  # (b * T_l, F)
                 index = self._frames[i][j]
                 sums[j] += (frames if index is None else frames[index]).sum(0, dtype=np.float64)
-                if group_sums is not None:
-                    order, starts, groups = self._segments[i][j]
-                    if len(order):
-                        group_sums[j][groups] += np.add.reduceat(
-                            frames[order], starts, axis=0, dtype=np.float64
-                        )
+                if state is not None:
+                    state.add_frames(self.layers_[j], frames, self._frame_groups[i][j])
         means = [total / count for total, count in zip(sums, self._totals)]
-        if group_sums is None:
+        if state is None:
             return means, None, penalties
-        naps = []
-        for total, counts in zip(group_sums, self._group_counts):
-            group_mean = total / counts[:, None]
-            naps.append(group_mean - group_mean.mean(axis=0, keepdims=True))
-        return means, naps, penalties
+        # Every kept group has frames in every layer: its NAP is mean minus mean over groups.
+        return means, [state.profiles(name)[0] for name in self.layers_], penalties
 
     def _score_layer(self, name, logs, penalty):
         layer = self._layer_objects[name]
@@ -679,262 +595,10 @@ class TopoMapCallback(keras.callbacks.Callback):
                 logs[f"topo_score/{name}"] = score
         if penalty is not None:
             self._penalties.setdefault(name, []).append(float(penalty))
-
-    # ------------------------------------------------------------------------------------------
-    # Outputs
-
-    def _summary_job(self, epoch):
-        """A function writing this epoch's TensorBoard summaries (see :meth:`_file_job`)."""
-        tf = self._tf
-        image_tags, pictures, scalar_tags, scalars = [], [], [], []
-        for name in self.layers_:
-            image_tags.append(f"topomap/{name}")
-            pictures.append((self._maps[name][-1], self.cmap, *self._range[name]))
-            if name in self._group_maps:
-                limit = self._group_range[name]
-                image_tags.extend(f"nap/{name}/{group}" for group in self.group_names_)
-                pictures.append((self._group_maps[name][-1], "RdBu_r", -limit, limit))
-            if name in self._scores:
-                scalar_tags.append(f"topo_score/{name}")
-                scalars.append(self._scores[name][-1])
-            if name in self._penalties:
-                scalar_tags.append(f"penalty/{name}")
-                scalars.append(self._penalties[name][-1])
-
-        def job():
-            images = []
-            for maps, cmap, lo, hi in pictures:
-                rgb = _colorize(maps, cmap, lo, hi, self.image_size)
-                images.extend([rgb] if rgb.ndim == 3 else rgb)
-            if self._summary_fn is None:
-                self._summary_fn = self._summary_function()
-            self._summary_fn(
-                tf.constant(epoch, dtype=tf.int64),
-                tf.constant(image_tags, dtype=tf.string),
-                tf.constant([_image_summary(image) for image in images], dtype=tf.string),
-                tf.constant(scalar_tags, dtype=tf.string, shape=[len(scalar_tags)]),
-                tf.constant(scalars, dtype=tf.float32, shape=[len(scalars)]),
-            )
-            self._writer.flush()
-
-        return job
-
-    def _summary_function(self):
-        """One ``tf.function`` that writes an epoch's image and scalar summaries.
-
-        Tags travel as a string tensor and the summaries are written in graph loops, so it is
-        traced once whatever the number of layers and groups; the images arrive PNG-encoded in
-        TensorBoard's image format (``[width, height, png]``) and the summaries carry the image
-        and scalar plugins' metadata, exactly as ``tf.summary.image`` / ``tf.summary.scalar``
-        write them. (Hundreds of eager summary calls, one per group and layer, would cost more
-        than the maps themselves; a graph with one op per tag takes seconds to trace.)
-        """
-        from tensorboard.plugins.image import metadata as image_plugin
-        from tensorboard.plugins.scalar import metadata as scalar_plugin
-
-        tf = self._tf
-        writer = self._writer
-        image_metadata = image_plugin.create_summary_metadata(None, None).SerializeToString()
-        scalar_metadata = scalar_plugin.create_summary_metadata(None, None).SerializeToString()
-
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([], tf.int64),
-                tf.TensorSpec([None], tf.string),
-                tf.TensorSpec([None, 3], tf.string),
-                tf.TensorSpec([None], tf.string),
-                tf.TensorSpec([None], tf.float32),
-            ]
-        )
-        def write(step, image_tags, images, scalar_tags, scalars):
-            with writer.as_default():
-                for i in tf.range(tf.shape(image_tags)[0]):
-                    tf.summary.write(image_tags[i], images[i], step=step, metadata=image_metadata)
-                for i in tf.range(tf.shape(scalar_tags)[0]):
-                    tf.summary.write(
-                        scalar_tags[i], scalars[i], step=step, metadata=scalar_metadata
-                    )
-
-        return write
-
-    def _file_job(self, epoch):
-        """A function writing this epoch's files, with copies of everything it reads (it may
-        run in the writer thread while the next epoch trains)."""
-        number = epoch + 1
-        layers = []
-        for name in self.layers_:
-            entry = {
-                "name": name,
-                "map": self._maps[name][-1],
-                "limits": _nonempty(*self._range[name]),
-            }
-            if self.group_pngs and name in self._group_maps:
-                entry["groups"] = self._group_maps[name][-1]
-                entry["group_limit"] = self._group_range[name] or 1.0
-            layers.append(entry)
-        group_names = list(self.group_names_)
-        arrays = self._npz_arrays()
-
-        def job():
-            for entry in layers:
-                name = entry["name"]
-                self._render(
-                    ("map", name), entry["map"], None, entry["limits"],
-                    f"{name} - epoch {number}", path=self._png_path(name, "epoch", number),
-                )
-                if "groups" in entry:
-                    limit = entry["group_limit"]
-                    self._render(
-                        ("groups", name), entry["groups"], group_names, (-limit, limit),
-                        f"{name} - epoch {number}: group mean - mean over groups",
-                        path=self._png_path(name, "groups_epoch", number),
-                    )
-            path = os.path.join(self.out_dir, "topomaps.npz")
-            # Write beside, then rename: a crash mid-write never leaves a broken history.
-            tmp = path + ".tmp.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-
-        return job
-
-    def _png_path(self, name, stem, number):
-        folder = os.path.join(self.out_dir, _safe_name(name))
-        os.makedirs(folder, exist_ok=True)
-        return os.path.join(folder, f"{stem}_{number:03d}.png")
-
-    def _submit(self, jobs):
-        """Runs an epoch's output ``jobs`` in the writer thread (at most one epoch in flight)
-        or right here, and records their CPU time in ``background_seconds_``."""
-
-        def run():
-            start = time.thread_time()
-            for job in jobs:
-                job()
-            self.background_seconds_.append(time.thread_time() - start)
-
-        if not self.background:
-            run()
-            return
-        self._wait_for_files()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topomap")
-        self._pending = self._executor.submit(run)
-
-    def _wait_for_files(self):
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()  # re-raises an error of the writer thread here
-
-    def _render(self, key, maps, titles, limits, suptitle, path, frame=True):
-        """Draws one layer's overall map (``key = ("map", layer)``, maps ``(H, W)``) or group
-        maps (``("groups", layer)``, ``(G, H, W)``) into its figure -- built on first use,
-        then updated in place -- saves it as the PNG ``path`` and, with ``frame``, keeps the
-        same pixels as a frame of the layer's GIF."""
-        kind, _ = key
-        entry = self._figures.get(key)
-        if kind == "groups":
-            if entry is None:
-                n, h, w = maps.shape
-                ncols = min(n, 8)
-                nrows = -(-n // ncols)
-                fig = new_figure(figsize=(ncols * 1.0 + 1.4, nrows * 1.1 * h / w + 0.6))
-                entry = self._figures[key] = {"figure": fig, "ax": fig.add_subplot()}
-            plot_grid_mosaic(
-                entry["ax"], maps, titles, ncols=8, diverging=True, vmax=limits[1], label="NAP"
-            )
-        else:
-            if entry is None:
-                fig = plot_grid_maps(
-                    [maps], diverging=False, label="mean activation", panel_size=3.0
-                )
-                image = fig.axes[0].images[0]
-                image.set_cmap(self.cmap)
-                image.set_interpolation(self.interpolation)
-                entry = self._figures[key] = {"figure": fig, "image": image}
-            entry["image"].set_data(maps)
-            entry["image"].set_clim(*limits)
-        fig = entry["figure"]
-        fig.suptitle(suptitle, fontsize=10)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
-        with open(path, "wb") as f:
-            f.write(buffer.getvalue())
-        if frame:
-            from PIL import Image
-
-            # Palette-quantized here, in the writer thread, so that the GIF at train end is
-            # only a concatenation; ~50 kB per frame.
-            buffer.seek(0)
-            with Image.open(buffer) as image:
-                self._gif_frames.setdefault(key, []).append(image.convert("RGB").quantize())
-        if not entry.get("frozen"):
-            # Freeze the layout solved by the first save: re-solving it on every later save
-            # would cost more than drawing the maps.
-            fig.set_layout_engine("none")
-            entry["frozen"] = True
-
-    def _npz_arrays(self):
-        """The history as float32 arrays (stored uncompressed: rewriting it every logged epoch
-        must stay cheap as it grows)."""
-        arrays = {"epochs": np.asarray(self._epochs, dtype=np.int64)}
-        history = self.history_
-        raw = self.raw_history_
-        for name in self.layers_:
-            arrays[f"map/{name}"] = history[name].astype(np.float32)
-            arrays[f"raw/{name}"] = raw[name].astype(np.float32)
-            arrays[f"grid/{name}"] = np.asarray(self.grids_[name], dtype=np.int64)
-        for name, values in self.group_history_.items():
-            arrays[f"group_map/{name}"] = values.astype(np.float32)
-            arrays[f"group_raw/{name}"] = self.raw_group_history_[name].astype(np.float32)
-        for name, values in self.scores_.items():
-            arrays[f"topo_score/{name}"] = values
-        for name, values in self.penalties_.items():
-            arrays[f"penalty/{name}"] = values
-        if self._group_maps:
-            arrays["group_labels"] = np.asarray(self.group_labels_, dtype=np.int64)
-            arrays["group_names"] = np.asarray(self.group_names_, dtype=str)
-        arrays["layers"] = np.asarray(self.layers_, dtype=str)
-        return arrays
+        return score if scored else None
 
     def on_train_end(self, logs=None):
-        try:
-            self._wait_for_files()
-            if self.out_dir is not None and self._epochs:
-                if self._group_maps and not self.group_pngs:
-                    self._write_group_pngs()
-                self._write_gifs()
-        finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-            self._summary_fn = None
-            self._figures = {}
-
-    def _write_group_pngs(self):
-        """The last logged epoch's group maps, when they were not drawn every epoch."""
-        number = self._epochs[-1] + 1
-        for name in self.layers_:
-            if name in self._group_maps:
-                limit = self._group_range[name] or 1.0
-                self._render(
-                    ("groups", name), self._group_maps[name][-1], self.group_names_,
-                    (-limit, limit), f"{name} - epoch {number}: group mean - mean over groups",
-                    path=self._png_path(name, "groups_epoch", number), frame=False,
-                )
-
-    def _write_gifs(self):
-        """One GIF per layer (and per layer's groups, with ``group_pngs``): the frames drawn
-        for the PNGs, in epoch order."""
-        duration = max(int(round(1000 / self.fps)), 20)
-        for (kind, name), frames in self._gif_frames.items():
-            suffix = "_groups" if kind == "groups" else ""
-            path = os.path.join(self.out_dir, f"{_safe_name(name)}{suffix}.gif")
-            frames[0].save(
-                path, save_all=True, append_images=frames[1:], duration=duration, loop=0
-            )
+        self._writers.finish(self._last_maps if self._epochs else None)
 
     # ------------------------------------------------------------------------------------------
     # Results
@@ -996,6 +660,71 @@ def _positive_int(value, what):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{what} must be a positive integer. Received: {what}={value!r}")
     return int(value)
+
+
+def _check_probe_lengths(batches, probe_lengths):
+    if probe_lengths is None:
+        return
+    for i, (x, lengths) in enumerate(zip(batches, probe_lengths)):
+        shape = _leading_shape(x, i)
+        if len(shape) < 2:
+            raise ValueError(
+                f"probe_lengths needs a probe with a time axis (batch, T, ...). Received: "
+                f"probe batch {i} of shape {shape}"
+            )
+        if not np.issubdtype(lengths.dtype, np.integer) or lengths.shape != shape[:1]:
+            raise ValueError(
+                f"probe_lengths for probe batch {i} must be {shape[0]} integers (one per "
+                f"sequence). Received: dtype={lengths.dtype}, shape={lengths.shape}"
+            )
+        if lengths.size and (lengths.min() < 1 or lengths.max() > shape[1]):
+            raise ValueError(
+                f"probe_lengths for probe batch {i} must lie in [1, {shape[1]}] (its "
+                f"frames). Received: min={lengths.min()}, max={lengths.max()}"
+            )
+
+
+def _check_probe_groups(batches, groups, group_names):
+    if groups is None:
+        if group_names is not None:
+            raise ValueError("group_names was given without groups (the frame labels).")
+        return
+    top = -1
+    for i, (x, labels) in enumerate(zip(batches, groups)):
+        shape = _leading_shape(x, i)
+        check_frame_labels(labels, shape[:2], f"groups for probe batch {i}")
+        top = max(top, int(labels.max()) if labels.size else -1)
+    if top < 0:
+        raise ValueError("groups holds no label >= 0: every probe frame is marked -1.")
+    if group_names is not None and len(group_names) <= top:
+        raise ValueError(
+            f"group_names must name every label up to {top}. Received: "
+            f"{len(group_names)} names"
+        )
+
+
+def _check_probe_shapes(model, batches):
+    inputs = model.inputs
+    if len(inputs) != 1:
+        return  # multi-input models: the forward pass below names the problem
+    expected = tuple(inputs[0].shape)
+    for i, x in enumerate(batches):
+        leaves = keras.tree.flatten(x)
+        if len(leaves) != 1:
+            raise ValueError(
+                f"Model '{model.name}' takes one input of shape {expected}, but probe "
+                f"batch {i} holds {len(leaves)} arrays."
+            )
+        shape = tuple(np.shape(leaves[0]))
+        # The batch axis is not checked: Keras may fix it to the training batch size.
+        fits = len(shape) == len(expected) and all(
+            e is None or e == s for s, e in zip(shape[1:], expected[1:])
+        )
+        if not fits:
+            raise ValueError(
+                f"The probe does not fit model '{model.name}': its input has shape "
+                f"{expected} (None = any size). Received: probe batch {i} of shape {shape}"
+            )
 
 
 def _layer_names(layers):
@@ -1132,66 +861,28 @@ def _ensure_writable_dir(path, what):
         ) from None
 
 
-def _import_tensorflow():
-    global _warned_no_tensorflow
-    try:
-        import tensorboard  # noqa: F401  (tf.summary's image and scalar ops live here)
-        import tensorflow as tf
-    except ImportError:
-        if not _warned_no_tensorflow:
-            warnings.warn(
-                "TopoMapCallback: TensorFlow or TensorBoard is not installed, so nothing is "
-                "written to log_dir (the summaries are written with tf.summary); the out_dir "
-                "files and callback.history_ are still produced. `pip install tensorflow "
-                "tensorboard` to get them.",
-                stacklevel=3,
-            )
-            _warned_no_tensorflow = True
-        return None
-    if keras.backend.backend() != "tensorflow":
-        # TensorFlow is only used to write files here: keep it off accelerators that the
-        # training backend (JAX, torch) owns. Fails harmlessly once TF is initialised.
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except (RuntimeError, ValueError):
-            pass
-    return tf
-
-
-def _colorize(grid_map, cmap, lo, hi, image_size):
-    """``(..., H, W)`` maps as RGB uint8 images ``(..., h, w, 3)``, enlarged by pixel
-    repetition."""
-    from matplotlib import colormaps
-
-    lo, hi = _nonempty(lo, hi)
-    scaled = np.clip((np.asarray(grid_map, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
-    colormap = colormaps[cmap] if isinstance(cmap, str) else cmap
-    rgb = colormap(scaled, bytes=True)[..., :3]
-    factor = max(1, -(-image_size // max(grid_map.shape[-2:])))
-    return np.repeat(np.repeat(rgb, factor, axis=-3), factor, axis=-2)
-
-
-def _image_summary(image):
-    """An RGB uint8 image as TensorBoard's image summary tensor: ``[width, height, png]``."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return [str(image.shape[1]).encode(), str(image.shape[0]).encode(), buffer.getvalue()]
-
-
-def _nonempty(lo, hi):
-    lo, hi = float(lo), float(hi)
-    if hi > lo:
-        return lo, hi
-    pad = max(abs(lo) * 1e-3, 1e-6)
-    return lo - pad, hi + pad
-
-
-def _safe_name(name):
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+def _history_arrays(callback):
+    """The history as float32 arrays for ``topomaps.npz`` (stored uncompressed: rewriting it
+    every logged epoch must stay cheap as it grows)."""
+    arrays = {"epochs": callback.epochs_}
+    history, raw = callback.history_, callback.raw_history_
+    for name in callback.layers_:
+        arrays[f"map/{name}"] = history[name].astype(np.float32)
+        arrays[f"raw/{name}"] = raw[name].astype(np.float32)
+        arrays[f"grid/{name}"] = np.asarray(callback.grids_[name], dtype=np.int64)
+    raw_groups = callback.raw_group_history_
+    for name, values in callback.group_history_.items():
+        arrays[f"group_map/{name}"] = values.astype(np.float32)
+        arrays[f"group_raw/{name}"] = raw_groups[name].astype(np.float32)
+    for name, values in callback.scores_.items():
+        arrays[f"topo_score/{name}"] = values
+    for name, values in callback.penalties_.items():
+        arrays[f"penalty/{name}"] = values
+    if callback.group_history_:
+        arrays["group_labels"] = np.asarray(callback.group_labels_, dtype=np.int64)
+        arrays["group_names"] = np.asarray(callback.group_names_, dtype=str)
+    arrays["layers"] = np.asarray(callback.layers_, dtype=str)
+    return arrays
 
 
 def _stacked(lists):

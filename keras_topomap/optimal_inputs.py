@@ -302,7 +302,7 @@ class OptimalInputs:
                 f"Layers with a time axis: {list(timing)}"
             )
         lt = timing[self.layer]
-        starts = np.arange(lt.length) * lt.stride + lt.offset - (lt.size - 1) / 2
+        starts = lt.field_starts()
         inside = (starts >= 0) & (starts + lt.size <= length)
         return lt, starts, inside
 
@@ -470,7 +470,7 @@ class OptimalInputs:
                 f"Model '{self.model.name}' takes exactly {in_shape[1]} frames; length is {length}."
             )
         lt, starts, inside = self._timing(length)
-        centres = np.arange(lt.length) * lt.stride + lt.offset
+        centres = lt.centers()
         candidates = np.flatnonzero(inside)
         center = int(candidates[np.argmin(np.abs(centres[candidates] - (length - 1) / 2))])
         self._taps = flatten_model(self.model, [self.layer], include_output=False)

@@ -82,13 +82,90 @@ class LayerTiming(NamedTuple):
     offset: float
     length: int | None = None
 
-    def centers(self, n_layer_frames):
-        """Input-frame centres of layer frames ``0 .. n_layer_frames - 1`` (float array)."""
-        return np.arange(int(n_layer_frames)) * self.stride + self.offset
+    # Frame arithmetic: every tool that maps input frames to a layer's frames (GradNAP,
+    # TopoMapCallback, OptimalInputs) goes through these methods, so that the convention of the
+    # module doc is written once. ``n_layer_frames=None`` means ``length``.
 
-    def input_frame(self, n_layer_frames):
+    def _n(self, n_layer_frames):
+        n = self.length if n_layer_frames is None else n_layer_frames
+        if n is None:
+            raise ValueError(
+                "This LayerTiming has no length (receptive_fields was called without "
+                "n_frames); pass n_layer_frames."
+            )
+        return int(n)
+
+    def centers(self, n_layer_frames=None):
+        """Input-frame centres of layer frames ``0 .. n_layer_frames - 1`` (float array)."""
+        return np.arange(self._n(n_layer_frames)) * self.stride + self.offset
+
+    def field_starts(self, n_layer_frames=None):
+        """First input frame of each layer frame's receptive field (float; may lie in the
+        padding before frame 0)."""
+        return self.centers(n_layer_frames) - (self.size - 1) / 2
+
+    def input_frame(self, n_layer_frames=None):
         """The input frame each layer frame is attributed to: ``floor(centre)`` (int array)."""
         return np.floor(self.centers(n_layer_frames)).astype(np.int64)
+
+    def input_frame_of(self, frames):
+        """``input_frame`` of the layer frames ``frames`` (an int array of any shape; frame
+        indices outside ``0 .. length - 1`` are extrapolated)."""
+        return np.floor(np.asarray(frames) * self.stride + self.offset).astype(np.int64)
+
+    def frames_before_end(self, lengths, n_layer_frames=None):
+        """Bool ``(batch, n_layer_frames)``: the layer frames attributed to an input frame before
+        each sequence's end (``input_frame < lengths``). Frames centred in the padding before
+        the first input frame count: they exist and read the sequence's first frames. This is
+        what a model's output frames per sequence are (the CTC output length)."""
+        lengths = np.asarray(lengths).reshape(-1)
+        return self.input_frame(n_layer_frames)[None, :] < lengths[:, None]
+
+    def valid_frames(self, lengths, frames=None):
+        """Bool mask of the layer frames that carry a label of a sequence: the frame exists
+        (``0 <= frame < length``) and its input frame lies inside the sequence
+        (``0 <= input_frame < length of the sequence``).
+
+        Args:
+            lengths: int ``(batch,)`` valid input frames per sequence.
+            frames: layer frame indices, ``(n,)`` (one row of frames for every sequence) or
+                ``(batch, n)`` (a row per sequence); default all frames ``0 .. length - 1``.
+
+        Returns:
+            bool ``(batch, n)``.
+        """
+        lengths = np.asarray(lengths).reshape(-1)
+        if frames is None:
+            frames = np.arange(self._n(None))
+        frames = np.asarray(frames)
+        inside = self.input_frame_of(frames)
+        exists = (frames >= 0) & (frames < self._n(None))
+        return exists & (inside >= 0) & (inside < lengths[:, None])
+
+    def labels_at_frames(self, labels, lengths=None, n_layer_frames=None, fill=-1):
+        """Per-input-frame labels ``(batch, T_in)`` -> the labels of the layer's frames
+        ``(batch, n_layer_frames)``: each frame carries the label of its input frame; ``fill``
+        where that lies outside ``[0, T_in)`` or, with ``lengths``, past the sequence's end."""
+        n = self._n(n_layer_frames)
+        picked = input_frames_to_layer(labels, self, n, fill=fill)
+        if lengths is None:
+            return picked
+        return np.where(self.frames_before_end(lengths, n), picked, fill)
+
+    def nearest_frame(self, positions):
+        """The layer frame whose centre is nearest each input-frame position (float array of
+        any shape; halfway ties go to the later frame). May lie outside ``0 .. length - 1``."""
+        return np.floor((np.asarray(positions) - self.offset) / self.stride + 0.5).astype(
+            np.int64
+        )
+
+    def frames_within(self, starts, ends):
+        """First and last layer frame attributed to an input frame in ``[start, end]`` (int
+        arrays like ``starts``); ``last < first`` where a span holds no layer frame."""
+        starts, ends = np.asarray(starts), np.asarray(ends)
+        first = np.maximum(np.ceil((starts - self.offset) / self.stride), 0).astype(np.int64)
+        last = np.ceil((ends + 1 - self.offset) / self.stride) - 1
+        return first, np.minimum(last, self._n(None) - 1).astype(np.int64)
 
 
 _INPUT = LayerTiming(1, 1, 0.0)

@@ -9,8 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_topomap import TopographicRegularizer, TopoMapCallback
-from keras_topomap import callbacks as callbacks_module
+from keras_topomap import TopographicRegularizer, TopoMapCallback, map_writers
 from keras_topomap import grid as grid_lib
 from keras_topomap.metrics import topography_score
 
@@ -316,7 +315,7 @@ def test_every_unregularized_layer_and_layer_objects():
 
 def test_without_tensorflow_warns_once_and_writes_files(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import fails: "not installed"
-    monkeypatch.setattr(callbacks_module, "_warned_no_tensorflow", False)
+    monkeypatch.setattr(map_writers, "_warned_no_tensorflow", False)
     x, y = data()
     for run in range(2):
         model = tiny_model()

@@ -368,6 +368,7 @@ def test_errors(tmp_path):
         GradNAP(model, [])
 
     gn = GradNAP(model, ["topo"], n_groups=9, verbose=0)
+    assert not hasattr(gn, "profiles_") and not hasattr(gn, "grids_")  # fitted attributes
     x, y = data[0]
     bad_batches = [
         ([(x, y[:, :5])], "Batch 0: frame labels must have shape \\(batch, T_in\\)"),
@@ -401,8 +402,14 @@ def test_errors(tmp_path):
         fitted.maps("out")
     with pytest.raises(ValueError, match="not been fitted|not seen any"):
         GradNAP(model, ["topo"], n_groups=9).most_responsive_region("topo", 0)
-    with pytest.raises(ValueError, match="at least 2 groups"):
+    with pytest.raises(ValueError, match="not been fitted"):
         GradNAP(model, ["topo"], n_groups=9).cluster("topo")
+    one_group = [(x, np.where(y == y[0, 0], y, -1))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the other groups have no frames
+        lonely = GradNAP(model, ["topo"], n_groups=9, verbose=0).fit(one_group)
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        lonely.cluster("topo")
     other = GradNAP(model, ["topo"], adjust="none", n_groups=9, verbose=0).fit(data)
     with pytest.raises(ValueError, match="part 1 differs from part 0 in \\['adjust'\\]"):
         GradNAP.merge([fitted, other])

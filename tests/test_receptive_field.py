@@ -185,3 +185,34 @@ def test_check_frame_labels():
         check_frame_labels(np.zeros((1, 3)), (1, 3), "Batch 0")
     with pytest.raises(ValueError, match=r">= -1.*min=-2"):
         check_frame_labels(np.array([[0, -2, 1]]), (1, 3), "Batch 0")
+
+
+def test_layer_timing_frame_arithmetic_matches_loops():
+    """The frame arithmetic on LayerTiming against plain loops over the definition
+    (frame t is centred on input frame t * stride + offset)."""
+    lt = LayerTiming(stride=2, size=5, offset=0.5, length=6)
+    centre = [t * 2 + 0.5 for t in range(6)]
+    np.testing.assert_allclose(lt.centers(), centre)
+    np.testing.assert_allclose(lt.field_starts(), [c - 2 for c in centre])
+    np.testing.assert_array_equal(lt.input_frame_of(np.array([[-1, 0], [5, 6]])),
+                                  [[-2, 0], [10, 12]])
+    lengths = np.array([12, 7, 0])
+    labels = np.arange(36).reshape(3, 12) % 5 - 1
+    valid = lt.valid_frames(lengths)
+    before_end = lt.frames_before_end(lengths)
+    picked = lt.labels_at_frames(labels, lengths)
+    for b in range(3):
+        for t in range(6):
+            inside = int(np.floor(centre[t])) < lengths[b]
+            assert valid[b, t] == inside and before_end[b, t] == inside
+            assert picked[b, t] == (labels[b, int(np.floor(centre[t]))] if inside else -1)
+    # Frames of other rows and outside 0 .. length - 1 are never valid.
+    assert lt.valid_frames([12], frames=np.array([-1, 0, 5, 6])).tolist() == [
+        [False, True, True, False]
+    ]
+    assert lt.nearest_frame(np.array([0.0, 1.5, 2.4, 11.0])).tolist() == [0, 1, 1, 5]
+    first, last = lt.frames_within(np.array([0, 3, 4, 10]), np.array([2, 3, 5, 11]))
+    # frames with floor(centre) in [start, end]: [0, 1], none, [2], [5]
+    assert first.tolist() == [0, 2, 2, 5] and last.tolist() == [1, 1, 2, 5]
+    with pytest.raises(ValueError, match="no length"):
+        LayerTiming(1, 1, 0.0).centers()

@@ -1,0 +1,404 @@
+"""Where :class:`~keras_topomap.TopoMapCallback`'s maps go: TensorBoard, PNG, GIF and npz files.
+
+The callback computes an epoch's maps and hands them over as plain numpy arrays (an
+:class:`EpochMaps`); :class:`MapWriters` turns them into
+
+- TensorBoard summaries (``log_dir``): images ``topomap/<layer>`` and ``nap/<layer>/<group>``,
+  scalars ``topo_score/<layer>`` and ``penalty/<layer>``, at step = epoch index. TensorFlow and
+  TensorBoard are imported here only, when the first writer opens (:func:`import_tensorflow`);
+- files (``out_dir``): ``<layer>/epoch_NNN.png`` (and ``groups_epoch_NNN.png``), the history as
+  ``topomaps.npz``, and at train end one GIF per layer from the PNGs' pixels.
+
+Both are written in one background thread, at most one epoch in flight, so that the next epoch
+trains meanwhile; an error there is raised at the next epoch or at train end.
+
+TensorFlow and accelerators: under a Keras backend other than TensorFlow, opening a TensorBoard
+writer calls ``tf.config.set_visible_devices([], "GPU")`` (:func:`hide_gpus_from_tensorflow`).
+That setting is process-wide: TensorFlow, used here only to write event files, then never takes
+GPU memory that JAX or torch own. It cannot be undone later in the process, and it does nothing
+once TensorFlow has initialised its devices (e.g. when the program used TensorFlow on a GPU
+before).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import keras
+import numpy as np
+
+from keras_topomap.visualization import new_figure, plot_grid_maps, plot_grid_mosaic
+
+__all__ = ["EpochMaps", "MapWriters", "import_tensorflow", "hide_gpus_from_tensorflow"]
+
+# The "no TensorFlow" warning is given once per process, not once per callback or epoch.
+_warned_no_tensorflow = False
+
+
+class EpochMaps(NamedTuple):
+    """One logged epoch's results, as plain arrays (what the writers receive).
+
+    Attributes:
+        epoch: epoch index (0-based, as Keras passes it).
+        layers: watched layer names, in order.
+        maps: ``{layer: (H, W)}`` smoothed overall maps.
+        limits: ``{layer: (lo, hi)}`` the colour range (the running range over epochs).
+        group_maps: ``{layer: (G, H, W)}`` smoothed group maps (empty without groups).
+        group_limits: ``{layer: float}`` their symmetric colour limit.
+        group_names: the names of the ``G`` groups.
+        scores: ``{layer: float}`` topography scores (layers with a kernel).
+        penalties: ``{layer: float}`` regularizer penalties (regularized layers).
+    """
+
+    epoch: int
+    layers: list
+    maps: dict
+    limits: dict
+    group_maps: dict
+    group_limits: dict
+    group_names: list
+    scores: dict
+    penalties: dict
+
+
+def import_tensorflow(what="TopoMapCallback"):
+    """TensorFlow (with TensorBoard's summary plugins), or None with a one-time warning when
+    either is not installed. Under another Keras backend, hides the GPUs from TensorFlow (see
+    :func:`hide_gpus_from_tensorflow`)."""
+    global _warned_no_tensorflow
+    try:
+        import tensorboard  # noqa: F401  (tf.summary's image and scalar ops live here)
+        import tensorflow as tf
+    except ImportError:
+        if not _warned_no_tensorflow:
+            warnings.warn(
+                f"{what}: TensorFlow or TensorBoard is not installed, so nothing is "
+                "written to log_dir (the summaries are written with tf.summary); the out_dir "
+                "files and callback.history_ are still produced. `pip install tensorflow "
+                "tensorboard` to get them.",
+                stacklevel=4,
+            )
+            _warned_no_tensorflow = True
+        return None
+    if keras.backend.backend() != "tensorflow":
+        hide_gpus_from_tensorflow(tf)
+    return tf
+
+
+def hide_gpus_from_tensorflow(tf):
+    """``tf.config.set_visible_devices([], "GPU")`` for the whole process, so that TensorFlow,
+    used only to write files, keeps off the accelerators the training backend (JAX, torch)
+    owns. Does nothing (silently) once TensorFlow has initialised its devices."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except (RuntimeError, ValueError):
+        pass
+
+
+class MapWriters:
+    """Writes :class:`EpochMaps` to TensorBoard (``log_dir``) and files (``out_dir``).
+
+    Args:
+        log_dir, out_dir: where to write (None: that output is off).
+        cmap, interpolation: colormap and ``imshow`` interpolation of the overall maps.
+        image_size: TensorBoard images are enlarged to at least this many pixels.
+        fps: frames per second of the GIFs.
+        group_pngs: draw group maps every epoch (and a GIF of them), not only at the end.
+        background: write in a background thread (at most one epoch in flight).
+    """
+
+    def __init__(self, log_dir, out_dir, *, cmap, interpolation, image_size, fps, group_pngs,
+                 background):
+        self.log_dir, self.out_dir = log_dir, out_dir
+        self.cmap, self.interpolation = cmap, interpolation
+        self.image_size, self.fps = image_size, fps
+        self.group_pngs, self.background = group_pngs, background
+        self._tf = self._writer = self._summary_fn = None
+        self._executor = self._pending = None
+        self._figures = {}
+        self.reset()
+
+    def reset(self):
+        """Forgets the GIF frames (a new history starts)."""
+        self._gif_frames = {}
+
+    def open(self):
+        """Opens the TensorBoard writer (train begin)."""
+        self._writer = None
+        if self.log_dir is None:
+            return
+        self._tf = import_tensorflow()
+        if self._tf is not None:
+            self._writer = self._tf.summary.create_file_writer(self.log_dir)
+
+    def write(self, maps, history, on_done):
+        """Writes one epoch: ``maps`` (:class:`EpochMaps`), ``history`` (the arrays of
+        ``topomaps.npz``); ``on_done(cpu_seconds)`` is called when written."""
+        jobs = []
+        if self._writer is not None:
+            jobs.append(self._summary_job(maps))
+        if self.out_dir is not None:
+            jobs.append(self._file_job(maps, history))
+        if not jobs:
+            return
+
+        def run():
+            start = time.thread_time()
+            for job in jobs:
+                job()
+            on_done(time.thread_time() - start)
+
+        if not self.background:
+            run()
+            return
+        self.wait()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topomap")
+        self._pending = self._executor.submit(run)
+
+    def wait(self):
+        """Waits for the epoch in flight; re-raises an error of the writer thread here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def finish(self, last):
+        """Train end: waits, draws ``last``'s group maps (when not drawn every epoch) and the
+        GIFs, and closes the writers (also after an error)."""
+        try:
+            self.wait()
+            if self.out_dir is not None and last is not None:
+                if last.group_maps and not self.group_pngs:
+                    self._write_group_pngs(last)
+                self._write_gifs()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._summary_fn = None
+            self._figures = {}
+
+    # ------------------------------------------------------------------------------------------
+    # TensorBoard
+
+    def _summary_job(self, maps):
+        """A function writing this epoch's TensorBoard summaries."""
+        tf = self._tf
+        image_tags, pictures, scalar_tags, scalars = [], [], [], []
+        for name in maps.layers:
+            image_tags.append(f"topomap/{name}")
+            pictures.append((maps.maps[name], self.cmap, *maps.limits[name]))
+            if name in maps.group_maps:
+                limit = maps.group_limits[name]
+                image_tags.extend(f"nap/{name}/{group}" for group in maps.group_names)
+                pictures.append((maps.group_maps[name], "RdBu_r", -limit, limit))
+            if name in maps.scores:
+                scalar_tags.append(f"topo_score/{name}")
+                scalars.append(maps.scores[name])
+            if name in maps.penalties:
+                scalar_tags.append(f"penalty/{name}")
+                scalars.append(maps.penalties[name])
+
+        def job():
+            images = []
+            for values, cmap, lo, hi in pictures:
+                rgb = colorize(values, cmap, lo, hi, self.image_size)
+                images.extend([rgb] if rgb.ndim == 3 else rgb)
+            if self._summary_fn is None:
+                self._summary_fn = self._summary_function()
+            self._summary_fn(
+                tf.constant(maps.epoch, dtype=tf.int64),
+                tf.constant(image_tags, dtype=tf.string),
+                tf.constant([_image_summary(image) for image in images], dtype=tf.string),
+                tf.constant(scalar_tags, dtype=tf.string, shape=[len(scalar_tags)]),
+                tf.constant(scalars, dtype=tf.float32, shape=[len(scalars)]),
+            )
+            self._writer.flush()
+
+        return job
+
+    def _summary_function(self):
+        """One ``tf.function`` that writes an epoch's image and scalar summaries.
+
+        Tags travel as a string tensor and the summaries are written in graph loops, so it is
+        traced once whatever the number of layers and groups; the images arrive PNG-encoded in
+        TensorBoard's image format (``[width, height, png]``) and the summaries carry the image
+        and scalar plugins' metadata, exactly as ``tf.summary.image`` / ``tf.summary.scalar``
+        write them. (Hundreds of eager summary calls, one per group and layer, would cost more
+        than the maps themselves; a graph with one op per tag takes seconds to trace.)
+        """
+        from tensorboard.plugins.image import metadata as image_plugin
+        from tensorboard.plugins.scalar import metadata as scalar_plugin
+
+        tf = self._tf
+        writer = self._writer
+        image_metadata = image_plugin.create_summary_metadata(None, None).SerializeToString()
+        scalar_metadata = scalar_plugin.create_summary_metadata(None, None).SerializeToString()
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([], tf.int64),
+                tf.TensorSpec([None], tf.string),
+                tf.TensorSpec([None, 3], tf.string),
+                tf.TensorSpec([None], tf.string),
+                tf.TensorSpec([None], tf.float32),
+            ]
+        )
+        def write(step, image_tags, images, scalar_tags, scalars):
+            with writer.as_default():
+                for i in tf.range(tf.shape(image_tags)[0]):
+                    tf.summary.write(image_tags[i], images[i], step=step, metadata=image_metadata)
+                for i in tf.range(tf.shape(scalar_tags)[0]):
+                    tf.summary.write(
+                        scalar_tags[i], scalars[i], step=step, metadata=scalar_metadata
+                    )
+
+        return write
+
+    # ------------------------------------------------------------------------------------------
+    # Files
+
+    def _file_job(self, maps, history):
+        """A function writing this epoch's files (it may run in the writer thread while the
+        next epoch trains: ``maps`` and ``history`` are not changed afterwards)."""
+        number = maps.epoch + 1
+
+        def job():
+            for name in maps.layers:
+                self._render(
+                    ("map", name), maps.maps[name], None, nonempty(*maps.limits[name]),
+                    f"{name} - epoch {number}", path=self._png_path(name, "epoch", number),
+                )
+                if self.group_pngs and name in maps.group_maps:
+                    self._render_groups(maps, name, frame=True)
+            path = os.path.join(self.out_dir, "topomaps.npz")
+            # Write beside, then rename: a crash mid-write never leaves a broken history.
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, **history)
+            os.replace(tmp, path)
+
+        return job
+
+    def _render_groups(self, maps, name, frame):
+        number = maps.epoch + 1
+        limit = maps.group_limits[name] or 1.0
+        self._render(
+            ("groups", name), maps.group_maps[name], list(maps.group_names), (-limit, limit),
+            f"{name} - epoch {number}: group mean - mean over groups",
+            path=self._png_path(name, "groups_epoch", number), frame=frame,
+        )
+
+    def _png_path(self, name, stem, number):
+        folder = os.path.join(self.out_dir, safe_name(name))
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, f"{stem}_{number:03d}.png")
+
+    def _render(self, key, maps, titles, limits, suptitle, path, frame=True):
+        """Draws one layer's overall map (``key = ("map", layer)``, maps ``(H, W)``) or group
+        maps (``("groups", layer)``, ``(G, H, W)``) into its figure -- built on first use,
+        then updated in place -- saves it as the PNG ``path`` and, with ``frame``, keeps the
+        same pixels as a frame of the layer's GIF."""
+        kind, _ = key
+        entry = self._figures.get(key)
+        if kind == "groups":
+            if entry is None:
+                n, h, w = maps.shape
+                ncols = min(n, 8)
+                nrows = -(-n // ncols)
+                fig = new_figure(figsize=(ncols * 1.0 + 1.4, nrows * 1.1 * h / w + 0.6))
+                entry = self._figures[key] = {"figure": fig, "ax": fig.add_subplot()}
+            plot_grid_mosaic(
+                entry["ax"], maps, titles, ncols=8, diverging=True, vmax=limits[1], label="NAP"
+            )
+        else:
+            if entry is None:
+                fig = plot_grid_maps(
+                    [maps], diverging=False, label="mean activation", panel_size=3.0
+                )
+                image = fig.axes[0].images[0]
+                image.set_cmap(self.cmap)
+                image.set_interpolation(self.interpolation)
+                entry = self._figures[key] = {"figure": fig, "image": image}
+            entry["image"].set_data(maps)
+            entry["image"].set_clim(*limits)
+        fig = entry["figure"]
+        fig.suptitle(suptitle, fontsize=10)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        with open(path, "wb") as f:
+            f.write(buffer.getvalue())
+        if frame:
+            from PIL import Image
+
+            # Palette-quantized here, in the writer thread, so that the GIF at train end is
+            # only a concatenation; ~50 kB per frame.
+            buffer.seek(0)
+            with Image.open(buffer) as image:
+                self._gif_frames.setdefault(key, []).append(image.convert("RGB").quantize())
+        if not entry.get("frozen"):
+            # Freeze the layout solved by the first save: re-solving it on every later save
+            # would cost more than drawing the maps.
+            fig.set_layout_engine("none")
+            entry["frozen"] = True
+
+    def _write_group_pngs(self, last):
+        """The last logged epoch's group maps, when they were not drawn every epoch."""
+        for name in last.layers:
+            if name in last.group_maps:
+                self._render_groups(last, name, frame=False)
+
+    def _write_gifs(self):
+        """One GIF per layer (and per layer's groups, with ``group_pngs``): the frames drawn
+        for the PNGs, in epoch order."""
+        duration = max(int(round(1000 / self.fps)), 20)
+        for (kind, name), frames in self._gif_frames.items():
+            suffix = "_groups" if kind == "groups" else ""
+            path = os.path.join(self.out_dir, f"{safe_name(name)}{suffix}.gif")
+            frames[0].save(
+                path, save_all=True, append_images=frames[1:], duration=duration, loop=0
+            )
+
+
+def colorize(grid_map, cmap, lo, hi, image_size):
+    """``(..., H, W)`` maps as RGB uint8 images ``(..., h, w, 3)``, enlarged by pixel
+    repetition to at least ``image_size`` pixels on the longer side."""
+    from matplotlib import colormaps
+
+    lo, hi = nonempty(lo, hi)
+    scaled = np.clip((np.asarray(grid_map, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    colormap = colormaps[cmap] if isinstance(cmap, str) else cmap
+    rgb = colormap(scaled, bytes=True)[..., :3]
+    factor = max(1, -(-image_size // max(grid_map.shape[-2:])))
+    return np.repeat(np.repeat(rgb, factor, axis=-3), factor, axis=-2)
+
+
+def _image_summary(image):
+    """An RGB uint8 image as TensorBoard's image summary tensor: ``[width, height, png]``."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return [str(image.shape[1]).encode(), str(image.shape[0]).encode(), buffer.getvalue()]
+
+
+def nonempty(lo, hi):
+    """``(lo, hi)`` widened slightly where ``hi <= lo`` (a constant map still gets a scale)."""
+    lo, hi = float(lo), float(hi)
+    if hi > lo:
+        return lo, hi
+    pad = max(abs(lo) * 1e-3, 1e-6)
+    return lo - pad, hi + pad
+
+
+def safe_name(name):
+    """A layer name as a file name (characters other than letters, digits, ``_.-`` -> ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
