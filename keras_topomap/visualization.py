@@ -12,11 +12,14 @@ Example:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from keras_topomap import checks
 
 __all__ = [
+    "TOPOGRAPHY_THRESHOLD", "MapVerdict", "map_verdict", "map_verdicts", "mark_verdict",
     "new_figure", "plot_grid_map", "plot_grid_maps", "outline_region", "symmetric_limit",
     "plot_gradnap", "plot_gradnap_eeg", "plot_gradnap_dendrogram", "plot_gradnap_time",
     "smooth_to_image", "plot_optimal_input", "plot_optimal_inputs", "plot_input_image",
@@ -39,6 +42,132 @@ def symmetric_limit(*maps):
     return vmax if vmax > 0 else 1.0
 
 
+# ----------------------------------------------------------------------------------------------
+# Is a drawn map topographic? One test and one mark for every function that draws grid maps.
+
+#: A map whose Moran's I lies fewer than this many permutation standard deviations above its
+#: permuted layouts is drawn with a "not topographic" mark (every drawing function's
+#: ``threshold``).
+TOPOGRAPHY_THRESHOLD = 3.0
+_MARK_COLOR = "#c00000"
+
+
+class MapVerdict(NamedTuple):
+    """What :func:`map_verdict` found for one map.
+
+    Attributes:
+        test: the :class:`keras_topomap.metrics.MoransITest` of the raw map (None for a
+            constant map, where Moran's I is undefined).
+        threshold: the z a map needs to count as topographic.
+    """
+
+    test: object
+    threshold: float
+
+    @property
+    def topographic(self):
+        """True when the raw map is smoother than chance (``z >= threshold``)."""
+        return self.test is not None and self.test.is_topographic(self.threshold)
+
+    @property
+    def label(self):
+        """The short readout drawn on a map: ``"I 0.42, z 5.1"``."""
+        if self.test is None:
+            return "constant map"
+        return f"I {self.test.morans_i:.2f}, z {self.test.z:.1f}"
+
+    @property
+    def text(self):
+        """The readout with the verdict, e.g. ``"I 0.01, z 0.4: not topographic (z < 3)"``."""
+        if self.topographic:
+            return f"{self.label}: topographic (z >= {self.threshold:g})"
+        return f"{self.label}: not topographic (z < {self.threshold:g})"
+
+
+def map_verdict(grid_map, threshold=TOPOGRAPHY_THRESHOLD, n_permutations=199, seed=0,
+                neighborhood=3):
+    """Tests one RAW ``(H, W)`` map for topography (:func:`keras_topomap.metrics.morans_i_test`).
+
+    Smoothing or interpolating a map for display makes noise look smooth, so the test always
+    runs on the values before any of that.
+
+    Returns:
+        :class:`MapVerdict`.
+    """
+    from keras_topomap.metrics import _check_map, _is_constant, morans_i_test
+
+    grid_map = _check_map(grid_map)
+    if _is_constant(grid_map):
+        return MapVerdict(None, float(threshold))
+    test = morans_i_test(grid_map, n_permutations=n_permutations, seed=seed,
+                         neighborhood=neighborhood)
+    return MapVerdict(test, float(threshold))
+
+
+def map_verdicts(maps, threshold=TOPOGRAPHY_THRESHOLD, n_permutations=199, seed=0):
+    """:func:`map_verdict` of every map of ``(N, H, W)`` maps (or a list of ``(H, W)`` maps)."""
+    return [map_verdict(m, threshold=threshold, n_permutations=n_permutations, seed=seed)
+            for m in maps]
+
+
+def mark_verdict(ax, verdict, tile=None, fontsize=6):
+    """Shows a :class:`MapVerdict` on a drawn map: Moran's I and z under it and, for a map that
+    is not smoother than chance, a red frame and the words "not topographic".
+
+    Args:
+        ax: the Axes the map is drawn in.
+        verdict: :class:`MapVerdict` of the RAW map.
+        tile: ``(left, top, width, height)`` in data coordinates when the map is one tile of a
+            mosaic; default: the whole axes.
+        fontsize: size of the readout.
+
+    Returns:
+        list of the artists added (texts and patches, ``gid="topography-mark"``).
+    """
+    from matplotlib.patches import Rectangle
+
+    artists = []
+    color = "0.15" if verdict.topographic else _MARK_COLOR
+    if tile is None:
+        kwargs = {"transform": ax.transAxes, "clip_on": False}
+        frame = (0.0, 0.0, 1.0, 1.0)
+        below, middle = (0.5, -0.02), (0.5, 0.5)
+    else:
+        left, top, width, height = tile
+        kwargs = {"clip_on": False}
+        frame = (left - 0.5, top - 0.5, width, height)
+        below, middle = (left - 0.5 + width / 2, top - 0.5 + height), (
+            left - 0.5 + width / 2, top - 0.5 + height / 2)
+    artists.append(ax.text(*below, verdict.label, ha="center", va="top", fontsize=fontsize,
+                           color=color, gid="topography-mark", **kwargs))
+    if not verdict.topographic:
+        artists.append(ax.add_patch(Rectangle(
+            frame[:2], frame[2], frame[3], fill=False, edgecolor=_MARK_COLOR, linewidth=1.6,
+            linestyle="--", gid="topography-mark", **kwargs)))
+        artists.append(ax.text(
+            *middle, "not topographic", ha="center", va="center", fontsize=fontsize + 1,
+            color=_MARK_COLOR, fontweight="bold", gid="topography-mark", rotation=0,
+            bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1.0},
+            **kwargs))
+    return artists
+
+
+def _clear_marks(ax):
+    for artist in [*ax.texts, *ax.patches]:
+        if artist.get_gid() == "topography-mark":
+            artist.remove()
+
+
+def _verdicts_for(maps, raw, test, threshold):
+    """Verdicts of the raw maps behind drawn ``maps`` (None entries when ``test`` is off)."""
+    if not test:
+        return [None] * len(maps)
+    raw = maps if raw is None else raw
+    if len(raw) != len(maps):
+        raise ValueError(f"Got {len(maps)} maps to draw but {len(raw)} raw maps to test.")
+    return map_verdicts(raw, threshold=threshold)
+
+
 def plot_grid_map(
     ax,
     grid_map,
@@ -51,6 +180,7 @@ def plot_grid_map(
     region=None,
     interpolation="nearest",
     label=None,
+    verdict=None,
 ):
     """Draws one ``(H, W)`` grid map into ``ax``.
 
@@ -67,6 +197,8 @@ def plot_grid_map(
         region: optional :class:`keras_topomap.grid.Region` to outline.
         interpolation: passed to ``imshow`` (``"bicubic"`` gives an EEG-like continuous look).
         label: colorbar label.
+        verdict: optional :class:`MapVerdict` of the raw map to show on it
+            (:func:`mark_verdict`); drawing a smoothed map, pass the raw map's verdict.
 
     Returns:
         The ``AxesImage``.
@@ -89,6 +221,8 @@ def plot_grid_map(
         ax.set_title(title, fontsize=9)
     if region is not None:
         outline_region(ax, region)
+    if verdict is not None:
+        mark_verdict(ax, verdict)
     if colorbar:
         cbar = ax.figure.colorbar(image, ax=ax, shrink=0.8)
         if label:
@@ -128,8 +262,12 @@ def plot_grid_maps(
     label=None,
     regions=None,
     panel_size=2.2,
+    raw=None,
+    test=True,
+    threshold=TOPOGRAPHY_THRESHOLD,
 ):
-    """Several ``(H, W)`` maps side by side with a shared colour scale.
+    """Several ``(H, W)`` maps side by side with a shared colour scale, each with its
+    topography verdict (:func:`map_verdict` of the raw map, shown by :func:`mark_verdict`).
 
     Args:
         maps: array ``(N, H, W)`` or a list of ``(H, W)`` maps.
@@ -141,6 +279,10 @@ def plot_grid_maps(
         label: colorbar label.
         regions: optional list of regions (or None entries) to outline per map.
         panel_size: inches per panel.
+        raw: the raw maps the drawn ones were computed from (e.g. before smoothing), tested
+            instead of ``maps``; default: ``maps`` are raw.
+        test: test and mark every map (off: draw the maps only).
+        threshold: z below which a map is marked "not topographic".
 
     Returns:
         matplotlib Figure.
@@ -149,6 +291,7 @@ def plot_grid_maps(
     n = len(maps)
     if n == 0:
         raise ValueError("plot_grid_maps needs at least one map.")
+    verdicts = _verdicts_for(maps, raw, test, threshold)
     ncols = ncols or min(n, 6)
     nrows = int(np.ceil(n / ncols))
     fig = new_figure(figsize=(panel_size * ncols + 1.0, panel_size * nrows + 0.4))
@@ -176,6 +319,7 @@ def plot_grid_maps(
             colorbar=not shared_scale,
             region=regions[i] if regions is not None else None,
             label=label,
+            verdict=verdicts[i],
         )
     if shared_scale and image is not None:
         cbar = fig.colorbar(image, ax=list(axes[:n]), shrink=0.8)
@@ -188,9 +332,10 @@ def plot_grid_maps(
 
 def plot_grid_mosaic(
     ax, maps, titles=None, ncols=None, gap=1, diverging=True, vmin=None, vmax=None, cmap=None,
-    colorbar=True, label=None, fontsize=7,
+    colorbar=True, label=None, fontsize=7, raw=None, test=True, threshold=TOPOGRAPHY_THRESHOLD,
 ):
-    """Many ``(H, W)`` maps tiled into one image on one axes, with a title above each tile.
+    """Many ``(H, W)`` maps tiled into one image on one axes, with a title above each tile and
+    each tile's topography verdict (:func:`map_verdict` of its raw map) below it.
 
     Far cheaper to draw than one axes per map (:func:`plot_grid_maps`) when there are dozens
     of maps, e.g. one per phone. Calling it again on the same axes with maps of the same shape
@@ -210,6 +355,9 @@ def plot_grid_mosaic(
         label: as for :func:`plot_grid_map`.
         colorbar: add one colorbar for all tiles (first call only).
         fontsize: size of the titles.
+        raw: the raw maps behind ``maps`` (e.g. before smoothing), tested instead of them.
+        test: test and mark every tile.
+        threshold: z below which a tile is marked "not topographic".
 
     Returns:
         The ``AxesImage``.
@@ -223,9 +371,11 @@ def plot_grid_mosaic(
     if maps.ndim != 3 or maps.shape[0] == 0:
         raise ValueError(f"plot_grid_mosaic expects maps (N, H, W). Received: shape={maps.shape}")
     n, h, w = maps.shape
+    verdicts = _verdicts_for(maps, None if raw is None else np.asarray(raw), test, threshold)
     ncols = int(ncols or min(n, 8))
     nrows = -(-n // ncols)
     rows, cols = np.divmod(np.arange(n), ncols)
+    gap = max(gap, 2) if test else gap  # room for the readout under each tile
     top, left = rows * (h + gap), cols * (w + gap)
     mosaic = np.full((nrows * (h + gap) - gap, ncols * (w + gap) - gap), np.nan)
     tile_rows = (top[:, None] + np.arange(h))[:, :, None]
@@ -242,20 +392,29 @@ def plot_grid_mosaic(
         image = ax.images[0]
         image.set_data(mosaic)
         image.set_clim(vmin, vmax)
+        _clear_marks(ax)
         for text, title in zip(ax.texts, titles or ()):
             text.set_text(title)
+        _mark_tiles(ax, verdicts, top, left, h, w, fontsize)
         return image
     image = ax.imshow(mosaic, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_axis_off()
     for i, title in enumerate(titles or ()):
         ax.text(left[i] + (w - 1) / 2, top[i] - 0.6, title, ha="center", va="bottom",
                 fontsize=fontsize)
+    _mark_tiles(ax, verdicts, top, left, h, w, fontsize)
     if colorbar:
         cbar = ax.figure.colorbar(image, ax=ax, shrink=0.8)
         if label:
             cbar.set_label(label, fontsize=8)
         cbar.ax.tick_params(labelsize=7)
     return image
+
+
+def _mark_tiles(ax, verdicts, top, left, h, w, fontsize):
+    for i, verdict in enumerate(verdicts):
+        if verdict is not None:
+            mark_verdict(ax, verdict, tile=(left[i], top[i], w, h), fontsize=max(4, fontsize - 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,12 +437,15 @@ def _group_title(gradnap, index):
     return f"/{gradnap.group_name(index)}/"
 
 
-def plot_gradnap(gradnap, layer, groups=None, size=3, panel_size=2.0, label=None, cmap=None):
+def plot_gradnap(gradnap, layer, groups=None, size=3, panel_size=2.0, label=None, cmap=None,
+                 threshold=TOPOGRAPHY_THRESHOLD):
     """GradNAPs of chosen groups on a layer's grid: raw values, smoothed map, responsive region.
 
     One column per group. Top row: the values on the grid ("on grid"); bottom row: the
     ``size x size`` smoothed map with the most responsive region outlined. Each row has one
-    diverging colour scale centred at 0, shared by all its panels, and one colorbar.
+    diverging colour scale centred at 0, shared by all its panels, and one colorbar. Both rows
+    show Moran's I and z of the raw map (:func:`map_verdict`); a map not smoother than chance
+    is marked "not topographic".
 
     Args:
         gradnap: a fitted :class:`keras_topomap.GradNAP`.
@@ -293,6 +455,7 @@ def plot_gradnap(gradnap, layer, groups=None, size=3, panel_size=2.0, label=None
         panel_size: inches per panel.
         label: colorbar label (default: what the values are).
         cmap: diverging colormap (default ``"RdBu_r"``).
+        threshold: z below which a map is marked "not topographic".
 
     Returns:
         matplotlib Figure.
@@ -306,6 +469,7 @@ def plot_gradnap(gradnap, layer, groups=None, size=3, panel_size=2.0, label=None
     raw = gradnap.maps(layer)[indices]
     smoothed = gradnap.maps(layer, smooth=True, size=size)[indices]
     regions = [gradnap.most_responsive_region(layer, i, size=size) for i in indices]
+    verdicts = map_verdicts(raw, threshold=threshold)
     label = label or ("GradNAP" if gradnap.adjust != "none" else "NAP")
     n = len(indices)
     fig = new_figure(figsize=(panel_size * n + 1.2, 2 * panel_size + 0.6))
@@ -318,7 +482,7 @@ def plot_gradnap(gradnap, layer, groups=None, size=3, panel_size=2.0, label=None
             image = plot_grid_map(
                 ax, maps[col], title=f"{_group_title(gradnap, index)} {layer}" if row == 0 else
                 None, vmax=limit, cmap=cmap, colorbar=False,
-                region=regions[col] if row == 1 else None,
+                region=regions[col] if row == 1 else None, verdict=verdicts[col],
             )
             if col == 0:
                 ax.set_ylabel(what, fontsize=9)
@@ -348,25 +512,43 @@ def smooth_to_image(grid_map, size=3, upsample=8):
 
 
 def plot_gradnap_eeg(gradnap, layer, groups=None, size=3, upsample=8, levels=8, panel_size=2.2,
-                     cmap=None):
+                     cmap=None, threshold=TOPOGRAPHY_THRESHOLD, force=False):
     """EEG-style view: each group's smoothed GradNAP as a continuous image with contour lines.
 
     The smoothed grid map is interpolated (cubic) to a fine image, drawn with a diverging colour
     scale centred at 0 shared by all panels, and overlaid with ``levels`` contour lines (solid
     for positive, dashed for negative values), like a scalp map.
 
+    Smoothing and interpolation make any map look like a smooth landscape, noise included, so
+    every panel is tested on its raw map first (:func:`map_verdict`) and shows Moran's I and z.
+    A map not smoother than chance is drawn greyed, without contour lines, under a
+    "not topographic" mark, unless ``force=True`` (then it is drawn in colour, still marked).
+
+    Args:
+        gradnap: a fitted :class:`keras_topomap.GradNAP`.
+        layer: layer name.
+        groups: group names or indices (default: every group with frames).
+        size: smoothing size.
+        upsample: interpolation factor.
+        levels: number of contour lines.
+        panel_size: inches per panel.
+        cmap: diverging colormap (default ``"RdBu_r"``).
+        threshold: z below which a map is "not topographic".
+        force: draw maps that are not topographic in colour with contours as well.
+
     Returns:
         matplotlib Figure.
     """
     indices = _gradnap_groups(gradnap, layer, groups)
     maps = gradnap.maps(layer)[indices]
+    verdicts = map_verdicts(maps, threshold=threshold)
     images = [smooth_to_image(m, size=size, upsample=upsample) for m in maps]
     limit = symmetric_limit(*images)
     h, w = maps.shape[1:]
     n = len(indices)
     ncols = min(n, 6)
     nrows = -(-n // ncols)
-    fig = new_figure(figsize=(panel_size * ncols * max(w / h, 0.5) + 1.2, panel_size * nrows + 0.5))
+    fig = new_figure(figsize=(panel_size * ncols * max(w / h, 0.5) + 1.2, panel_size * nrows + 0.7))
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     extent = (-0.5, w - 0.5, h - 0.5, -0.5)  # image pixels line up with the grid cells
     contour_levels = np.linspace(-limit, limit, 2 * (levels // 2) + 3)[1:-1]
@@ -375,18 +557,28 @@ def plot_gradnap_eeg(gradnap, layer, groups=None, size=3, upsample=8, levels=8, 
         if i >= n:
             ax.set_visible(False)
             continue
-        image = ax.imshow(images[i], cmap=cmap or "RdBu_r", vmin=-limit, vmax=limit,
-                          extent=extent, interpolation="bilinear")
+        shown = verdicts[i].topographic or force
+        drawn = ax.imshow(images[i], cmap=(cmap or "RdBu_r") if shown else "Greys",
+                          vmin=-limit, vmax=limit, extent=extent, interpolation="bilinear",
+                          alpha=1.0 if shown else 0.35)
+        if shown:
+            image = drawn
         ys = np.linspace(-0.5, h - 0.5, images[i].shape[0])
         xs = np.linspace(-0.5, w - 0.5, images[i].shape[1])
-        if np.ptp(images[i]) > 0:
+        if shown and np.ptp(images[i]) > 0:
             ax.contour(xs, ys, images[i], levels=contour_levels, colors="k", linewidths=0.6)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{_group_title(gradnap, indices[i])} {layer}", fontsize=9)
-    cbar = fig.colorbar(image, ax=list(axes[:n]), shrink=0.85)
-    cbar.set_label("GradNAP (smoothed)" if gradnap.adjust != "none" else "NAP (smoothed)",
-                   fontsize=8)
+        mark_verdict(ax, verdicts[i], fontsize=7)
+    if image is not None:
+        cbar = fig.colorbar(image, ax=list(axes[:n]), shrink=0.85)
+        cbar.set_label("GradNAP (smoothed)" if gradnap.adjust != "none" else "NAP (smoothed)",
+                       fontsize=8)
+    if not all(v.topographic for v in verdicts):
+        fig.suptitle(f"greyed: not smoother than chance on the raw map (z < {threshold:g})"
+                     + ("; drawn anyway (force=True)" if force else ""), fontsize=8,
+                     color=_MARK_COLOR)
     return fig
 
 
@@ -417,9 +609,14 @@ def plot_gradnap_dendrogram(gradnap, layer, ax=None, metric="cosine", method="av
     return fig
 
 
-def plot_gradnap_time(gradnap, layer, group, size=3, offsets=None, panel_size=1.8):
+def plot_gradnap_time(gradnap, layer, group, size=3, offsets=None, panel_size=1.8,
+                      threshold=TOPOGRAPHY_THRESHOLD):
     """Time-resolved GradNAP of one group: the smoothed grid map at each layer-frame offset
-    around the group's occurrences (needs ``GradNAP(window=w)``), one shared colour scale.
+    around the group's occurrences (needs ``GradNAP(window=w)``), one shared colour scale, each
+    with the verdict of its raw map (:func:`map_verdict`).
+
+    Args:
+        threshold: z below which a map is marked "not topographic".
 
     Returns:
         matplotlib Figure.
@@ -436,9 +633,11 @@ def plot_gradnap_time(gradnap, layer, group, size=3, offsets=None, panel_size=1.
         raise ValueError(f"Offsets must lie in [-{w}, {w}]. Received: {bad}")
     from keras_topomap import grid as grid_lib
 
-    maps = grid_lib.smooth(grid_lib.to_grid(profiles, gradnap.grids_[layer]), size)
+    raw = grid_lib.to_grid(profiles, gradnap.grids_[layer])
+    maps = grid_lib.smooth(raw, size)
     return plot_grid_maps(
-        [maps[o + w] for o in offsets], titles=[f"{o:+d}" for o in offsets],
+        [maps[o + w] for o in offsets], raw=[raw[o + w] for o in offsets], threshold=threshold,
+        titles=[f"{o:+d}" for o in offsets],
         ncols=min(len(offsets), 9), label="GradNAP (smoothed)", panel_size=panel_size,
         suptitle=f"{_group_title(gradnap, index)} {layer}: layer frames around the centre",
     )
@@ -905,7 +1104,7 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
 
 
 def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, fig=None,
-                  cmap="RdBu_r", panel_width=1.9):
+                  cmap="RdBu_r", panel_width=1.9, threshold=TOPOGRAPHY_THRESHOLD):
     """Figure 1B: for each group, its GradNAP on the grid, smoothed with the most responsive
     region outlined, and the region's single-filter and joint optimal inputs.
 
@@ -927,6 +1126,8 @@ def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, f
         fig: a ``Figure`` or ``SubFigure`` to draw into (default: a new Figure).
         cmap: diverging colormap.
         panel_width: inches per column.
+        threshold: z below which a group's map is marked "not topographic" (tested on the raw
+            map, shown on both map rows).
 
     Returns:
         the Figure (or the SubFigure drawn into).
@@ -947,6 +1148,7 @@ def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, f
         regions = [gradnap.most_responsive_region(layer, i, size=size) for i in indices]
     raw = gradnap.maps(layer)[indices]
     smoothed = gradnap.maps(layer, smooth=True, size=size)[indices]
+    verdicts = map_verdicts(raw, threshold=threshold)
     single = [np.asarray(s, dtype=np.float64) for s in single]
     joint = [np.asarray(j, dtype=np.float64).reshape(np.shape(s)[1:]) for j, s in
              zip(joint, single)]
@@ -973,7 +1175,7 @@ def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, f
             images[what] = plot_grid_map(
                 ax, maps[g], vmax=limit, cmap=cmap, colorbar=False,
                 title=f"/{gradnap.group_name(index).upper()}/" if row == 0 else None,
-                region=regions[g] if row == 1 else None,
+                region=regions[g] if row == 1 else None, verdict=verdicts[g],
             )
             if g == 0:
                 ax.set_ylabel(what, fontsize=8)
