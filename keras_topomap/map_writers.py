@@ -317,12 +317,13 @@ class MapWriters:
                 fig = new_figure(figsize=(ncols * 1.0 + 1.4, nrows * 1.1 * h / w + 0.6))
                 entry = self._figures[key] = {"figure": fig, "ax": fig.add_subplot()}
             plot_grid_mosaic(
-                entry["ax"], maps, titles, ncols=8, diverging=True, vmax=limits[1], label="NAP"
+                entry["ax"], maps, titles, ncols=8, diverging=True, vmax=limits[1], label="NAP",
+                test=False,
             )
         else:
             if entry is None:
                 fig = plot_grid_maps(
-                    [maps], diverging=False, label="mean activation", panel_size=3.0
+                    [maps], diverging=False, label="mean activation", panel_size=3.0, test=False
                 )
                 image = fig.axes[0].images[0]
                 image.set_cmap(self.cmap)
