@@ -59,6 +59,7 @@ __all__ = [
     "TrainingTimeLimit",
     "build_parser",
     "gradnap_metrics",
+    "layer_verdicts",
     "main",
     "parse_phonemes",
     "run_demo",
@@ -161,45 +162,39 @@ def _feature_settings(model_path):
     return {"features": features.kind, "n_mels": features.n_mels}
 
 
-def _morans_i(grid_map):
-    from keras_topomap.metrics import morans_i
-
-    try:
-        return float(morans_i(grid_map))
-    except ValueError:  # a constant map (e.g. all zero): undefined
-        return None
-
-
-def gradnap_metrics(gradnap, n_permutations=20, seed=0):
+def gradnap_metrics(gradnap, n_permutations=199, seed=0, threshold=3.0):
     """Smoothness and localisation of every GradNAP map, per layer.
 
-    For every layer and every group with frames: Moran's I
-    (:func:`keras_topomap.metrics.morans_i`) of the map on the grid, the same for the map with
-    its filters randomly permuted (the "no topography" baseline, mean over ``n_permutations``),
-    the blur-error AUC (:func:`~keras_topomap.metrics.blur_error_auc`, lower = smoother) and the
-    localisation (:func:`~keras_topomap.metrics.localization`: share of positive mass inside the
-    most responsive 3x3 region).
+    For every layer and every group with frames: Moran's I of the raw map on the grid against
+    ``n_permutations`` random layouts of its values
+    (:func:`keras_topomap.metrics.morans_i_test`: I, the permuted mean, z and p, and whether
+    ``z >= threshold``), the blur-error AUC (:func:`~keras_topomap.metrics.blur_error_auc`,
+    lower = smoother) and the localisation (:func:`~keras_topomap.metrics.localization`: share
+    of positive mass inside the most responsive 3x3 region). A constant map has no Moran's I
+    (None) and is not topographic.
 
     Returns:
-        ``{layer: {"groups": {name: {...}}, "mean": {...}, "median": {...}}}``.
+        ``{layer: {"groups": {name: {...}}, "mean": {...}, "median": {...},
+        "n_topographic": int, "n_maps": int}}``.
     """
     from keras_topomap.metrics import blur_error_auc, localization
+    from keras_topomap.visualization import map_verdict
 
-    rng = np.random.default_rng(seed)
     result = {}
     for layer in gradnap.layers:
         maps = gradnap.maps(layer)
-        grid = maps.shape[1:]
         groups = {}
         for index in np.nonzero(gradnap.counts_[layer] > 0)[0]:
             grid_map = maps[index]
-            flat = grid_map.ravel()
-            permuted = [_morans_i(flat[rng.permutation(flat.size)].reshape(grid))
-                        for _ in range(n_permutations)]
-            permuted = [p for p in permuted if p is not None]
+            verdict = map_verdict(grid_map, threshold=threshold, n_permutations=n_permutations,
+                                  seed=seed)
+            test = verdict.test
             groups[gradnap.group_name(index)] = {
-                "morans_i": _morans_i(grid_map),
-                "morans_i_permuted": float(np.mean(permuted)) if permuted else None,
+                "morans_i": None if test is None else test.morans_i,
+                "morans_i_permuted": None if test is None else test.null_mean,
+                "morans_i_z": None if test is None else test.z,
+                "morans_i_p": None if test is None else test.p_value,
+                "topographic": verdict.topographic,
                 "blur_error_auc": float(blur_error_auc(grid_map)),
                 "localization": float(localization(grid_map)),
                 "frames": int(gradnap.counts_[layer][index]),
@@ -208,11 +203,42 @@ def gradnap_metrics(gradnap, n_permutations=20, seed=0):
         for how, fn in (("mean", np.mean), ("median", np.median)):
             summary[how] = {
                 key: (float(fn(values)) if values else None)
-                for key in ("morans_i", "morans_i_permuted", "blur_error_auc", "localization")
+                for key in ("morans_i", "morans_i_permuted", "morans_i_z", "blur_error_auc",
+                            "localization")
                 for values in [[g[key] for g in groups.values() if g[key] is not None]]
             }
-        result[layer] = {"groups": groups, **summary}
+        result[layer] = {"groups": groups, **summary,
+                         "n_topographic": sum(g["topographic"] for g in groups.values()),
+                         "n_maps": len(groups)}
     return result
+
+
+def layer_verdicts(metrics, threshold=3.0):
+    """One line per topographic layer saying whether its maps are topographic.
+
+    Reads the demo's metrics: the kernel topography z-score (filter order against permuted
+    orders) and the GradNAP maps' Moran's I z-scores (each raw map against permuted layouts of
+    its values). A layer's maps count as topographic when their median z reaches
+    ``threshold``.
+
+    Returns:
+        ``{layer: line}``.
+    """
+    lines = {}
+    for layer, topo in metrics["topography"].items():
+        kernel = "ordered" if topo["z"] >= threshold else "not ordered"
+        text = f"{layer}: kernel S {topo['score']:.3f} (z {topo['z']:.1f}, {kernel})"
+        gn = metrics.get("gradnap", {}).get(layer)
+        if gn and gn["n_maps"]:
+            median_z = gn["median"]["morans_i_z"]
+            verdict = ("topographic" if median_z is not None and median_z >= threshold
+                       else "not topographic")
+            text += (f"; GradNAP maps {verdict}: {gn['n_topographic']} of {gn['n_maps']} "
+                     f"smoother than chance (z >= {threshold:g}), median Moran's I "
+                     f"{_fmt(gn['median']['morans_i'], '.3f')}, median z "
+                     f"{_fmt(median_z, '.1f')}")
+        lines[layer] = text
+    return lines
 
 
 def _fmt(value, spec):
@@ -541,6 +567,7 @@ def run_demo(
         fig = vis.new_figure(figsize=(min(13.0, 1.1 * 8 * ww / hh + 1.5),
                                       1.1 * -(-len(groups) // 8) * 1.15 + 0.6))
         vis.plot_grid_mosaic(fig.add_subplot(), gradnap.maps(name, smooth=True)[groups],
+                             raw=gradnap.maps(name)[groups],
                              titles=[f"/{PHONES_39[g].upper()}/" for g in groups], ncols=8,
                              label="GradNAP (smoothed)")
         fig.suptitle(f"GradNAP of every phoneme on {name} ({hh}x{ww}), smoothed", fontsize=9)
@@ -581,6 +608,7 @@ def run_demo(
         metrics["recognizer"].update(
             {f"test_{k}": training["test"][k] for k in ("cer", "wer", "loss")}
         )
+    metrics["verdicts"] = layer_verdicts(metrics)
     table = metrics_table(metrics)
     seconds["metrics"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
@@ -593,6 +621,9 @@ def run_demo(
     )
     if verbose:
         print("\n" + table)
+        print("\nIs each layer topographic? (each raw map against permuted layouts)")
+        for line in metrics["verdicts"].values():
+            print(f"  {line}")
         if training is not None:
             rec = metrics["recognizer"]
             print(f"\nrecognizer: test CER {rec['test_cer']:.3f}, WER {rec['test_wer']:.3f} after "

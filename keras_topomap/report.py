@@ -31,6 +31,7 @@ td, th { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; } td:first-child { text-align: left; }
 .sounds td { text-align: left; } audio { height: 2em; vertical-align: middle; }
 code { background: #f5f5f5; padding: 0 3px; }
+.verdict { font-size: 0.9em; margin: 0.2em 0; } .verdict.no { color: #a00000; font-weight: bold; }
 """
 
 _REFERENCE = re.compile(r'(?:src|href)="([^"#:]+)"')
@@ -45,6 +46,15 @@ def _figure(name, caption, alt=None):
     name = html.escape(name)
     return (f'<figure><a href="{name}"><img src="{name}" alt="{html.escape(alt or caption)}">'
             f"</a><figcaption>{caption}</figcaption></figure>")
+
+
+def _verdict(metrics, layer):
+    """The demo's verdict line for ``layer`` as a paragraph (red when not topographic)."""
+    line = metrics.get("verdicts", {}).get(layer)
+    if not line:
+        return ""
+    css = "verdict no" if "not topographic" in line or "not ordered" in line else "verdict"
+    return f'<p class="{css}">{html.escape(line)}</p>'
 
 
 def _markdown_table(table):
@@ -79,6 +89,7 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
     """
     out = Path(out)
     layer = metrics["figure_layer"]
+    first = next(iter(metrics.get("topography", {layer: None})))
     phonemes = metrics["phonemes"]
     slashed = ", ".join(f"/{p.upper()}/" for p in phonemes)
     parts = [
@@ -116,7 +127,8 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
             files["figure1"],
             "The paper's Figure 1 reproduced: A, the first layer's filters on their grid and two "
             f"3x3 neighbourhoods; B, GradNAPs of {slashed} on layer {layer} and optimal inputs of "
-            "their most responsive region. Panels A and B are also shown separately below.")]
+            "their most responsive region. Panels A and B are also shown separately below."),
+            _verdict(metrics, first), _verdict(metrics, layer)]
     if "figure1a" in files:
         parts += ["<h2>A: neighbouring filters are similar</h2>", _figure(
             files["figure1a"],
@@ -124,7 +136,8 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
             "to the right, each filter on its own colour scale), placed at its grid position. "
             "Right: close-ups of the two most coherent non-overlapping 3x3 neighbourhoods "
             "(highest mean cosine similarity of the centre filter to its neighbours, given in "
-            "the titles; the centre is framed). Random filter order would give about 0.")]
+            "the titles; the centre is framed). Random filter order would give about 0."),
+            _verdict(metrics, first)]
     if "figure1b" in files:
         parts += [f"<h2>B: phoneme responses on the map ({html.escape(layer)})</h2>", _figure(
             files["figure1b"],
@@ -133,7 +146,7 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
             "input of each filter of that region (\"single-filter\", placed as the filters sit "
             "in the region) and of the region as a whole (\"joint\"). Optimal inputs are "
             "normalised log-mel patches (mel band upwards, time to the right) covering the "
-            "layer's receptive field.")]
+            "layer's receptive field."), _verdict(metrics, layer)]
     if wavs:
         parts += ["<h3>Listen to the optimal inputs</h3>",
                   "<p>The features inverted to audio (Griffin-Lim; a sketch of which bands and "
@@ -155,12 +168,13 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
         parts += ["<h2>EEG-style view</h2>", _figure(
             files["gradnap_eeg"],
             f"The smoothed GradNAP maps of {slashed} on {layer}, interpolated and drawn with "
-            "contour lines like a scalp map.")]
+            "contour lines like a scalp map; a map that is not smoother than chance on its raw "
+            "values is greyed out."), _verdict(metrics, layer)]
     if "dendrogram" in files:
         parts += ["<h2>Which phonemes get similar profiles?</h2>", _figure(
             files["dendrogram"],
             f"Average-linkage clustering of the phoneme GradNAP profiles of {layer} (cosine "
-            "distance).")]
+            "distance)."), _verdict(metrics, layer)]
     if "animation" in files or animations:
         parts.append("<h2>The map during training</h2>")
         if "animation" in files:
@@ -168,6 +182,7 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
                 files["animation"],
                 f"Mean activation of layer {layer} over a fixed probe of validation utterances, "
                 "smoothed, after every epoch (TopoMapCallback)."))
+            parts.append(_verdict(metrics, layer))
         if animations:
             links = ", ".join(f'<a href="{html.escape(a)}">{html.escape(Path(a).stem)}</a>'
                               for a in animations)
@@ -188,12 +203,18 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
         "region).</p>",
         _markdown_table(table),
     ]
+    if metrics.get("verdicts"):
+        parts.append("<h3>Is each layer topographic?</h3>")
+        parts += [_verdict(metrics, name) for name in metrics["verdicts"]]
     mosaics = [(k, v) for k, v in files.items() if k.startswith("gradnap_") and k != "gradnap_eeg"]
     if mosaics:
         parts.append("<h2>GradNAPs of all phonemes, every layer</h2>")
         for key, name in mosaics:
+            shown = key[len("gradnap_"):]
             parts.append(_figure(name, f"Smoothed GradNAP maps of every phoneme with test frames "
-                                       f"on {html.escape(key[len('gradnap_'):])}."))
+                                       f"on {html.escape(shown)}, each with Moran's I and z of "
+                                       f"its raw map."))
+            parts.append(_verdict(metrics, shown))
     parts.append("</body></html>")
     text = "\n".join(parts)
     missing = [f for f in referenced_files(text) if not (out / f).is_file()]

@@ -1,5 +1,6 @@
 """The speech demo (`make demo`): the whole pipeline on the tiny config, and its parts."""
 
+import html
 import json
 import wave
 
@@ -70,6 +71,31 @@ def test_demo_metrics(tiny_demo):
     assert metrics["recognizer"]["epochs_done"] == 1
     table = (out / "metrics.md").read_text()
     assert all(f"| {layer} |" in table for layer in layers)
+    # one verdict line per layer, from the raw maps' tests, shown on the page as well
+    page = (out / "index.html").read_text()
+    assert list(metrics["verdicts"]) == layers
+    for layer, line in metrics["verdicts"].items():
+        gn = metrics["gradnap"][layer]
+        assert line.startswith(f"{layer}: kernel S ")
+        assert f"{gn['n_topographic']} of {gn['n_maps']} smoother than chance" in line
+        assert html.escape(line) in page
+        for group in gn["groups"].values():
+            assert group["topographic"] == (group["morans_i_z"] is not None
+                                            and group["morans_i_z"] >= 3)
+
+
+def test_layer_verdicts_read_the_median_z():
+    def layer(z):
+        return {"n_maps": 3, "n_topographic": int(z >= 3),
+                "median": {"morans_i": 0.5 if z >= 3 else 0.01, "morans_i_z": z}}
+
+    metrics = {"topography": {"a": {"score": 0.4, "z": 9.0}, "b": {"score": 0.01, "z": 0.5}},
+               "gradnap": {"a": layer(6.0), "b": layer(1.2)}}
+    lines = demo.layer_verdicts(metrics)
+    assert "kernel S 0.400 (z 9.0, ordered); GradNAP maps topographic: 1 of 3" in lines["a"]
+    assert "(z 0.5, not ordered); GradNAP maps not topographic: 0 of 3" in lines["b"]
+    assert "median z 1.2" in lines["b"]
+    assert "not topographic" in demo.layer_verdicts(metrics, threshold=10)["a"]
 
 
 def test_demo_on_a_saved_model_skips_training(tiny_demo, tmp_path):
