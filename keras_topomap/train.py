@@ -79,6 +79,7 @@ __all__ = [
     "ValidationCER",
     "evaluate",
     "load_data",
+    "settle_checkpoint",
     "load_feature_config",
     "main",
     "train",
@@ -92,6 +93,7 @@ _READERS = {
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = (
     "epochs", "resume", "verbose", "max_minutes", "tensorboard", "distribute",
+    "out",  # a run folder may be moved or copied and resumed where it is now
 )
 
 
@@ -478,10 +480,16 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     """Saves everything needed to resume after every epoch; keeps the best model.
 
     Writes ``checkpoint.keras`` (weights and optimizer state) and ``state.json`` (epochs done,
-    history, training seconds, early-stopping and time-budget state); ``best.keras`` whenever
-    ``monitor`` improves (equal values: when the ``tiebreak`` log, by default the matching CTC
-    loss, is lower). Files are replaced atomically, so an interruption never leaves a
-    half-written checkpoint.
+    history, training seconds, early-stopping and time-budget state, the optimizer's step
+    count); ``best.keras`` whenever ``monitor`` improves (equal values: when the ``tiebreak``
+    log, by default the matching CTC loss, is lower).
+
+    The three files change as one: the model files of epoch ``N`` are first written under
+    hidden names tagged with ``N``, then ``state.json`` is replaced (the commit), then the
+    tagged files are renamed into place. An interruption before the commit leaves the previous
+    epoch in force; one after it is completed at resume (:func:`settle_checkpoint`), which also
+    refuses a ``checkpoint.keras`` whose optimizer step count is not the one ``state.json``
+    records.
     """
 
     def __init__(self, out, state, early_stopping=None, budget=None, monitor="val_cer",
@@ -519,14 +527,16 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         ):
             state["best"], state["best_epoch"] = float(value), epoch + 1
             state["best_tiebreak"] = tiebreak if math.isfinite(tiebreak) else None
-            _save_model(self.model, self.out / "best.keras")
+            self.model.save(_pending_path(self.out, "best", epoch + 1))
         if self.early_stopping is not None:
             state["early_stopping"] = self.early_stopping.state()
         if self.budget is not None:
             state["budget_stopped"] = self.budget.stopped
         state["rng_states"] = rng_states(self.model)
-        _save_model(self.model, self.out / "checkpoint.keras")
-        _write_json(self.out / "state.json", state)
+        state["optimizer_iterations"] = _optimizer_steps(self.model)
+        self.model.save(_pending_path(self.out, "checkpoint", epoch + 1))
+        _write_json(self.out / "state.json", state)  # the commit point
+        settle_checkpoint(self.out, state)
 
 
 def _tensorboard(log_dir):
@@ -577,6 +587,69 @@ def set_rng_states(model, states):
             variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
+def _pending_path(out, name, epoch):
+    """Where ``<name>.keras`` of epoch ``epoch`` waits for its ``state.json`` commit."""
+    return Path(out) / f".{name}.epoch{int(epoch):05d}.keras"
+
+
+def _optimizer_steps(model):
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
+def settle_checkpoint(out, state):
+    """Complete or roll back an interrupted :class:`TrainingCheckpoint` save in ``out``.
+
+    ``state`` is the committed ``state.json``: the model files tagged with its epoch are
+    renamed into place (the save had committed), files tagged with another epoch are removed
+    (a save that never committed). Safe to call at any time; a no-op after a complete save.
+    """
+    out = Path(out)
+    for name in ("checkpoint", "best"):
+        keep = _pending_path(out, name, state["epochs_done"])
+        for path in sorted(out.glob(f".{name}.epoch*.keras")):
+            if path == keep:
+                os.replace(path, out / f"{name}.keras")
+            else:
+                path.unlink()
+
+
+def _read_run_json(path, what="training run"):
+    """A JSON file of a run folder; a truncated or malformed one raises naming the file."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"Cannot read {path} of the {what}: it is truncated or malformed ({e}). Restore it "
+            "or start a new run."
+        ) from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"Cannot read {path} of the {what}: expected a JSON object.")
+    return payload
+
+
+def _load_checkpoint(out, state):
+    """``checkpoint.keras`` of ``out``, checked against the committed ``state``."""
+    path = Path(out) / "checkpoint.keras"
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as e:  # Keras raises many kinds for a truncated or foreign file
+        raise ValueError(
+            f"Cannot resume: {path} is unreadable or truncated ({type(e).__name__}: {e})."
+        ) from None
+    expected = state.get("optimizer_iterations")
+    found = _optimizer_steps(model)
+    if expected is not None and found != expected:
+        raise ValueError(
+            f"Cannot resume: {path} holds a model after {found} optimizer steps but "
+            f"{Path(out) / 'state.json'} records {expected} after epoch {state['epochs_done']}; "
+            "the two files come from different epochs."
+        )
+    return model
+
+
 def _save_model(model, path):
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
@@ -617,14 +690,16 @@ def _build(config, n_features):
     return model
 
 
-def _check_resume(out, config):
+def _check_resume(out, config, repair=True):
     saved_path = out / "config.json"
     if not saved_path.is_file() or not (out / "state.json").is_file():
         raise ValueError(
             f"Cannot resume: {out} holds no checkpoint (config.json and state.json). "
             "Start a new run without --resume."
         )
-    saved = json.loads(saved_path.read_text())["train"]
+    saved = _read_run_json(saved_path).get("train")
+    if not isinstance(saved, dict):
+        raise ValueError(f"Cannot resume: {saved_path} has no 'train' settings.")
     mine = config.to_dict()
     changed = {
         k: (saved.get(k), mine[k]) for k in mine if k not in _RESUMABLE_CHANGES and
@@ -635,7 +710,13 @@ def _check_resume(out, config):
         raise ValueError(
             f"Cannot resume the run in {out} with different settings. Received: {details}"
         )
-    return json.loads((out / "state.json").read_text())
+    state = _read_run_json(out / "state.json")
+    missing = {"epochs_done", "seconds", "history", "best", "best_epoch"} - set(state)
+    if missing:
+        raise ValueError(f"Cannot resume: {out / 'state.json'} lacks {sorted(missing)}.")
+    if repair:
+        settle_checkpoint(out, state)
+    return state
 
 
 def layer_topography(model, grids, n_permutations=100, seed=0):
@@ -722,7 +803,8 @@ def _train(config, data, callbacks, context):
     out = Path(config.out)
     context.check_batch_size(config.batch_size)
     if config.resume:
-        state = _check_resume(out, config)
+        # Only the chief completes an interrupted save; the others read the folder it settles.
+        state = _check_resume(out, config, repair=context.is_chief)
     else:
         if (out / "state.json").exists():
             raise ValueError(
@@ -772,7 +854,7 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
 
     with context.scope():
         if config.resume:
-            model = keras.saving.load_model(out / "checkpoint.keras")
+            model = _load_checkpoint(out, state)
             set_rng_states(model, state.get("rng_states", {}))
         else:
             model = _build(config, feature_config.n_features)
@@ -897,7 +979,10 @@ def load_feature_config(out):
     path = Path(out) / "config.json"
     if not path.is_file():
         raise ValueError(f"No config.json in {out}: not a training run folder.")
-    return FeatureConfig.from_dict(json.loads(path.read_text())["features"])
+    features = _read_run_json(path).get("features")
+    if not isinstance(features, dict):
+        raise ValueError(f"{path} has no 'features' settings: not a training run's config.json.")
+    return FeatureConfig.from_dict(features)
 
 
 # ------------------------------------------------------------------------------ command line

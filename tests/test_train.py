@@ -1,6 +1,7 @@
 """Training: overfitting real utterances, one step per backend, save/load, resume, the CLI."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -15,6 +16,7 @@ from keras_topomap.datasets import (
     load_tts_corpus,
     text_to_labels,
 )
+from tests.faults import Crash, crash_before_write
 
 WORDS = "the cat sat on a mat dog ran far away in park".split()
 
@@ -142,15 +144,20 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     data = fake_data()
     config = train.TrainConfig(**FAST, dropout=0.1, patience=0, epochs=2)
     whole = train.train(config, data=data, out=str(tmp_path / "whole"))
-    train.train(config, data=data, out=str(tmp_path / "split"), epochs=1)
+    # Killed during epoch 2's save, after its checkpoint is written and before its state.json
+    # is (writes 1 and 2 to state.json are epoch 1's temp file and rename).
+    with crash_before_write(3, match="state.json"), pytest.raises(Crash):
+        train.train(config, data=data, out=str(tmp_path / "split"))
+    shutil.move(tmp_path / "split", tmp_path / "moved")  # a moved run folder resumes too
     keras.utils.set_random_seed(123)  # a fresh process would not share the RNG state
-    resumed = train.train(config, data=data, out=str(tmp_path / "split"), resume=True)
+    resumed = train.train(config, data=data, out=str(tmp_path / "moved"), resume=True)
     assert resumed["epochs_done"] == whole["epochs_done"] == 2
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]  # epoch 2 once, from epoch 1
     for a, b in zip(whole["history"], resumed["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["val_cer"] == pytest.approx(b["val_cer"], abs=1e-6)
     first = keras.saving.load_model(tmp_path / "whole" / "checkpoint.keras")
-    second = keras.saving.load_model(tmp_path / "split" / "checkpoint.keras")
+    second = keras.saving.load_model(tmp_path / "moved" / "checkpoint.keras")
     for a, b in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
