@@ -1,0 +1,31 @@
+"""The README's quick start runs exactly as written."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _quick_start():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1, "the quick start is one python block"
+    return blocks[0]
+
+
+def test_quick_start_runs_as_written(tmp_path):
+    script = tmp_path / "quick_start.py"
+    script.write_text(_quick_start(), encoding="utf-8")
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "conv topography S =" in done.stdout
+    assert (tmp_path / "maps").is_dir() and any((tmp_path / "logs").rglob("*tfevents*"))
+    assert done.stdout.strip().splitlines()[-1] == "(1, 15, 40)"
