@@ -663,39 +663,45 @@ def build_parser():
     from keras_topomap import models
 
     p = argparse.ArgumentParser(
-        prog="python -m keras_topomap.demo",
+        prog="keras-topomap demo",
         description="Train the topographic speech recognizer, compute GradNAPs of all phonemes "
         "and draw the paper's Figure 1 (writes an index.html). --synthetic runs the older "
-        "synthetic demo instead (python -m keras_topomap.synthetic_demo).",
+        "synthetic demo instead (keras_topomap.synthetic_demo).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", default="small", choices=sorted(models.CONFIGS),
-                   help="model size to train (default: small)")
-    p.add_argument("--minutes", type=float, default=10.0,
-                   help="training time budget in minutes (default: 10)")
+                   help="model size to train")
+    p.add_argument("--max-minutes", "--minutes", dest="minutes", type=float, default=10.0,
+                   help="training time budget in minutes")
     p.add_argument("--data", default="bundled",
-                   help="bundled (default), bundled-voice, tts:DIR, librispeech:DIR, timit:DIR "
+                   help="bundled, bundled-voice, tts:DIR, librispeech:DIR, timit:DIR "
                    "or textgrid:AUDIO_DIR,TEXTGRID_DIR (as keras-topomap train --data)")
     p.add_argument("--model", default=None,
                    help="a trained .keras model: skip training and analyse it")
     p.add_argument("--phonemes", nargs="*", default=[],
                    help="phonemes for Figure 1B besides AE, AA and T (e.g. --phonemes s iy)")
-    p.add_argument("--layer", default=None, help="layer of Figure 1B (default: conv_2)")
-    p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layer", default=None, help="layer of Figure 1B (None: conv_2)")
+    p.add_argument("--out", default="outputs", help="output folder")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the weights, the split and the batch order")
     p.add_argument("--strength", type=float, default=0.01,
-                   help="topographic regularizer strength (default: 0.01)")
+                   help="topographic regularizer strength")
     p.add_argument("--epochs", type=int, default=200,
                    help="maximum epochs (the time budget usually stops first)")
     p.add_argument("--steps", type=int, default=200, help="optimisation steps per optimal input")
-    p.add_argument("--max-train", type=int, default=None, help="use N training utterances")
-    p.add_argument("--max-eval", type=int, default=None, help="use N validation/test utterances")
+    p.add_argument("--max-train", type=int, default=None,
+                   help="use only N training utterances (None: all)")
+    p.add_argument("--max-eval", "--max-utterances", dest="max_eval", type=int, default=None,
+                   help="use only N validation and N test utterances (None: all)")
     p.add_argument("--target", default="prediction", choices=("prediction", "ctc_loss"),
-                   help="GradNAP target (default: prediction)")
+                   help="GradNAP target")
     p.add_argument("--l2", type=float, default=0.05,
-                   help="L2 decay of the optimal inputs per step (default: 0.05)")
+                   help="L2 decay of the optimal inputs per step")
     p.add_argument("--all-wavs", action="store_true",
-                   help="write a WAV for every filter of each region (default: joint and centre)")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1))
+                   help="write a WAV for every filter of each region, not only the joint input "
+                   "and the centre filter")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1),
+                   help="0: quiet, 1: progress bars and messages")
     p.add_argument("--synthetic", action="store_true",
                    help="run the synthetic demo (keras_topomap.synthetic_demo) instead")
     return p

@@ -138,35 +138,41 @@ def build_parser():
         prog="keras-topomap gradnap",
         description="GradNAP over one shard of a corpus; writes the running sums for "
         "'keras-topomap gradnap-merge' (see keras_topomap.gradnap_cli).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="a saved Keras model (.keras)")
     p.add_argument(
         "--data", default="bundled",
-        help="bundled (default), bundled-voice, tts:DIR, librispeech:DIR, timit:DIR or "
+        help="bundled, bundled-voice, tts:DIR, librispeech:DIR, timit:DIR or "
         "textgrid:AUDIO_DIR,TEXTGRID_DIR (as for 'keras-topomap train')",
     )
     p.add_argument("--split", default=None,
                    help="part of a bundled/tts: corpus (train, test, train_voices, test_voice, "
-                   "all; default all)")
+                   "all; None: all)")
     p.add_argument("--layers", nargs="+", default=None,
-                   help="layers to profile (default: every layer with a TopographicRegularizer)")
+                   help="layers to profile (None: every layer with a TopographicRegularizer)")
     p.add_argument("--shard", default="0/1", help="I/N: analyse shard I of N (from 0)")
     p.add_argument("--out", required=True, help="folder for the shard files")
-    p.add_argument("--target", default="prediction", choices=("prediction", "ctc_loss"))
-    p.add_argument("--adjust", default="gradient", choices=("gradient", "abs_gradient", "none"))
-    p.add_argument("--baseline", default="group_mean", choices=("group_mean", "frame_mean"))
+    p.add_argument("--target", default="prediction", choices=("prediction", "ctc_loss"),
+                   help="what the gradients are taken of (see GradNAP)")
+    p.add_argument("--adjust", default="gradient", choices=("gradient", "abs_gradient", "none"),
+                   help="how activations are weighted by the gradients (see GradNAP)")
+    p.add_argument("--baseline", default="group_mean", choices=("group_mean", "frame_mean"),
+                   help="what each group's profile is compared with (see GradNAP)")
     p.add_argument("--window", type=int, default=None,
-                   help="also keep time-resolved profiles over +-W layer frames")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-utterances", type=int, default=None,
-                   help="use only the first N utterances (by id) before sharding")
+                   help="also keep time-resolved profiles over +-W layer frames (None: no)")
+    p.add_argument("--batch-size", type=int, default=8, help="utterances per batch")
+    p.add_argument("--max-eval", "--max-utterances", dest="max_utterances", type=int,
+                   default=None,
+                   help="use only the first N utterances (by id) before sharding (None: all)")
     p.add_argument("--features-from", default=None,
                    help="training run folder whose config.json gives the feature settings "
-                   "(default: the model's folder, if it has one)")
+                   "(None: the model's folder, if it has one)")
     p.add_argument("--features", default="logmel", choices=("logmel", "mfcc"),
                    help="feature kind when there is no run folder")
     p.add_argument("--n-mels", type=int, default=40, help="mel bands when there is no run folder")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1))
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1),
+                   help="0: quiet, 1: progress bar")
     return p
 
 
@@ -342,6 +348,7 @@ def build_merge_parser():
         prog="keras-topomap gradnap-merge",
         description="Merge the shard files of 'keras-topomap gradnap' into one GradNAP "
         "(exact: counts equal one fit, profiles up to float rounding).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("paths", nargs="+", help="folders of shard files, or shard .json files")
     p.add_argument("--out", required=True,

@@ -165,17 +165,25 @@ def format_results(results):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def build_parser():
+    """The synthetic demo's command line (``keras-topomap demo --synthetic --help``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m keras_topomap.synthetic_demo",
+        prog="keras-topomap demo --synthetic",
         description="Train a small Conv1D model with and without the topographic constraint "
         "and compare the topography of its filters.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--strength", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--permutations", type=int, default=200)
-    args = parser.parse_args(argv)
+    parser.add_argument("--epochs", type=int, default=12, help="epochs of each training run")
+    parser.add_argument("--strength", type=float, default=0.01,
+                        help="topographic regularizer strength")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
+    parser.add_argument("--n-permutations", "--permutations", dest="permutations", type=int,
+                        default=200, help="shuffled layouts of the topography z-scores")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     results = run_synthetic_demo(
         epochs=args.epochs,
         strength=args.strength,

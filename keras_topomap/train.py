@@ -993,41 +993,62 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="keras-topomap train",
         description="Train the Wav2Letter-style recognizer with CTC (see keras_topomap.train).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", default=defaults.config, choices=sorted(models_lib.CONFIGS))
+    p.add_argument("--config", default=defaults.config, choices=sorted(models_lib.CONFIGS),
+                   help="model size (keras_topomap.models.CONFIGS)")
     p.add_argument(
         "--topographic", action=argparse.BooleanOptionalAction, default=defaults.topographic,
-        help="topographic regularizer on every hidden convolution (default: on)",
+        help="topographic regularizer on every hidden convolution",
     )
-    p.add_argument("--strength", type=float, default=defaults.strength)
-    p.add_argument("--neighborhood", type=int, default=defaults.neighborhood)
-    p.add_argument("--dropout", type=float, default=defaults.dropout)
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    p.add_argument("--clipnorm", type=float, default=defaults.clipnorm)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--strength", type=float, default=defaults.strength,
+                   help="topographic regularizer strength")
+    p.add_argument("--neighborhood", type=int, default=defaults.neighborhood,
+                   help="side of the regularizer's square neighbourhood on the grid (odd)")
+    p.add_argument("--dropout", type=float, default=defaults.dropout,
+                   help="dropout rate after each hidden convolution")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help="utterances per batch (global, over all devices)")
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                   help="Adam learning rate")
+    p.add_argument("--clipnorm", type=float, default=defaults.clipnorm,
+                   help="clip each gradient to this norm")
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help="seed of the weights, the split and the batch order")
     p.add_argument("--out", default=defaults.out, help="output folder")
     p.add_argument(
         "--data", default=defaults.data,
-        help="bundled (default), bundled-voice, tts:DIR, librispeech:DIR, timit:DIR or "
+        help="bundled, bundled-voice, tts:DIR, librispeech:DIR, timit:DIR or "
         "textgrid:AUDIO_DIR,TEXTGRID_DIR",
     )
-    p.add_argument("--test-data", default=None, help="test corpus for KIND:PATH data")
-    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    p.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    p.add_argument("--test-data", default=None,
+                   help="test corpus for KIND:PATH data (None: split off --data)")
+    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
+                   help="share of the training utterances held out for validation")
+    p.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
+                   help="share held out for testing when --data has no test split")
     p.add_argument("--patience", type=int, default=defaults.patience,
                    help="early stopping patience in epochs on the validation CER (0: off)")
-    p.add_argument("--max-minutes", type=float, default=None, help="training time budget")
-    p.add_argument("--max-train", type=int, default=None, help="use N training utterances")
-    p.add_argument("--max-eval", type=int, default=None, help="use N val/test utterances")
-    p.add_argument("--features", default=defaults.features, choices=("logmel", "mfcc"))
-    p.add_argument("--n-mels", type=int, default=defaults.n_mels)
+    p.add_argument("--max-minutes", "--minutes", dest="max_minutes", type=float, default=None,
+                   help="training time budget in minutes (None: no budget)")
+    p.add_argument("--max-train", type=int, default=None,
+                   help="use only N training utterances (None: all)")
+    p.add_argument("--max-eval", "--max-utterances", dest="max_eval", type=int, default=None,
+                   help="use only N validation and N test utterances (None: all)")
+    p.add_argument("--features", default=defaults.features, choices=("logmel", "mfcc"),
+                   help="input features")
+    p.add_argument("--n-mels", type=int, default=defaults.n_mels,
+                   help="mel bands (features per frame)")
     p.add_argument("--pad-to-multiple", type=int, default=defaults.pad_to_multiple,
                    help="pad batch lengths to a multiple of this (fewer compiled shapes)")
-    p.add_argument("--n-permutations", type=int, default=defaults.n_permutations)
-    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
-    p.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2))
+    p.add_argument("--n-permutations", "--permutations", dest="n_permutations", type=int,
+                   default=defaults.n_permutations,
+                   help="shuffled layouts of the final topography z-scores")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
+                   default=defaults.tensorboard, help="write TensorBoard logs to OUT/logs")
+    p.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2),
+                   help="Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
         "--distribute", default=defaults.distribute, choices=distribute_lib.CHOICES,

@@ -713,20 +713,23 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-topomap build-corpus",
         description="Synthesise a phone-aligned speech corpus with Festival (see module docs).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--utterances", type=int, default=1000, help="utterances to keep")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
-        "--utterances", type=int, default=1000, help="utterances to keep (default 1000)"
+        "--sentences", help="text file with one sentence per line (None: Jane Austen's novels)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--sentences", help="text file with one sentence per line (default: Austen)"
-    )
-    parser.add_argument("--janeaustenr", help="directory of the janeaustenr R package")
-    parser.add_argument("--voices", nargs="+", default=list(VOICES), choices=list(VOICES))
-    parser.add_argument("--held-out-voice", default="ked_diphone")
-    parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--festival", help="path of the festival executable")
+    parser.add_argument("--janeaustenr",
+                        help="directory of the janeaustenr R package (None: search the system)")
+    parser.add_argument("--voices", nargs="+", default=list(VOICES), choices=list(VOICES),
+                        help="Festival voices, taking turns")
+    parser.add_argument("--held-out-voice", default="ked_diphone",
+                        help="voice of the test_voice split")
+    parser.add_argument("--test-fraction", type=float, default=0.1,
+                        help="share of each voice's sentences in the test split")
+    parser.add_argument("--festival", help="path of the festival executable (None: on PATH)")
     parser.add_argument("--ogg-quality", type=float, default=0.3, help="Vorbis quality 0..1")
     return parser
 
