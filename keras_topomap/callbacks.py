@@ -39,6 +39,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 from keras_topomap.group_sums import GroupSums
@@ -191,20 +192,13 @@ class TopoMapCallback(keras.callbacks.Callback):
         group_pngs=False,
     ):
         super().__init__()
-        if isinstance(smooth, bool) or not isinstance(smooth, (int, np.integer)):
-            raise ValueError(f"smooth must be an odd integer. Received: smooth={smooth!r}")
-        if smooth != 1:
-            grid_lib.validate_neighborhood(smooth, what="smooth")
-        self.smooth = int(smooth)
-        self.every = _positive_int(every, "every")
-        self.image_size = _positive_int(image_size, "image_size")
-        self.fps = float(fps)
-        if not self.fps > 0:
-            raise ValueError(f"fps must be > 0. Received: fps={fps!r}")
+        self.smooth = checks.odd_int(smooth, "smooth")
+        self.every = checks.positive_int(every, "every")
+        self.image_size = checks.positive_int(image_size, "image_size")
+        self.fps = checks.positive_number(fps, "fps")
         self.cmap = cmap or "viridis"
         self.interpolation = interpolation
-        if probe_steps is not None:
-            probe_steps = _positive_int(probe_steps, "probe_steps")
+        probe_steps = checks.positive_int(probe_steps, "probe_steps", allow_none=True)
 
         self._batches = _read_probe(probe, probe_steps)
         self._batch_sizes = [_leading_shape(x, i)[0] for i, x in enumerate(self._batches)]
@@ -654,12 +648,6 @@ class _PenaltyReadout(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (self._count,)
-
-
-def _positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer. Received: {what}={value!r}")
-    return int(value)
 
 
 def _check_probe_lengths(batches, probe_lengths):

@@ -64,6 +64,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 from keras_topomap.gradients import ActivationGradients, find_layer
@@ -112,11 +113,6 @@ class _Pending(NamedTuple):
     padded: _Batch
     layer_labels: dict
     n_frames: int
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}. Received: {name}={value!r}")
 
 
 class GradNAP:
@@ -194,38 +190,26 @@ class GradNAP:
                 f"target must be one of {list(_TARGETS)} or a callable on the model output. "
                 f"Received: target={target!r}"
             )
-        _check_choice("adjust", adjust, _ADJUST)
-        _check_choice("baseline", baseline, _BASELINES)
         self.model = model
         self.target = target
-        self.adjust = adjust
-        self.baseline = baseline
+        self.adjust = checks.choice(adjust, "adjust", _ADJUST)
+        self.baseline = checks.choice(baseline, "baseline", _BASELINES)
         self.group_names = None if group_names is None else [str(g) for g in group_names]
-        if n_groups is not None and not _positive_int(n_groups):
-            raise ValueError(
-                f"n_groups must be a positive integer. Received: n_groups={n_groups!r}"
-            )
+        self.n_groups = checks.positive_int(n_groups, "n_groups", allow_none=True)
         if self.group_names is not None and n_groups is not None and n_groups != len(group_names):
             raise ValueError(
                 f"n_groups={n_groups} does not match the {len(self.group_names)} group_names."
             )
-        self.n_groups = None if n_groups is None else int(n_groups)
-        if batch_size is not None and not _positive_int(batch_size):
-            raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
-        self.batch_size = batch_size
-        if window is not None and (not isinstance(window, (int, np.integer)) or window < 0):
-            raise ValueError(f"window must be a non-negative integer. Received: window={window!r}")
-        self.window = None if window is None else int(window)
-        _check_choice("anchor", anchor, ("center", "saliency"))
+        self.batch_size = checks.positive_int(batch_size, "batch_size", allow_none=True)
+        self.window = checks.non_negative_int(window, "window", allow_none=True)
+        checks.choice(anchor, "anchor", ("center", "saliency"))
         if anchor == "saliency" and adjust == "none":
             raise ValueError(
                 "anchor='saliency' needs gradients; use adjust='gradient' or 'abs_gradient'. "
                 "Received: adjust='none'"
             )
         self.anchor = anchor
-        if not isinstance(time_bucket, (int, np.integer)) or time_bucket < 1:
-            raise ValueError(f"time_bucket must be a positive integer. Received: {time_bucket!r}")
-        self.time_bucket = int(time_bucket)
+        self.time_bucket = checks.positive_int(time_bucket, "time_bucket")
         self.blank = blank
         self.verbose = verbose
         self.grids = None if grids is None else dict(grids)
@@ -1064,10 +1048,6 @@ def _weights_digest(model):
         digest.update(f"{weight.path}:{value.dtype}:{value.shape};".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
-
-
-def _positive_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 def _stem(path):

@@ -12,70 +12,13 @@ import pytest
 from keras_topomap import TopographicRegularizer, TopoMapCallback, map_writers
 from keras_topomap import grid as grid_lib
 from keras_topomap.metrics import topography_score
-
-N_FEATURES = 6
-T_IN = 20
-
-
-def tiny_model(regularize_second=True):
-    inputs = keras.Input((None, N_FEATURES), name="frames")
-    x = keras.layers.Conv1D(
-        16, 5, strides=2, padding="same", activation="relu", name="c1",
-        kernel_regularizer=TopographicRegularizer((4, 4), strength=0.05),
-    )(inputs)
-    x = keras.layers.Conv1D(
-        12, 3, padding="same", activation="relu", name="c2",
-        kernel_regularizer=TopographicRegularizer((4, 3), strength=0.05)
-        if regularize_second else None,
-    )(x)
-    outputs = keras.layers.Conv1D(3, 1, name="out")(x)
-    model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-    return model
-
-
-def data(n=16, t=T_IN, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, t, N_FEATURES)).astype("float32")
-    y = rng.normal(size=(n, (t + 1) // 2, 3)).astype("float32")
-    return x, y
-
-
-def layer_outputs(model, name, x):
-    extractor = keras.Model(model.input, model.get_layer(name).output)
-    return np.asarray(extractor.predict_on_batch(x), dtype=np.float64)
-
-
-# c1 is a "same" Conv1D of width 5 and stride 2: for 20 input frames Keras pads 3 frames, 1 on
-# the left, so its frame t reads input frames 2t-1 .. 2t+3, centred on 2t+1; c2 ("same", width 3,
-# stride 1) keeps those centres.
-STRIDE, OFFSET = 2, 1
-
-
-def reference_maps(model, name, x, grid, labels=None, lengths=None, size=3):
-    """Frame-by-frame reference: plain loops over sequences and frames (slow, obvious)."""
-    acts = layer_outputs(model, name, x)
-    b, t_layer, f = acts.shape
-    total, count = np.zeros(f), 0
-    group_sums, group_counts = {}, {}
-    for i in range(b):
-        for t in range(t_layer):
-            frame = t * STRIDE + OFFSET
-            if lengths is not None and frame >= lengths[i]:
-                continue
-            total += acts[i, t]
-            count += 1
-            if labels is not None and 0 <= frame < labels.shape[1] and labels[i, frame] >= 0:
-                g = int(labels[i, frame])
-                group_sums[g] = group_sums.get(g, 0.0) + acts[i, t]
-                group_counts[g] = group_counts.get(g, 0) + 1
-    overall = grid_lib.smooth(grid_lib.to_grid(total / count, grid), size)
-    if labels is None:
-        return overall, None
-    keys = sorted(group_sums)
-    means = np.stack([group_sums[g] / group_counts[g] for g in keys])
-    naps = means - means.mean(axis=0)
-    return overall, grid_lib.smooth(grid_lib.to_grid(naps, grid), size)
+from tests.tiny_models import (
+    N_FEATURES,
+    T_IN,
+    reference_maps,
+    regression_data,
+    two_conv_model,
+)
 
 
 def read_events(log_dir):
@@ -94,8 +37,8 @@ def read_events(log_dir):
 
 @pytest.mark.backend
 def test_fit_logs_maps_files_and_events(tmp_path):
-    model = tiny_model()
-    x, y = data()
+    model = two_conv_model()
+    x, y = regression_data()
     probe = x[:4]
     callback = TopoMapCallback(
         probe, log_dir=tmp_path / "logs", out_dir=tmp_path / "maps", smooth=3
@@ -167,8 +110,8 @@ def test_fit_logs_maps_files_and_events(tmp_path):
 
 @pytest.mark.backend
 def test_group_maps_follow_labels_strides_and_lengths(tmp_path):
-    model = tiny_model()
-    x, y = data()
+    model = two_conv_model()
+    x, y = regression_data()
     probe = x[:4]
     rng = np.random.default_rng(3)
     labels = rng.integers(-1, 3, size=(4, T_IN))
@@ -205,9 +148,9 @@ def test_group_maps_follow_labels_strides_and_lengths(tmp_path):
 
 
 def test_group_summaries_in_tensorboard_and_group_pngs_every_epoch(tmp_path):
-    model = tiny_model()
+    model = two_conv_model()
     layer_names = [layer.name for layer in model.layers]
-    x, y = data()
+    x, y = regression_data()
     labels = np.tile(np.repeat([0, 1], T_IN // 2), (4, 1))
     callback = TopoMapCallback(
         x[:4], log_dir=tmp_path, out_dir=tmp_path / "maps", groups=labels,
@@ -237,7 +180,7 @@ def test_group_summaries_in_tensorboard_and_group_pngs_every_epoch(tmp_path):
 
 @pytest.mark.backend
 def test_dataset_probe_equals_one_batch():
-    x, y = data()
+    x, y = regression_data()
 
     class Probe(keras.utils.PyDataset):
         def __len__(self):
@@ -247,7 +190,7 @@ def test_dataset_probe_equals_one_batch():
             return x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4]
 
     labels = np.random.default_rng(0).integers(0, 2, size=(8, T_IN))
-    model = tiny_model()
+    model = two_conv_model()
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # build and move the weights
     results = []
     for probe, groups in ((Probe(), [labels[:4], labels[4:]]), (x[:8], labels)):
@@ -288,8 +231,8 @@ def test_sequential_model_without_input_layer():
 
 
 def test_every_unregularized_layer_and_layer_objects():
-    model = tiny_model(regularize_second=False)
-    x, y = data()
+    model = two_conv_model(regularize_second=False)
+    x, y = regression_data()
     callback = TopoMapCallback(
         (x[:4], y[:4]), layers=[model.get_layer("c2"), "out"], grids={"c2": (4, 3), "out": (3, 1)},
         every=2, smooth=1,
@@ -316,9 +259,9 @@ def test_every_unregularized_layer_and_layer_objects():
 def test_without_tensorflow_warns_once_and_writes_files(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import fails: "not installed"
     monkeypatch.setattr(map_writers, "_warned_no_tensorflow", False)
-    x, y = data()
+    x, y = regression_data()
     for run in range(2):
-        model = tiny_model()
+        model = two_conv_model()
         callback = TopoMapCallback(
             x[:4], log_dir=tmp_path / f"logs{run}", out_dir=tmp_path / f"maps{run}"
         )
@@ -337,24 +280,24 @@ def test_without_tensorflow_warns_once_and_writes_files(tmp_path, monkeypatch):
 
 
 def fit_with(callback, model=None):
-    model = model or tiny_model()
-    x, y = data(n=4)
+    model = model or two_conv_model()
+    x, y = regression_data(n=4)
     model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
 
 
 def test_unknown_layer_lists_available():
     with pytest.raises(ValueError, match=r"no layer named \['nope'\].*Available layers: c1, c2"):
-        fit_with(TopoMapCallback(data(4)[0], layers=["c1", "nope"]))
+        fit_with(TopoMapCallback(regression_data(4)[0], layers=["c1", "nope"]))
 
 
 def test_layer_without_grid():
     with pytest.raises(ValueError, match="layer 'out' has no grid.*grids="):
-        fit_with(TopoMapCallback(data(4)[0], layers=["out"]))
+        fit_with(TopoMapCallback(regression_data(4)[0], layers=["out"]))
 
 
 def test_grid_that_does_not_fit_the_layer():
     with pytest.raises(ValueError, match="grid of layer 'out' holds 4 filters.*3 output"):
-        fit_with(TopoMapCallback(data(4)[0], layers=["out"], grids={"out": (2, 2)}))
+        fit_with(TopoMapCallback(regression_data(4)[0], layers=["out"], grids={"out": (2, 2)}))
 
 
 def test_model_without_regularized_layers():
@@ -362,8 +305,8 @@ def test_model_without_regularized_layers():
     model.compile("adam", "mse")
     with pytest.raises(ValueError, match="no layer with a TopographicRegularizer"):
         model.fit(
-            data(4)[0], np.zeros((4, T_IN - 2, 4)), verbose=0,
-            callbacks=[TopoMapCallback(data(4)[0])],
+            regression_data(4)[0], np.zeros((4, T_IN - 2, 4)), verbose=0,
+            callbacks=[TopoMapCallback(regression_data(4)[0])],
         )
 
 
@@ -372,12 +315,12 @@ def test_model_without_regularized_layers():
 )
 def test_probe_shape_mismatch_at_train_begin(shape):
     callback = TopoMapCallback(np.zeros(shape, "float32"))
-    model = tiny_model()
+    model = two_conv_model()
     epochs_run = []
     model_callback = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch)
     )
-    x, y = data(n=4)
+    x, y = regression_data(n=4)
     with pytest.raises(ValueError, match=r"probe does not fit.*Received: probe batch 0 of shape"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[callback, model_callback])
     assert epochs_run == []  # raised at train begin, before the first epoch
@@ -387,16 +330,18 @@ def test_unwritable_out_dir_at_construction(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     with pytest.raises(ValueError, match="cannot write to out_dir.*a_file"):
-        TopoMapCallback(data(4)[0], out_dir=blocker / "maps")
+        TopoMapCallback(regression_data(4)[0], out_dir=blocker / "maps")
     with pytest.raises(ValueError, match="cannot write to log_dir"):
-        TopoMapCallback(data(4)[0], log_dir=blocker)
+        TopoMapCallback(regression_data(4)[0], log_dir=blocker)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"smooth": 2}, "smooth must be an odd integer >= 3"),
-        ({"every": 0}, "every must be a positive integer"),
+        ({"smooth": 2}, "smooth must be an odd integer >= 1"),
+        ({"smooth": True}, "smooth must be an odd integer"),
+        ({"every": 0}, "every must be an integer >= 1"),
+        ({"fps": float("nan")}, "fps must be a finite number > 0"),
         ({"groups": np.zeros((4, T_IN - 1), int)}, r"probe batch 0: frame labels must have shape"),
         ({"groups": np.zeros((4, T_IN))}, "probe batch 0: frame labels must be integers"),
         ({"groups": -np.ones((4, T_IN), int)}, "no label >= 0"),
@@ -409,11 +354,11 @@ def test_unwritable_out_dir_at_construction(tmp_path):
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        TopoMapCallback(data(4)[0], **kwargs)
+        TopoMapCallback(regression_data(4)[0], **kwargs)
 
 
 def test_groups_lost_by_the_stride_warn_and_too_few_groups_raise():
-    probe = data(4)[0]
+    probe = regression_data(4)[0]
     labels = np.zeros((4, T_IN), int)
     labels[:, 0::2] = 1  # even frames: the stride-2 layers' frames sit on odd ones only
     with pytest.raises(ValueError, match="at least two groups"):

@@ -7,95 +7,35 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_topomap import TopographicRegularizer
 from keras_topomap.gradnap import GradNAP
+from tests.tiny_models import (
+    closed_form_data,
+    closed_form_model,
+    hand_adjusted,
+    hand_profiles,
+    planted_data,
+    planted_model,
+    stride2_model,
+)
 
 L = keras.layers
-
-
-# ----------------------------------------------------------------------------------------------
-# A model whose activations and gradients are known in closed form.
-#
-#   x (B, T, 1) -> h = [x, -x] (Dense, "h") -> logits = [0, 2 h0, -3 h0] (Dense, "out")
-#
-# target "prediction" (blank 0): x > 0 predicts class 1 (logit 2x), x < 0 class 2 (logit -3x),
-# x == 0 predicts the blank (skipped). So d target / d h = [2, 0] where x > 0, [-3, 0] where
-# x < 0, [0, 0] where x == 0; d target / d logits = one-hot of the predicted class.
-
-
-def _closed_form_model():
-    x = keras.Input((None, 1))
-    h = L.Dense(2, use_bias=False, name="h")(x)
-    out = L.Dense(3, use_bias=False, name="out")(h)
-    model = keras.Model(x, out)
-    model.get_layer("h").kernel.assign(np.array([[1.0, -1.0]], "float32"))
-    model.get_layer("out").kernel.assign(np.array([[0.0, 2.0, -3.0], [0.0, 0.0, 0.0]], "float32"))
-    return model
-
-
-def _closed_form_data():
-    x = np.array(
-        [
-            [0.5, -1.0, 2.0, 0.0, -0.5, 1.5, 3.0, 0.0],
-            [-2.0, 1.0, 0.25, -0.75, 0.0, 0.0, 0.0, 0.0],
-        ],
-        "float32",
-    )[..., None]
-    labels = np.array(
-        [
-            [0, 0, 1, 1, -1, 2, 0, -1],  # the last frame is unlabelled
-            [2, 2, 1, 0, -1, -1, -1, -1],  # padding after frame 3
-        ]
-    )
-    return x, labels
-
-
-def _hand_adjusted(x, adjust):
-    """Per-frame adjusted activations of layers h and out, from the closed form."""
-    x = x[..., 0]
-    h = np.stack([x, -x], axis=-1)
-    logits = np.stack([np.zeros_like(x), 2 * x, -3 * x], axis=-1)
-    g_h = np.where(x[..., None] > 0, [2.0, 0.0], np.where(x[..., None] < 0, [-3.0, 0.0], 0.0))
-    cls = np.where(x > 0, 1, np.where(x < 0, 2, 0))
-    g_out = np.eye(3)[cls] * (cls > 0)[..., None]
-    if adjust == "none":
-        return {"h": h, "out": logits}
-    if adjust == "abs_gradient":
-        g_h, g_out = np.abs(g_h), np.abs(g_out)
-    return {"h": h * g_h, "out": logits * g_out}
-
-
-def _hand_profiles(adjusted, labels, n_groups, baseline):
-    means, counts = [], []
-    for g in range(n_groups):  # plain loops: an independent reference
-        frames = [adjusted[b, t] for b in range(labels.shape[0]) for t in range(labels.shape[1])
-                  if labels[b, t] == g]
-        counts.append(len(frames))
-        means.append(np.mean(frames, axis=0) if frames else np.zeros(adjusted.shape[-1]))
-    means, counts = np.array(means), np.array(counts)
-    present = counts > 0
-    if baseline == "group_mean":
-        base = means[present].mean(axis=0)
-    else:
-        base = sum(means[g] * counts[g] for g in range(n_groups)) / counts.sum()
-    return np.where(present[:, None], means - base, 0.0), counts
 
 
 @pytest.mark.backend
 @pytest.mark.parametrize("adjust", ["gradient", "abs_gradient", "none"])
 @pytest.mark.parametrize("baseline", ["group_mean", "frame_mean"])
 def test_closed_form_profiles(adjust, baseline):
-    model = _closed_form_model()
-    x, labels = _closed_form_data()
+    model = closed_form_model()
+    x, labels = closed_form_data()
     gn = GradNAP(
         model, ["h", "out"], adjust=adjust, baseline=baseline, n_groups=4,
         grids={"h": (1, 2), "out": (1, 3)}, verbose=0,
     )
     with pytest.warns(UserWarning, match="no frames for groups \\['3'\\]"):
         assert gn.fit([(x, labels)]) is gn
-    adjusted = _hand_adjusted(x, adjust)
+    adjusted = hand_adjusted(x, adjust)
     for name in ("h", "out"):
-        expected, counts = _hand_profiles(adjusted[name], labels, 4, baseline)
+        expected, counts = hand_profiles(adjusted[name], labels, 4, baseline)
         np.testing.assert_allclose(gn.profiles_[name], expected, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(gn.counts_[name], counts)
         assert np.all(np.isfinite(gn.profiles_[name]))
@@ -107,7 +47,7 @@ def test_closed_form_profiles(adjust, baseline):
 def test_ctc_loss_and_callable_targets_match_hand_gradients():
     """target='ctc_loss': with a single output frame and a one-label transcript, -CTC loss is
     log_softmax(logits)[label]; its gradient w.r.t. the logits is onehot - softmax."""
-    model = _closed_form_model()
+    model = closed_form_model()
     x = np.array([[[0.7]], [[-0.4]]], "float32")  # one frame per utterance
     labels = np.array([[0], [1]])
     packed = np.array([[1, 1, 1], [1, 1, 2]])  # feature length 1, label length 1, label
@@ -127,19 +67,9 @@ def test_ctc_loss_and_callable_targets_match_hand_gradients():
     np.testing.assert_allclose(gn.profiles_["out"], adjusted - adjusted.mean(0), rtol=1e-4)
 
 
-def _stride2_model():
-    """Conv1D kernel 2, stride 2, 'valid', kernel of ones: frame t = x[2t] + x[2t + 1]; its
-    receptive-field centre is input frame 2t + 0.5 -> it carries the label of frame 2t."""
-    x = keras.Input((None, 1))
-    c = L.Conv1D(1, 2, strides=2, use_bias=False, name="c")(x)
-    model = keras.Model(x, c)
-    model.get_layer("c").kernel.assign(np.ones((2, 1, 1), "float32"))
-    return model
-
-
 @pytest.mark.backend
 def test_stride2_label_mapping():
-    model = _stride2_model()
+    model = stride2_model()
     x = np.arange(1.0, 9.0, dtype="float32").reshape(1, 8, 1)  # 1..8
     labels = np.array([[0, 1, 1, 0, 0, 0, 1, -1]])
     gn = GradNAP(model, ["c"], adjust="none", grids={"c": (1, 1)}, n_groups=2,
@@ -179,40 +109,13 @@ def test_layers_with_shared_timing_share_labels_and_match_single_layer_fits():
     assert both.counts_["a"].sum() > both.counts_["b"].sum() > 0  # b, c have half the frames
 
 
-def _planted_data(n_batches=3, rng=None):
-    """Group k (k = 0..8) frames carry a strong input feature k; labels change every 6 frames."""
-    rng = rng or np.random.default_rng(0)
-    batches = []
-    for _ in range(n_batches):
-        labels = np.repeat(rng.integers(0, 9, size=(4, 8)), 6, axis=1)
-        x = 0.1 * rng.normal(size=(4, 48, 9)) + 2.0 * np.eye(9)[labels]
-        batches.append((x.astype("float32"), labels))
-    return batches
-
-
-def _planted_model():
-    """'topo' (9 filters on 3x3) passes feature k to filter k; class k + 1 reads filter k."""
-    x = keras.Input((None, 9))
-    topo = L.Conv1D(9, 1, activation="relu", name="topo",
-                    kernel_regularizer=TopographicRegularizer(grid=(3, 3)))(x)
-    out = L.Conv1D(10, 1, name="out")(topo)
-    model = keras.Model(x, out)
-    model.get_layer("topo").kernel.assign(np.eye(9, dtype="float32")[None])
-    model.get_layer("topo").bias.assign(np.zeros(9, "float32"))
-    readout = np.zeros((1, 9, 10), "float32")
-    readout[0, np.arange(9), np.arange(1, 10)] = 1.0
-    model.get_layer("out").kernel.assign(readout)
-    model.get_layer("out").bias.assign(np.array([0.5] + [0.0] * 9, "float32"))
-    return model
-
-
 @pytest.mark.backend
 @pytest.mark.parametrize("adjust", ["gradient", "none"])
 def test_planted_structure(adjust):
-    model = _planted_model()
+    model = planted_model()
     names = [f"g{k}" for k in range(9)]
     gn = GradNAP(model, ["topo"], adjust=adjust, group_names=names, verbose=0)
-    gn.fit(_planted_data())
+    gn.fit(planted_data())
     assert gn.grids_["topo"] == (3, 3)  # from the regularizer
     for k in range(9):
         region = gn.most_responsive_region("topo", f"g{k}", size=3)
@@ -226,8 +129,8 @@ def test_planted_structure(adjust):
 
 
 def test_streaming_merge_and_chunks_equal_one_pass():
-    model = _planted_model()
-    batches = _planted_data(n_batches=4, rng=np.random.default_rng(3))
+    model = planted_model()
+    batches = planted_data(n_batches=4, rng=np.random.default_rng(3))
     kwargs = dict(n_groups=9, window=2, verbose=0)
     full = GradNAP(model, ["topo", "out"], grids={"out": (5, 2)}, **kwargs).fit(batches)
     first = GradNAP(model, ["topo", "out"], grids={"out": (5, 2)}, **kwargs).fit(batches[:1])
@@ -288,9 +191,9 @@ def test_time_resolved_saliency_anchor_by_hand():
 
 
 def test_save_load_round_trip(tmp_path):
-    model = _planted_model()
+    model = planted_model()
     names = [f"g{k}" for k in range(9)]
-    gn = GradNAP(model, ["topo"], group_names=names, window=1, verbose=0).fit(_planted_data(1))
+    gn = GradNAP(model, ["topo"], group_names=names, window=1, verbose=0).fit(planted_data(1))
     path = gn.save(tmp_path / "sub" / "profiles")
     assert path.endswith("profiles.npz") and (tmp_path / "sub" / "profiles.json").exists()
     loaded = GradNAP.load(path)
@@ -301,16 +204,16 @@ def test_save_load_round_trip(tmp_path):
     a, b = loaded.most_responsive_region("topo", "g4"), gn.most_responsive_region("topo", "g4")
     assert a.center == b.center and a.filters.tolist() == b.filters.tolist()
     with pytest.raises(ValueError, match="no model"):
-        loaded.fit(_planted_data(1))
+        loaded.fit(planted_data(1))
     resumed = GradNAP.load(tmp_path / "sub" / "profiles.json", model=model)
-    resumed.partial_fit(_planted_data(1, rng=np.random.default_rng(5)))
+    resumed.partial_fit(planted_data(1, rng=np.random.default_rng(5)))
     both = GradNAP(model, ["topo"], group_names=names, window=1, verbose=0)
-    both.fit(_planted_data(1) + _planted_data(1, rng=np.random.default_rng(5)))
+    both.fit(planted_data(1) + planted_data(1, rng=np.random.default_rng(5)))
     np.testing.assert_allclose(resumed.profiles_["topo"], both.profiles_["topo"], atol=1e-9)
 
 
 def test_dict_batches_lengths_and_padding_never_count():
-    model = _stride2_model()
+    model = stride2_model()
     x = np.ones((2, 8, 1), "float32")
     x[1, 4:] = 100.0  # padding of utterance 1 holds junk that must not count
     labels = np.array([[0, 0, 1, 1, 0, 0, 1, 1], [1, 1, 0, 0, 1, 1, 0, 0]])
@@ -323,7 +226,7 @@ def test_dict_batches_lengths_and_padding_never_count():
 
 
 def test_group_count_grows_with_labels_and_names():
-    model = _stride2_model()
+    model = stride2_model()
     x = np.ones((1, 4, 1), "float32")
     gn = GradNAP(model, ["c"], adjust="none", grids={"c": (1, 1)}, verbose=0)
     with warnings.catch_warnings():
@@ -341,8 +244,8 @@ def test_group_count_grows_with_labels_and_names():
 
 
 def test_errors(tmp_path):
-    model = _planted_model()
-    data = _planted_data(1)
+    model = planted_model()
+    data = planted_data(1)
     with pytest.raises(ValueError, match="Layer 'nope' is not in model.*Available layers"):
         GradNAP(model, ["nope"])
     with pytest.raises(ValueError, match="'out' has no TopographicRegularizer.*grids="):
@@ -355,7 +258,8 @@ def test_errors(tmp_path):
         (dict(target="loss"), "target must be one of"),
         (dict(adjust="grad"), "adjust must be one of"),
         (dict(baseline="mean"), "baseline must be one of"),
-        (dict(n_groups=0), "n_groups must be a positive integer"),
+        (dict(n_groups=0), "n_groups must be an integer >= 1"),
+        (dict(window=True), "window must be an integer >= 0"),
         (dict(group_names=["a"], n_groups=2), "does not match"),
         (dict(batch_size=0), "batch_size must be"),
         (dict(window=-1), "window must be"),
@@ -426,7 +330,7 @@ def test_errors(tmp_path):
 
 
 def test_warns_when_the_model_only_predicts_blank():
-    model = _closed_form_model()
+    model = closed_form_model()
     x = np.zeros((1, 4, 1), "float32")  # x == 0: every frame predicts the blank
     labels = np.array([[0, 0, 1, 1]])
     with pytest.warns(UserWarning, match="predicts the blank"):
@@ -436,7 +340,7 @@ def test_warns_when_the_model_only_predicts_blank():
 
 @pytest.mark.backend
 def test_one_compilation_for_batches_of_different_lengths(backend):
-    model = _planted_model()
+    model = planted_model()
     rng = np.random.default_rng(0)
     batches = []
     for n, t in ((4, 40), (4, 50), (3, 37)):  # all pad to 64 frames and 4 rows
