@@ -1,4 +1,16 @@
-"""With and without the topographic constraint: the experiment of docs/results.md.
+"""With and without the topographic constraint, and the recipe: the experiments of docs/results.md.
+
+Two experiments:
+
+* ``--recipes NAME ...`` (the recipe ablation and the seed table): trains the named entries of
+  :data:`RECIPES` (each a set of :class:`~keras_topomap.train.TrainConfig` overrides on top of
+  :data:`COMMON`) for the same fixed number of epochs (``--epochs``) with each of ``--seeds``,
+  in ``OUT/<recipe>/seed<k>``; every run logs its validation CER per epoch (``state.json`` /
+  ``metrics.json`` history) and resumes where it stopped. ``--report-recipes`` prints the
+  ablation table (test CER greedy / beam search, validation CER by epoch) and the mean ± sd over
+  seeds; ``--export NAME RUN_DIR`` writes a finished run as the shipped model ``NAME``
+  (:func:`keras_topomap.models.pretrained`).
+* the budget experiment (default; ``--runs``): the strength sweep below.
 
 Trains the "small" Wav2Letter recognizer on the bundled corpus with the same seed, data and
 schedule (Adam 1e-3, batch 16, a wall-clock training budget) several times, changing only the
@@ -8,6 +20,11 @@ strength trade-off figure to docs/figures/ and prints the markdown tables of doc
 Runs already finished in ``--out`` are reused; an interrupted one resumes.
 
 Usage::
+
+    KERAS_BACKEND=jax python benchmarks/recognizer_experiment.py --out runs/recipe \
+        --recipes baseline recipe --epochs 20 --seeds 0
+    python benchmarks/recognizer_experiment.py --out runs/recipe --report-recipes
+    python benchmarks/recognizer_experiment.py --export small runs/recipe/recipe/seed0
 
     KERAS_BACKEND=tensorflow python benchmarks/recognizer_experiment.py --out runs/experiment
     # only redo the figures and tables from finished runs:
@@ -30,6 +47,145 @@ RUNS = {
     "topo_0.1": (True, 0.1),
 }
 MAIN = ("topo_0.01", "plain")
+
+#: Settings shared by every recipe run (data, model size, evaluation).
+COMMON = {"config": "small", "patience": 0, "verbose": 2, "tensorboard": False}
+#: Recipe name -> TrainConfig overrides. "baseline" is the recipe before normalization,
+#: schedules and augmentation (Adam 1e-3 constant); the others add one change at a time.
+_LN_COSINE = {"norm": "layer", "lr_schedule": "warmup-cosine", "learning_rate": 3e-3,
+              "warmup_epochs": 1.0}
+RECIPES = {
+    "baseline": {},
+    "ln": {"norm": "layer"},
+    "ln_cosine": dict(_LN_COSINE),
+    "bn_cosine": {**_LN_COSINE, "norm": "batch"},
+    "ln_cosine_specaug": {**_LN_COSINE, "augment": True},
+    "ln_cosine_plain": {**_LN_COSINE, "topographic": False},
+    "ln_cosine_voice": {**_LN_COSINE, "data": "bundled-voice"},
+    "baseline_plain": {"topographic": False},
+}
+
+
+def recipe_config(name, seed, epochs, out):
+    from keras_topomap.train import TrainConfig
+
+    folder = Path(out) / name / f"seed{seed}"
+    return TrainConfig(**{**COMMON, **RECIPES[name], "seed": seed, "epochs": epochs,
+                          "out": str(folder), "resume": (folder / "state.json").is_file()})
+
+
+def recipe_command(config):
+    """The ``keras-topomap train`` command line of a recipe run (relative output folder)."""
+    from keras_topomap.train import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    parts = ["keras-topomap train"]
+    for key, value in config.to_dict().items():
+        if key in ("out", "resume") or value == defaults[key]:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def run_recipes(out, names, seeds, epochs):
+    from keras_topomap.train import train
+
+    for seed in seeds:
+        for name in names:
+            config = recipe_config(name, seed, epochs, out)
+            if (Path(config.out) / "metrics.json").is_file():
+                print(f"{name} seed {seed}: finished, reusing {config.out}")
+                continue
+            print(f"{name} seed {seed}: {recipe_command(config)}", flush=True)
+            train(config)
+
+
+def load_recipes(out):
+    found = {}
+    for path in sorted(Path(out).glob("*/seed*/metrics.json")):
+        found[(path.parent.parent.name, int(path.parent.name[4:]))] = json.loads(path.read_text())
+    return found
+
+
+def recipe_tables(runs, every=5):
+    if not runs:
+        return "No finished recipe runs."
+    lines = [
+        "| recipe | seed | epochs | test CER greedy | test CER beam | test WER greedy | "
+        "best val CER (epoch) | val CER by epoch (" + f"every {every})" + " |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, seed), m in sorted(runs.items()):
+        beam = m["test"].get("beam_search", {}).get("cer")
+        curve = " ".join(f"{h['val_cer']:.2f}" for h in m["history"][every - 1 :: every])
+        lines.append(
+            f"| {name} | {seed} | {m['epochs_done']} | {m['test']['cer']:.3f} | "
+            f"{'-' if beam is None else f'{beam:.3f}'} | {m['test']['wer']:.3f} | "
+            f"{m['validation']['cer']:.3f} ({m['best_epoch']}) | {curve} |"
+        )
+    by_recipe = {}
+    for (name, _), m in runs.items():
+        by_recipe.setdefault(name, []).append(m)
+    lines += ["", "| recipe | seeds | test CER mean ± sd | beam mean ± sd |", "|---|---|---|---|"]
+    for name, ms in sorted(by_recipe.items()):
+        cer = np.array([m["test"]["cer"] for m in ms])
+        beam = np.array([m["test"].get("beam_search", {}).get("cer", np.nan) for m in ms])
+        sd = lambda v: f"{v.std(ddof=1):.3f}" if len(v) > 1 else "-"  # noqa: E731
+        lines.append(f"| {name} | {len(ms)} | {cer.mean():.3f} ± {sd(cer)} | "
+                     f"{np.nanmean(beam):.3f} ± {sd(beam)} |")
+    return "\n".join(lines)
+
+
+def export_pretrained(name, run_dir, target_root=None):
+    """Write the finished run ``run_dir`` as the shipped model ``name``: ``model.keras`` without
+    optimizer state, ``metrics.json`` and ``config.json`` without this machine's paths, and
+    ``command.txt``."""
+    import keras
+
+    from keras_topomap import models
+    from keras_topomap.train import TrainConfig
+
+    run_dir = Path(run_dir)
+    if name not in models.PRETRAINED:
+        raise SystemExit(f"--export: name must be one of {sorted(models.PRETRAINED)}")
+    if target_root is None:
+        import keras_topomap_corpus
+
+        target_root = keras_topomap_corpus.data_dir() / keras_topomap_corpus.PRETRAINED
+    target = Path(target_root) / name
+    target.mkdir(parents=True, exist_ok=True)
+    config = json.loads((run_dir / "config.json").read_text())
+    train_config = TrainConfig(**{**config["train"], "resume": False})
+    relative = f"runs/{name}"
+    config["train"]["out"] = relative
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["config"]["out"] = relative
+    metrics["model_path"] = "model.keras"
+    trained = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    # A fresh uncompiled copy: the file holds weights and architecture, no optimizer state.
+    bare = keras.Model.from_config(trained.get_config())
+    bare.set_weights(trained.get_weights())
+    bare.save(target / "model.keras")
+    # One test utterance's features and logits: the tests check every backend against them.
+    from keras_topomap.datasets import FeatureConfig, FeatureSet, load_tts_corpus
+
+    features = FeatureSet.from_utterances(
+        load_tts_corpus("test")[:1], FeatureConfig.from_dict(config["features"])
+    ).features[0]
+    logits = np.asarray(bare.predict_on_batch(features[None]))[0]
+    np.savez_compressed(target / "reference_logits.npz", features=features, logits=logits)
+    (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (target / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    command = recipe_command(train_config).replace("keras-topomap train",
+                                                   "KERAS_BACKEND=jax keras-topomap train")
+    (target / "command.txt").write_text(f"{command} --out {relative}\n")
+    size = (target / "model.keras").stat().st_size
+    print(f"wrote {target} (model.keras {size / 1e6:.2f} MB)")
+    return target
 
 
 def run_all(out, minutes, names):
@@ -160,7 +316,22 @@ def main(argv=None):
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--figures", default="docs/figures")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=None,
+                   help="train these recipes (fixed --epochs, each of --seeds)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--report-recipes", action="store_true")
+    p.add_argument("--export", nargs=2, metavar=("NAME", "RUN_DIR"),
+                   help="write a finished run as the shipped pretrained model NAME")
     args = p.parse_args(argv)
+    if args.export:
+        export_pretrained(*args.export)
+        return
+    if args.recipes or args.report_recipes:
+        if args.recipes:
+            run_recipes(args.out, args.recipes, args.seeds, args.epochs)
+        print(recipe_tables(load_recipes(args.out)))
+        return
     if not args.report_only:
         run_all(args.out, args.minutes, args.runs)
     runs = load(args.out, args.runs)

@@ -7,7 +7,9 @@ One run does what the paper did, at laptop scale, and writes everything to ``--o
    the bundled phone-aligned corpus (or ``--data librispeech:DIR`` etc.) with
    :func:`keras_topomap.train.train` for a time budget (``--minutes``), while a
    :class:`~keras_topomap.TopoMapCallback` records the layers' activation maps every epoch
-   (the animation). ``--model PATH`` skips training and analyses a saved ``.keras`` model.
+   (the animation). ``--model PATH`` skips training and analyses a saved ``.keras`` model;
+   ``--pretrained`` (``make demo ARGS=--pretrained``) analyses the model shipped with the
+   package (:func:`keras_topomap.models.pretrained`) instead.
 2. **GradNAP** (:class:`~keras_topomap.GradNAP`) of every phoneme on every topographic layer,
    over the test split.
 3. **Optimal inputs** (:mod:`keras_topomap.optimal_inputs`) of the most responsive region of
@@ -159,7 +161,8 @@ def _feature_settings(model_path):
         features = load_feature_config(Path(model_path).parent)
     except (ValueError, OSError, KeyError):
         return {}
-    return {"features": features.kind, "n_mels": features.n_mels}
+    return {"features": features.kind, "n_mels": features.n_mels,
+            "normalize_features": features.normalize}
 
 
 def gradnap_metrics(gradnap, n_permutations=199, seed=0, threshold=3.0):
@@ -678,6 +681,10 @@ def build_parser():
                    "or textgrid:AUDIO_DIR,TEXTGRID_DIR (as keras-topomap train --data)")
     p.add_argument("--model", default=None,
                    help="a trained .keras model: skip training and analyse it")
+    p.add_argument("--pretrained", nargs="?", const="small", default=None, metavar="NAME",
+                   help="skip training and analyse a model shipped with the package: small "
+                   "(the default constraint; the default NAME) or another topographic one of "
+                   "keras_topomap.models.available_pretrained()")
     p.add_argument("--phonemes", nargs="*", default=[],
                    help="phonemes for Figure 1B besides AE, AA and T (e.g. --phonemes s iy)")
     p.add_argument("--layer", default=None, help="layer of Figure 1B (None: conv_2)")
@@ -716,6 +723,12 @@ def main(argv=None):
         return synthetic_demo.main([a for a in argv if a != "--synthetic"])
     args = build_parser().parse_args(argv)
     try:
+        if args.pretrained is not None:
+            from keras_topomap import models
+
+            if args.model is not None:
+                raise ValueError("--model and --pretrained exclude each other.")
+            args.model = str(models.pretrained_dir(args.pretrained) / "model.keras")
         run_demo(
             out=args.out, config=args.config, minutes=args.minutes, data=args.data,
             model=args.model, phonemes=args.phonemes, seed=args.seed, strength=args.strength,

@@ -638,11 +638,10 @@ class ShardedSpeechBatches(SpeechBatches):
         # Pad to the global batch's time and label lengths: every shard of a step has the
         # same shapes (JAX assembles them into one global array).
         members = self.global_batches[index]
-        m = self.pad_to_multiple
-        length = -(-int(self.lengths[members].max()) // m) * m
+        length = self.padded_length(self.lengths[members].max())
         if self.mode == "frames":
             return _pad_time(item[0], length, 0.0), _pad_time(item[1], length, -1)
-        label_width = max(len(self.labels[i]) for i in members)
+        label_width = self._padded_labels(length, [self.labels[i] for i in members])
         if self.mode == "ctc":
             # Packed targets: 2 length columns, then the labels (padded with the blank, 0).
             return _pad_time(item[0], length, 0.0), _pad_time(item[1], 2 + label_width, 0)

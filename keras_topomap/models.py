@@ -25,6 +25,14 @@ even ``T``, so an utterance's transcript would depend on how much it was padded 
 Zero padding after an utterance still changes the outputs of its last frames (those whose
 receptive field reaches into the padding), as for any convolutional recognizer.
 
+With ``norm="batch"`` or ``norm="layer"`` every hidden convolution is a :class:`NormConv1D`:
+convolution (no bias), then batch or layer normalization, then the activation, inside the one
+layer that keeps the convolution's name -- so the named layer's output is still the activation
+the analysis tools read, and its ``kernel`` the one the topographic constraint orders.
+``norm=None`` (the default) builds the paper's plain ``Conv1D`` + ReLU layers exactly as before.
+``augment`` inserts a :class:`~keras_topomap.augment.SpecAugment` layer named ``spec_augment``
+after the input (active only in training).
+
 With ``dropout > 0`` a ``Dropout`` layer named ``<conv name>_dropout`` follows every hidden
 convolution. With ``topographic=True`` every hidden convolution carries a
 :class:`~keras_topomap.TopographicRegularizer` on its kernel; its grid is in :data:`CONFIGS`
@@ -52,6 +60,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import keras
@@ -63,9 +72,14 @@ from keras_topomap.regularizers import TopographicRegularizer
 
 __all__ = [
     "CONFIGS",
+    "NORMS",
+    "NormConv1D",
     "Wav2LetterConfig",
+    "available_pretrained",
     "get_config",
     "layer_grids",
+    "pretrained",
+    "pretrained_info",
     "receptive_fields",
     "total_stride",
     "wav2letter",
@@ -117,6 +131,66 @@ CONFIGS = {
 }
 
 
+#: Normalizations of :func:`wav2letter` (``norm=``): ``None`` is the paper's plain convolution.
+NORMS = (None, "batch", "layer")
+
+
+@keras.saving.register_keras_serializable(package="keras_topomap")
+class NormConv1D(keras.layers.Conv1D):
+    """``Conv1D`` -> normalization -> activation, as one layer with the convolution's name.
+
+    One layer, not three, so that the layer a name addresses still outputs the activation
+    (what GradNAP and the activity metrics read) and still owns the ``kernel`` (what the
+    topographic constraint orders). The convolution has no bias: the normalization's offset
+    takes its place.
+
+    Args:
+        filters, kernel_size, **kwargs: as for ``keras.layers.Conv1D`` (``activation`` is
+            applied after the normalization; ``use_bias`` is always False).
+        norm: ``"batch"`` (``BatchNormalization`` over batch and time; padded frames enter its
+            statistics) or ``"layer"`` (``LayerNormalization`` over the channels of each frame,
+            the same in training and inference).
+        norm_momentum: the batch normalization's moving-average momentum.
+    """
+
+    def __init__(self, filters, kernel_size, norm="layer", norm_momentum=0.99, **kwargs):
+        if norm not in NORMS[1:]:
+            raise ValueError(
+                f"NormConv1D: norm must be one of {NORMS[1:]}. Received: norm={norm!r}"
+            )
+        activation = kwargs.pop("activation", None)
+        kwargs["use_bias"] = False
+        super().__init__(filters, kernel_size, activation=None, **kwargs)
+        self.norm = norm
+        self.norm_momentum = float(norm_momentum)
+        self.post_activation = keras.activations.get(activation)
+        if norm == "batch":
+            self.normalization = keras.layers.BatchNormalization(
+                momentum=self.norm_momentum, name="batch_norm"
+            )
+        else:
+            self.normalization = keras.layers.LayerNormalization(name="layer_norm")
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.normalization.build(super().compute_output_shape(input_shape))
+
+    def call(self, inputs, training=None):
+        x = super().call(inputs)
+        x = self.normalization(x, training=training)
+        return self.post_activation(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("use_bias", None)
+        config.update({
+            "activation": keras.activations.serialize(self.post_activation),
+            "norm": self.norm,
+            "norm_momentum": self.norm_momentum,
+        })
+        return config
+
+
 def get_config(config):
     """The :class:`Wav2LetterConfig` for a name in :data:`CONFIGS` (or a config, returned as is).
 
@@ -149,6 +223,9 @@ def wav2letter(
     neighborhood=3,
     seed=None,
     name=None,
+    norm=None,
+    activation="relu",
+    augment=None,
 ):
     """Build a Wav2Letter-style CTC recognizer (logits out, no softmax).
 
@@ -168,6 +245,13 @@ def wav2letter(
             seeds also make the PyTorch backend draw its masks from the saved seed state
             (unseeded, it uses torch's global generator), so resumed runs replay them.
         name: the model's name (default ``"wav2letter_<config>"``).
+        norm: ``None`` (plain ``Conv1D`` with bias and activation, the paper's layers),
+            ``"batch"`` or ``"layer"``: every hidden convolution becomes a :class:`NormConv1D`
+            (convolution -> normalization -> activation). ``logits`` is never normalized.
+        activation: the hidden layers' activation (any ``keras.activations`` name).
+        augment: ``None``, or a :class:`~keras_topomap.augment.SpecAugment` (or a dict of its
+            arguments) inserted after the input as ``spec_augment``; a dict without ``seed``
+            gets one from ``seed``.
 
     Returns:
         A functional ``keras.Model`` mapping ``(batch, T, n_features)`` to
@@ -185,6 +269,8 @@ def wav2letter(
     # The CTC blank plus at least one label.
     n_classes = checks.integer(n_classes, "n_classes", minimum=2)
     dropout = checks.fraction(dropout, "dropout")
+    norm = checks.choice(norm, "norm", NORMS)
+    keras.activations.get(activation)  # an unknown name raises here, naming it
 
     grids = cfg.layer_grids()
     if seed is None:
@@ -199,15 +285,14 @@ def wav2letter(
         )
 
     def conv(x, layer_name, filters, width, stride=1):
-        x = keras.layers.Conv1D(
-            filters,
-            width,
-            strides=stride,
-            padding="same",
-            activation="relu",
-            kernel_regularizer=regularizer(layer_name),
-            name=layer_name,
-        )(x)
+        options = {
+            "strides": stride, "padding": "same", "activation": activation,
+            "kernel_regularizer": regularizer(layer_name), "name": layer_name,
+        }
+        if norm is None:
+            x = keras.layers.Conv1D(filters, width, **options)(x)
+        else:
+            x = NormConv1D(filters, width, norm=norm, **options)(x)
         if dropout > 0:
             x = keras.layers.Dropout(
                 float(dropout), seed=next(dropout_seeds), name=f"{layer_name}_dropout"
@@ -216,7 +301,19 @@ def wav2letter(
 
     names = cfg.layer_names()
     inputs = keras.Input(shape=(None, n_features), name="features")
-    x = conv(inputs, names[0], cfg.first_filters, cfg.first_width, cfg.stride)
+    x = inputs
+    if augment is not None:
+        from keras_topomap.augment import SpecAugment
+
+        if isinstance(augment, dict):
+            augment = SpecAugment(**{"seed": int(seed) + 64, **augment}, name="spec_augment")
+        elif not isinstance(augment, SpecAugment):
+            raise ValueError(
+                "augment must be None, a SpecAugment layer or a dict of its arguments. "
+                f"Received: {type(augment).__name__}"
+            )
+        x = augment(x)
+    x = conv(x, names[0], cfg.first_filters, cfg.first_width, cfg.stride)
     for layer_name in names[1:-2]:
         x = conv(x, layer_name, cfg.inner_filters, cfg.inner_width)
     x = conv(x, "conv_big_1", cfg.big_filters, cfg.big_width)
@@ -251,7 +348,8 @@ def layer_grids(model_or_config):
         except ValueError:
             continue
         if all(sizes[n] == h * w for n, (h, w) in grids.items()) and len(
-            [layer for layer in model.layers if layer.name.startswith("conv_")]
+            [layer for layer in model.layers
+             if layer.name.startswith("conv_") and hasattr(layer, "kernel")]
         ) == len(grids):
             return grids
     raise ValueError(
@@ -264,3 +362,96 @@ def total_stride(model):
     """The model's cumulative stride: input frames per output frame (2 for every config)."""
     fields = receptive_fields(model)
     return int(fields[model.layers[-1].name].stride)
+
+
+# ------------------------------------------------------------------------- pretrained models
+
+#: What each shipped model is (``available_pretrained()`` lists those actually installed).
+PRETRAINED = {
+    "small": "the small config with the package's default topographic constraint",
+    "small-plain": "its unconstrained twin (same recipe, seed and epochs)",
+}
+
+
+def pretrained_dir(name):
+    """The folder of the shipped model ``name`` (the one place that knows where they live).
+
+    Raises:
+        ValueError: an unknown name (listing the known ones), or a known one not installed.
+    """
+    if name not in PRETRAINED:
+        raise ValueError(
+            f"Unknown pretrained model; expected one of {sorted(PRETRAINED)}. Received: {name!r}"
+        )
+    try:
+        import keras_topomap_corpus
+    except ImportError:
+        raise ValueError(
+            f"The pretrained model {name!r} is shipped in the keras-topomap-corpus "
+            'distribution, which is not installed: pip install "keras-topomap[corpus]".'
+        ) from None
+    folder = keras_topomap_corpus.data_dir() / keras_topomap_corpus.PRETRAINED / name
+    if not (folder / "model.keras").is_file():
+        raise ValueError(
+            f"The pretrained model {name!r} is not installed (no {folder / 'model.keras'})."
+        )
+    return folder
+
+
+def available_pretrained():
+    """Names of the pretrained models installed with the package (for :func:`pretrained`)."""
+    found = []
+    for name in sorted(PRETRAINED):
+        try:
+            pretrained_dir(name)
+        except ValueError:
+            continue
+        found.append(name)
+    return found
+
+
+def pretrained_info(name):
+    """What is known about a shipped model: a dict with
+
+    - ``name``, ``description``, ``path`` (the ``model.keras`` file);
+    - ``features``: the :class:`~keras_topomap.datasets.FeatureConfig` it was trained on, as
+      a dict (``FeatureConfig.from_dict(info["features"])``), to compute inputs for it;
+    - ``metrics``: the training run's ``metrics.json`` (test CER/WER greedy and beam search,
+      validation, topography, history by epoch);
+    - ``train_config``: the :class:`~keras_topomap.train.TrainConfig` fields of the run;
+    - ``command``: the command that trained it.
+
+    Raises:
+        ValueError: an unknown name (listing the known ones).
+    """
+    folder = pretrained_dir(name)
+    config = json.loads((folder / "config.json").read_text())
+    return {
+        "name": name,
+        "description": PRETRAINED[name],
+        "path": str(folder / "model.keras"),
+        "features": dict(config["features"]),
+        "metrics": json.loads((folder / "metrics.json").read_text()),
+        "train_config": dict(config["train"]),
+        "command": (folder / "command.txt").read_text().strip(),
+    }
+
+
+def pretrained(name="small"):
+    """The shipped recognizer ``name`` as a ``keras.Model`` (uncompiled: ready to predict).
+
+    Inputs are features of :func:`pretrained_info` ``(name)["features"]``; outputs are CTC
+    logits, as for :func:`wav2letter`.
+
+    Example:
+
+    >>> from keras_topomap import ctc, models
+    >>> from keras_topomap.datasets import FeatureConfig
+    >>> model = models.pretrained("small")
+    >>> features = FeatureConfig.from_dict(models.pretrained_info("small")["features"])
+    >>> ctc.transcribe(model, "speech.wav", feature_config=features)
+
+    Raises:
+        ValueError: an unknown name (listing the known ones).
+    """
+    return keras.saving.load_model(pretrained_dir(name) / "model.keras", compile=False)

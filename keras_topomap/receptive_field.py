@@ -218,7 +218,9 @@ def _pointwise_types():
         "LayerNormalization", "GroupNormalization", "RMSNormalization", "UnitNormalization",
         "Dense", "Masking", "Identity", "Rescaling", "Normalization", "ActivityRegularization",
     ]
-    return tuple(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n))
+    from keras_topomap.augment import SpecAugment
+
+    return (*(getattr(keras.layers, n) for n in names if hasattr(keras.layers, n)), SpecAugment)
 
 
 def _same_pad_left(n, k_eff, s):

@@ -90,6 +90,8 @@ _READERS = {
     "timit": "read_timit",
     "textgrid": "read_textgrid_corpus",
 }
+#: ``TrainConfig.lr_schedule`` choices.
+LR_SCHEDULES = ("constant", "warmup-cosine")
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = (
     "epochs", "resume", "verbose", "max_minutes", "tensorboard", "distribute",
@@ -132,6 +134,23 @@ class TrainConfig:
             utterances (quick runs and tests); ``None`` uses all.
         features, n_mels: the :class:`~keras_topomap.datasets.FeatureConfig` kind and bands.
         pad_to_multiple: pad batch lengths to a multiple of this (fewer compiled shapes).
+        length_buckets: pad every batch to one of this many lengths (quantiles of the
+            utterance lengths), and its labels to the longest label that fits that length, so
+            a compiled backend meets a bounded number of batch shapes (0: only
+            ``pad_to_multiple``, which lets the label axis take a new length in almost every
+            batch and JAX compile a new program for it).
+        norm: ``None``, ``"batch"`` or ``"layer"`` (:func:`models.wav2letter`'s ``norm``).
+        augment: SpecAugment-style masking in training (:class:`~keras_topomap.augment.SpecAugment`
+            with ``freq_masks``, ``freq_width``, ``time_masks``, ``time_width``).
+        freq_masks, freq_width, time_masks, time_width: the masks, when ``augment``.
+        lr_schedule: ``"constant"`` (``learning_rate`` throughout) or ``"warmup-cosine"``
+            (:class:`~keras_topomap.schedules.WarmupCosineDecay`: linear warm-up over
+            ``warmup_epochs`` to ``learning_rate``, cosine decay to
+            ``learning_rate * final_lr_fraction`` at epoch ``epochs``).
+        warmup_epochs, final_lr_fraction: the schedule's shape.
+        normalize_features: standardise features per utterance (``FeatureConfig.normalize``).
+        beam_width: beams of the beam-search decoding reported next to the greedy one for the
+            test sets (0: greedy only).
         n_permutations: permutations for the topography z-scores.
         tensorboard: write TensorBoard logs to ``out/logs``.
         verbose: Keras ``fit`` verbosity (1: progress bar).
@@ -162,6 +181,18 @@ class TrainConfig:
     features: str = "logmel"
     n_mels: int = 40
     pad_to_multiple: int = 32
+    length_buckets: int = 8
+    norm: str | None = None
+    augment: bool = False
+    freq_masks: int = 2
+    freq_width: int = 8
+    time_masks: int = 2
+    time_width: int = 20
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 2.0
+    final_lr_fraction: float = 0.01
+    normalize_features: bool = True
+    beam_width: int = 16
     n_permutations: int = 100
     tensorboard: bool = True
     verbose: int = 1
@@ -173,6 +204,13 @@ class TrainConfig:
         checks.choice(self.distribute, "distribute", distribute_lib.CHOICES)
         for name in ("epochs", "batch_size", "n_mels", "pad_to_multiple"):
             checks.positive_int(getattr(self, name), name)
+        checks.choice(self.norm, "norm", models_lib.NORMS)
+        checks.choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
+        for name in ("length_buckets", "freq_masks", "freq_width", "time_masks", "time_width",
+                     "beam_width"):
+            checks.non_negative_int(getattr(self, name), name)
+        checks.number(self.warmup_epochs, "warmup_epochs", minimum=0)
+        checks.number(self.final_lr_fraction, "final_lr_fraction", minimum=0, maximum=1)
         for name in ("val_fraction", "test_fraction"):
             checks.fraction(getattr(self, name), name)
         for name in ("max_train", "max_eval"):
@@ -185,7 +223,9 @@ class TrainConfig:
     def feature_config(self):
         from keras_topomap.datasets import FeatureConfig
 
-        return FeatureConfig(kind=self.features, n_mels=self.n_mels)
+        return FeatureConfig(
+            kind=self.features, n_mels=self.n_mels, normalize=self.normalize_features
+        )
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -332,16 +372,17 @@ def _check_lengths(feature_set, stride, what):
 # ------------------------------------------------------------------------------------ callbacks
 
 
-def _eval_batches(feature_set, batch_size, pad_to_multiple):
+def _eval_batches(feature_set, config):
     from keras_topomap.datasets import SpeechBatches
 
     return SpeechBatches(
-        feature_set, batch_size=batch_size, shuffle=False, mode="ctc",
-        pad_to_multiple=pad_to_multiple,
+        feature_set, batch_size=config.batch_size, shuffle=False, mode="ctc",
+        pad_to_multiple=config.pad_to_multiple, length_buckets=config.length_buckets or None,
     )
 
 
-def evaluate(model, batches, stride=None, strategy="greedy", predict=None):
+def evaluate(model, batches, stride=None, strategy="greedy", predict=None, strategies=None,
+             beam_width=100):
     """Decode every batch of a ``mode="ctc"`` dataset: CER, WER and mean CTC loss.
 
     Args:
@@ -352,31 +393,49 @@ def evaluate(model, batches, stride=None, strategy="greedy", predict=None):
         strategy: ``"greedy"`` or ``"beam_search"``.
         predict: ``predict(model, features) -> logits`` (default: ``model.predict_on_batch``);
             distributed runs pass :meth:`~keras_topomap.distribute.DistributionContext.predict`.
+        strategies: several decodings of the same logits, e.g. ``("greedy", "beam_search")``:
+            the first fills the top-level keys, every other one adds ``{name: {"cer", "wer",
+            "examples"}}`` (overrides ``strategy``).
+        beam_width: beams for ``"beam_search"``.
 
     Returns:
         dict with ``cer``, ``wer``, ``loss`` (mean CTC loss per utterance, no regularizer),
-        ``n_utterances``, and ``examples`` (the first 5 ``(reference, hypothesis)`` pairs).
+        ``n_utterances``, ``decoding`` (the strategy of the top-level rates), and ``examples``
+        (the first 5 ``(reference, hypothesis)`` pairs).
     """
     from keras_topomap.datasets import labels_to_text
 
+    strategies = tuple(strategies) if strategies else (strategy,)
     stride = models_lib.total_stride(model) if stride is None else stride
     loss_fn = ctc.CTCLoss(stride=stride, reduction="sum")
-    references, hypotheses, total_loss = [], [], 0.0
+    references, total_loss = [], 0.0
+    hypotheses = {name: [] for name in strategies}
     for index in range(len(batches)):
         features, packed = batches[index]
         logits = model.predict_on_batch(features) if predict is None else predict(model, features)
         total_loss += float(keras.ops.convert_to_numpy(loss_fn(packed, logits)))
-        hypotheses += ctc.decode_texts(
-            logits, ctc.output_lengths(packed[:, 0], stride), strategy=strategy
-        )
+        lengths = ctc.output_lengths(packed[:, 0], stride)
+        for name in strategies:
+            hypotheses[name] += ctc.decode_texts(
+                logits, lengths, strategy=name, beam_width=beam_width
+            )
         references += [labels_to_text(row[2 : 2 + n]) for row, n in zip(packed, packed[:, 1])]
-    rates = ctc.error_rates(references, hypotheses)
-    return {
-        **rates,
+    first, *others = strategies
+    result = {
+        **ctc.error_rates(references, hypotheses[first]),
         "loss": total_loss / len(references),
         "n_utterances": len(references),
-        "examples": list(zip(references[:5], hypotheses[:5])),
+        "decoding": first,
+        "examples": list(zip(references[:5], hypotheses[first][:5])),
     }
+    for name in others:
+        result[name] = {
+            **ctc.error_rates(references, hypotheses[name]),
+            "examples": list(zip(references[:5], hypotheses[name][:5])),
+        }
+        if name == "beam_search":
+            result[name]["beam_width"] = int(beam_width)
+    return result
 
 
 class ValidationCER(keras.callbacks.Callback):
@@ -675,7 +734,13 @@ def _json_default(value):
 # ------------------------------------------------------------------------------------- training
 
 
-def _build(config, n_features):
+def _build(config, n_features, steps_per_epoch):
+    augment = None
+    if config.augment:
+        augment = {
+            "freq_masks": config.freq_masks, "freq_width": config.freq_width,
+            "time_masks": config.time_masks, "time_width": config.time_width,
+        }
     model = models_lib.wav2letter(
         config.config,
         n_features=n_features,
@@ -684,10 +749,31 @@ def _build(config, n_features):
         dropout=config.dropout,
         neighborhood=config.neighborhood,
         seed=config.seed,
+        norm=config.norm,
+        augment=augment,
     )
-    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm)
+    optimizer = keras.optimizers.Adam(
+        learning_rate_of(config, steps_per_epoch), clipnorm=config.clipnorm
+    )
     model.compile(optimizer=optimizer, loss=ctc.CTCLoss(stride=models_lib.total_stride(model)))
     return model
+
+
+def learning_rate_of(config, steps_per_epoch):
+    """The optimizer's learning rate of a run: a float, or a
+    :class:`~keras_topomap.schedules.WarmupCosineDecay` over ``config.epochs`` epochs of
+    ``steps_per_epoch`` steps (saved with the optimizer, so a resumed run, even with a new
+    ``epochs``, continues the curve it started)."""
+    if config.lr_schedule == "constant":
+        return float(config.learning_rate)
+    from keras_topomap.schedules import WarmupCosineDecay
+
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    total = int(config.epochs) * int(steps_per_epoch)
+    return WarmupCosineDecay(
+        peak=float(config.learning_rate), warmup_steps=warmup,
+        decay_steps=max(total - warmup, 1), final_fraction=config.final_lr_fraction,
+    )
 
 
 def _check_resume(out, config, repair=True):
@@ -700,6 +786,8 @@ def _check_resume(out, config, repair=True):
     saved = _read_run_json(saved_path).get("train")
     if not isinstance(saved, dict):
         raise ValueError(f"Cannot resume: {saved_path} has no 'train' settings.")
+    # Runs saved before a field existed ran with its default.
+    saved = {**TrainConfig(config=saved.get("config", "small")).to_dict(), **saved}
     mine = config.to_dict()
     changed = {
         k: (saved.get(k), mine[k]) for k in mine if k not in _RESUMABLE_CHANGES and
@@ -857,16 +945,18 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
             model = _load_checkpoint(out, state)
             set_rng_states(model, state.get("rng_states", {}))
         else:
-            model = _build(config, feature_config.n_features)
+            steps = math.ceil(len(train_set) / config.batch_size)
+            model = _build(config, feature_config.n_features, steps)
         context.adapt_optimizer(model.optimizer)
         context.prepare_model(model)
     stride = models_lib.total_stride(model)
 
     train_data, batches = context.training_data(
-        train_set, config.batch_size, seed=config.seed, pad_to_multiple=config.pad_to_multiple
+        train_set, config.batch_size, seed=config.seed, pad_to_multiple=config.pad_to_multiple,
+        length_buckets=config.length_buckets or None,
     )
     batches.set_epoch(state["epochs_done"])
-    val_batches = _eval_batches(val_set, config.batch_size, config.pad_to_multiple)
+    val_batches = _eval_batches(val_set, config)
     # Without a held-out split (val_fraction=0) the "validation" utterances are training ones.
     val_prefix = "train" if data is None and config.val_fraction == 0 else "val"
     monitor = f"{val_prefix}_cer"
@@ -925,9 +1015,10 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
         best = out / "best.keras"  # a resumed run with no better epoch since: the chief's file
     if best.is_file():
         model.load_weights(best)
+    strategies = ("greedy", "beam_search") if config.beam_width > 0 else ("greedy",)
     test = evaluate(
-        model, _eval_batches(test_set, config.batch_size, config.pad_to_multiple),
-        predict=predict,
+        model, _eval_batches(test_set, config), predict=predict, strategies=strategies,
+        beam_width=config.beam_width or 100,
     )
     validation = evaluate(model, val_batches, stride, predict=predict)
     grids = models_lib.layer_grids(config.config)
@@ -1042,6 +1133,33 @@ def build_parser():
                    help="mel bands (features per frame)")
     p.add_argument("--pad-to-multiple", type=int, default=defaults.pad_to_multiple,
                    help="pad batch lengths to a multiple of this (fewer compiled shapes)")
+    p.add_argument("--length-buckets", type=int, default=defaults.length_buckets,
+                   help="pad batches to one of N lengths, labels to match (bounded compiled "
+                   "shapes; 0: only --pad-to-multiple)")
+    p.add_argument("--norm", default="none", choices=("none", "batch", "layer"),
+                   help="normalization between each hidden convolution and its ReLU "
+                   "(none: the paper's layers)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
+                   help="SpecAugment-style time and frequency masks in training")
+    p.add_argument("--freq-masks", type=int, default=defaults.freq_masks,
+                   help="frequency masks per utterance (with --augment)")
+    p.add_argument("--freq-width", type=int, default=defaults.freq_width,
+                   help="widest frequency mask (features)")
+    p.add_argument("--time-masks", type=int, default=defaults.time_masks,
+                   help="time masks per utterance (with --augment)")
+    p.add_argument("--time-width", type=int, default=defaults.time_width,
+                   help="widest time mask (frames)")
+    p.add_argument("--lr-schedule", default=defaults.lr_schedule, choices=LR_SCHEDULES,
+                   help="constant, or linear warm-up then cosine decay over --epochs")
+    p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs,
+                   help="epochs of linear learning-rate warm-up (warmup-cosine)")
+    p.add_argument("--final-lr-fraction", type=float, default=defaults.final_lr_fraction,
+                   help="the decayed learning rate as a fraction of --learning-rate")
+    p.add_argument("--normalize-features", action=argparse.BooleanOptionalAction,
+                   default=defaults.normalize_features,
+                   help="standardise features per utterance")
+    p.add_argument("--beam-width", type=int, default=defaults.beam_width,
+                   help="beams of the test beam-search decoding (0: greedy only)")
     p.add_argument("--n-permutations", "--permutations", dest="n_permutations", type=int,
                    default=defaults.n_permutations,
                    help="shuffled layouts of the final topography z-scores")
@@ -1062,6 +1180,7 @@ def build_parser():
 def main(argv=None):
     """``keras-topomap train`` / ``python -m keras_topomap.train``."""
     args = vars(build_parser().parse_args(argv))
+    args["norm"] = None if args["norm"] == "none" else args["norm"]
     try:
         config = TrainConfig(**args)
         results = train(config)
@@ -1078,6 +1197,10 @@ def main(argv=None):
         f"({results['epochs_done']} epochs, {results['training_seconds']:.0f} s, stopped by "
         f"{results['stopped_by']})"
     )
+    if "beam_search" in test:
+        beam = test["beam_search"]
+        print(f"beam search ({beam['beam_width']} beams): test CER {beam['cer']:.3f}  "
+              f"WER {beam['wer']:.3f}")
     for name, topo in results["topography"].items():
         print(f"  {name:<11} topography {topo['score']:+.3f}  z {topo['z']:+.1f}")
     print(f"wrote {results['model_path']} and {Path(config.out) / 'metrics.json'}")

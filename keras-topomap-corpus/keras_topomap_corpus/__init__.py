@@ -6,7 +6,7 @@ pretrained models). Layout::
 
     keras_topomap_corpus/
         tts_corpus/     utterances.jsonl, splits.json, manifest.json, audio/<id>.ogg
-        pretrained/     <name>.keras (+ <name>.json), one pair per pretrained model
+        pretrained/     <name>/ model.keras, metrics.json, config.json, command.txt, one per model
 """
 
 from pathlib import Path

@@ -19,6 +19,15 @@ Features are float32 ``(B, T, F)``, zero-padded after each utterance's last fram
 longest utterance of the batch, rounded up to a multiple of ``pad_to_multiple`` (use e.g. 32 to
 limit the number of distinct shapes a compiled model sees).
 
+Bounded shapes (``length_buckets``): a compiled backend (JAX, or TensorFlow with XLA) compiles
+one program per distinct input shape, and with ``mode="ctc"`` the shape has two varying axes,
+the padded time and the longest label of the batch. Rounding time to a multiple alone leaves
+the label axis exact, so a shuffled epoch keeps producing new ``(T, L)`` pairs and the number
+of compiled programs grows with every epoch. With ``length_buckets=K`` the padded time is one of
+``K`` lengths (quantiles of the data's lengths, rounded up to ``pad_to_multiple``) and the label
+axis is padded to the longest label among all utterances that fit that length, a function of
+the padded time: each batch size then meets at most ``K`` shapes, however many epochs run.
+
 Batching: with ``bucket=True`` utterances of similar length share a batch (little padding);
 with ``shuffle=True`` the batches are reshuffled at every epoch end, deterministically from
 ``(seed, epoch)``, so two datasets built with the same seed give identical batches epoch by epoch.
@@ -42,7 +51,9 @@ import numpy as np
 from keras_topomap import checks
 from keras_topomap.datasets.features import FeatureConfig, FeatureSet, load_corpus_features
 
-__all__ = ["SpeechBatches", "pack_ctc_targets", "unpack_ctc_targets", "pad_sequences"]
+__all__ = [
+    "SpeechBatches", "bucket_edges", "pack_ctc_targets", "unpack_ctc_targets", "pad_sequences",
+]
 
 _MODES = ("ctc", "frames", "all")
 
@@ -56,6 +67,28 @@ def pad_sequences(sequences, value, dtype, length=None):
     for i, seq in enumerate(sequences):
         out[i, : len(seq)] = seq
     return out
+
+
+def bucket_edges(lengths, n_buckets, multiple=1):
+    """``n_buckets`` (or fewer, when some coincide) padded lengths covering ``lengths``.
+
+    The edges are the ``1/n, 2/n, ..., 1`` quantiles of ``lengths`` rounded up to ``multiple``,
+    so about the same number of utterances falls into each bucket and the last edge holds the
+    longest utterance.
+
+    Example:
+
+    >>> bucket_edges(np.arange(1, 101), 4, multiple=8).tolist()
+    [32, 56, 80, 104]
+    """
+    lengths = np.asarray(lengths).reshape(-1)
+    if isinstance(n_buckets, bool) or int(n_buckets) != n_buckets or n_buckets < 1:
+        raise ValueError(f"n_buckets must be a positive int. Received: n_buckets={n_buckets!r}")
+    if lengths.size == 0:
+        raise ValueError("bucket_edges: no lengths given. Received: an empty array")
+    quantiles = np.quantile(lengths, np.arange(1, int(n_buckets) + 1) / int(n_buckets))
+    edges = np.ceil(np.ceil(quantiles) / multiple).astype(np.int64) * int(multiple)
+    return np.unique(edges)
 
 
 def pack_ctc_targets(feature_lengths, labels, label_lengths=None):
@@ -132,6 +165,9 @@ class SpeechBatches(keras.utils.PyDataset):
             pools of ``bucket_pool`` batches, and the batch order is shuffled.
         bucket_pool: pool size in batches for bucketing while shuffling.
         pad_to_multiple: round the padded time length up to a multiple of this.
+        length_buckets: ``None``, or the number of padded time lengths (see the module
+            docstring: bounds the shapes a compiled model meets), or a sequence of padded
+            lengths to use (lengths beyond the last are rounded up to ``pad_to_multiple``).
         **kwargs: ``keras.utils.PyDataset`` arguments (``workers``, ``use_multiprocessing``,
             ``max_queue_size``).
 
@@ -159,6 +195,7 @@ class SpeechBatches(keras.utils.PyDataset):
         bucket_pool=8,
         pad_to_multiple=1,
         progress=False,
+        length_buckets=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -189,8 +226,51 @@ class SpeechBatches(keras.utils.PyDataset):
         self.pad_to_multiple = int(pad_to_multiple)
         self.lengths = features.lengths
         self.labels = features.labels if mode in ("ctc", "all") else None
+        self.length_buckets = self._edges(length_buckets)
+        self._label_pad = None
+        if self.length_buckets is not None and self.labels is not None:
+            # Longest label among the utterances that fit each edge: the label axis of a batch
+            # padded to that edge.
+            label_lengths = np.array([len(lab) for lab in self.labels])
+            order = np.argsort(self.lengths, kind="stable")
+            running = np.maximum.accumulate(label_lengths[order])
+            fits = np.searchsorted(self.lengths[order], self.length_buckets, side="right")
+            self._label_pad = {
+                int(e): int(running[f - 1]) if f > 0 else 0
+                for e, f in zip(self.length_buckets, fits)
+            }
         self.epoch = 0
         self._batches = self._make_batches(0)
+
+    def _edges(self, length_buckets):
+        if length_buckets is None:
+            return None
+        if isinstance(length_buckets, (int, np.integer)) and not isinstance(length_buckets, bool):
+            return bucket_edges(self.lengths, int(length_buckets), self.pad_to_multiple)
+        edges = np.asarray(length_buckets)
+        if edges.ndim != 1 or edges.size == 0 or not np.issubdtype(edges.dtype, np.integer) or (
+            edges < 1
+        ).any():
+            raise ValueError(
+                "SpeechBatches: length_buckets must be None, a positive int or a sequence of "
+                f"positive int lengths. Received: {length_buckets!r}"
+            )
+        return np.unique(edges.astype(np.int64))
+
+    def padded_length(self, longest):
+        """The padded time length of a batch whose longest utterance has ``longest`` frames."""
+        m = self.pad_to_multiple
+        if self.length_buckets is not None:
+            at = int(np.searchsorted(self.length_buckets, longest, side="left"))
+            if at < len(self.length_buckets):
+                return int(self.length_buckets[at])
+        return -(-int(longest) // m) * m
+
+    def _padded_labels(self, t_max, labels):
+        longest = max(len(lab) for lab in labels)
+        if self._label_pad is None:
+            return longest
+        return max(self._label_pad.get(t_max, longest), longest)
 
     @classmethod
     def from_corpus(cls, split="train", config=None, root=None, **kwargs):
@@ -239,8 +319,7 @@ class SpeechBatches(keras.utils.PyDataset):
     @property
     def padding_fraction(self):
         """Share of padded frames over all batches of the current epoch (lower is better)."""
-        m = self.pad_to_multiple
-        padded = sum(-(-int(self.lengths[b].max()) // m) * m * len(b) for b in self._batches)
+        padded = sum(self.padded_length(self.lengths[b].max()) * len(b) for b in self._batches)
         return 1.0 - float(self.lengths.sum()) / padded
 
     def __getitem__(self, index):
@@ -248,8 +327,7 @@ class SpeechBatches(keras.utils.PyDataset):
             raise IndexError(f"SpeechBatches has {len(self)} batches. Received index: {index}")
         idx = self._batches[index]
         lengths = self.lengths[idx]
-        m = self.pad_to_multiple
-        t_max = -(-int(lengths.max()) // m) * m
+        t_max = self.padded_length(lengths.max())
         features = pad_sequences([self.features.features[i] for i in idx], 0.0, np.float32, t_max)
         if self.mode == "frames":
             frames = pad_sequences(
@@ -258,13 +336,14 @@ class SpeechBatches(keras.utils.PyDataset):
             return features, frames
         labels = [self.labels[i] for i in idx]
         label_lengths = np.array([len(lab) for lab in labels], dtype=np.int32)
+        padded_labels = pad_sequences(labels, 0, np.int32, self._padded_labels(t_max, labels))
         if self.mode == "ctc":
-            return features, pack_ctc_targets(lengths, labels, label_lengths)
+            return features, pack_ctc_targets(lengths, padded_labels, label_lengths)
         frames = pad_sequences([self.features.frame_labels[i] for i in idx], -1, np.int32, t_max)
         return {
             "features": features,
             "feature_lengths": lengths.astype(np.int32),
-            "labels": pad_sequences(labels, 0, np.int32),
+            "labels": padded_labels,
             "label_lengths": label_lengths,
             "frame_labels": frames,
         }
