@@ -25,13 +25,13 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_topomap import checks
+
 __all__ = ["SpecAugment"]
 
 
 def _check_count(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"SpecAugment: {name} must be an int >= 0. Received: {name}={value!r}")
-    return value
+    return int(checks.non_negative_int(value, name, owner="SpecAugment"))
 
 
 @keras.saving.register_keras_serializable(package="keras_topomap")

@@ -24,6 +24,8 @@ import math
 import keras
 from keras import ops
 
+from keras_topomap import checks
+
 __all__ = ["WarmupCosineDecay"]
 
 
@@ -39,19 +41,11 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, peak, warmup_steps, decay_steps, final_fraction=0.01):
-        if not float(peak) > 0:
-            raise ValueError(f"WarmupCosineDecay: peak must be > 0. Received: peak={peak!r}")
-        checks = (("warmup_steps", warmup_steps, 0), ("decay_steps", decay_steps, 1))
-        for name, value, low in checks:
-            if isinstance(value, bool) or int(value) != value or value < low:
-                raise ValueError(
-                    f"WarmupCosineDecay: {name} must be an int >= {low}. Received: {name}={value!r}"
-                )
-        if not 0.0 <= float(final_fraction) <= 1.0:
-            raise ValueError(
-                "WarmupCosineDecay: final_fraction must be in [0, 1]. Received: "
-                f"final_fraction={final_fraction!r}"
-            )
+        owner = "WarmupCosineDecay"
+        checks.positive_number(peak, "peak", owner=owner)
+        checks.non_negative_int(warmup_steps, "warmup_steps", owner=owner)
+        checks.positive_int(decay_steps, "decay_steps", owner=owner)
+        checks.number(final_fraction, "final_fraction", minimum=0, maximum=1, owner=owner)
         self.peak = float(peak)
         self.warmup_steps = int(warmup_steps)
         self.decay_steps = int(decay_steps)
