@@ -140,6 +140,25 @@ def recipe_tables(runs, every=5):
     return "\n".join(lines)
 
 
+def recipe_curves(runs, path):
+    """Validation CER and training loss by epoch of every finished recipe run."""
+    from keras_topomap.visualization import new_figure
+
+    fig = new_figure(figsize=(9, 3.4))
+    axes = fig.subplots(1, 2)
+    for (name, seed), m in sorted(runs.items()):
+        epochs = [h["epoch"] for h in m["history"]]
+        text = f"{name} (seed {seed})"
+        axes[0].plot(epochs, [h["loss"] for h in m["history"]], label=text)
+        axes[1].plot(epochs, [h["val_cer"] for h in m["history"]], marker=".", label=text)
+    axes[0].set(xlabel="epoch", ylabel="training loss (CTC + penalty)", title="loss")
+    axes[1].set(xlabel="epoch", ylabel="validation CER (greedy)", title="validation CER",
+                ylim=(0, 1.05))
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def export_pretrained(name, run_dir, target_root=None):
     """Write the finished run ``run_dir`` as the shipped model ``name``: ``model.keras`` without
     optimizer state, ``metrics.json`` and ``config.json`` without this machine's paths, and
@@ -321,6 +340,8 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--report-recipes", action="store_true")
+    p.add_argument("--recipe-figure", default=None,
+                   help="with --report-recipes: write the recipe learning curves here")
     p.add_argument("--export", nargs=2, metavar=("NAME", "RUN_DIR"),
                    help="write a finished run as the shipped pretrained model NAME")
     args = p.parse_args(argv)
@@ -330,7 +351,10 @@ def main(argv=None):
     if args.recipes or args.report_recipes:
         if args.recipes:
             run_recipes(args.out, args.recipes, args.seeds, args.epochs)
-        print(recipe_tables(load_recipes(args.out)))
+        runs = load_recipes(args.out)
+        if args.recipe_figure and runs:
+            recipe_curves(runs, args.recipe_figure)
+        print(recipe_tables(runs))
         return
     if not args.report_only:
         run_all(args.out, args.minutes, args.runs)
