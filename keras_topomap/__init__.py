@@ -4,7 +4,8 @@ Lay a layer's filters out on a 2D grid, make neighbouring filters similar with
 :class:`TopographicRegularizer`, and read activations as smooth topographic maps.
 """
 
-from keras_topomap import ctc, grid, metrics, models
+# augment and schedules register their classes, so saved models and optimizers load.
+from keras_topomap import augment, ctc, grid, metrics, models, schedules
 from keras_topomap.callbacks import TopoMapCallback
 from keras_topomap.ctc import CTCLoss, transcribe
 from keras_topomap.gradnap import GradNAP
@@ -33,6 +34,8 @@ __all__ = [
     "grid",
     "metrics",
     "models",
+    "augment",
+    "schedules",
     "ctc",
     "wav2letter",
     "CTCLoss",
