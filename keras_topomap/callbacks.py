@@ -147,8 +147,9 @@ class TopoMapCallback(keras.callbacks.Callback):
         raw_history_, raw_group_history_: the same before smoothing.
         scores_: ``{layer: array (epochs,)}``, topography scores (layers with a kernel).
         penalties_: ``{layer: array (epochs,)}``, regularizer penalties (regularized layers).
-        group_labels_: int array of the labels that got a map (those present in the probe
-            and kept by every watched layer's frames), ``group_names_`` their names.
+        group_labels_: int array of the labels that got a map (those with frames in at least
+            one watched layer; in a layer where a group has none its map is 0), ``group_names_``
+            their names.
         log_seconds_: wall seconds ``on_epoch_end`` took on each logged epoch (what the
             training loop waited for).
         background_seconds_: CPU seconds spent writing each logged epoch's TensorBoard
@@ -448,9 +449,10 @@ class TopoMapCallback(keras.callbacks.Callback):
             self._frame_groups = self._choose_groups(labels)
 
     def _choose_groups(self, labels):
-        """Sets ``group_labels_`` to the probe's labels with frames in every watched layer
-        (the group maps share one group axis; a group without frames in some layer gets no map
-        anywhere, with a warning) and returns each batch's and layer's frame groups."""
+        """Sets ``group_labels_`` to the probe's labels with frames in at least one watched
+        layer and returns each batch's and layer's frame groups. A group without frames in a
+        layer gets the map 0 there and is left out of that layer's baseline (the rule of
+        :class:`~keras_topomap.group_sums.GroupSums`, GradNAP's too), with a warning."""
         present = np.unique(np.concatenate([g[g >= 0] for g in self._groups]))
         counts = np.zeros((len(self.layers_), int(present.max()) + 1), np.int64)
         for batch_labels in labels:
@@ -458,25 +460,26 @@ class TopoMapCallback(keras.callbacks.Callback):
                 counts[j] += np.bincount(layer_labels[layer_labels >= 0].ravel(),
                                          minlength=counts.shape[1])
         counts = counts[:, present]
-        kept = counts.min(axis=0) > 0
-        if not kept.all():
+        kept = counts.max(axis=0) > 0
+        if not counts.min(axis=0).all():
             lost = {
                 self._group_name(int(g)): [
                     self.layers_[j] for j in np.flatnonzero(counts[:, k] == 0)
                 ]
                 for k, g in enumerate(present)
-                if not kept[k]
+                if counts[:, k].min() == 0
             }
             warnings.warn(
                 "TopoMapCallback: these groups have no frame in some watched layers (their "
-                "frames fall between the strided layers' frame centres) and get no map: "
-                f"{lost}",
+                "frames fall between the strided layers' frame centres): "
+                f"{lost}. There their map is 0 and they are left out of the baseline; a group "
+                "without frames in any watched layer gets no map.",
                 stacklevel=3,
             )
         if kept.sum() < 2:
             raise ValueError(
                 "TopoMapCallback: per-group maps (group mean minus mean over groups) need at "
-                f"least two groups present in every watched layer. Received: groups present "
+                f"least two groups with frames in a watched layer. Received: groups with frames "
                 f"{[self._group_name(int(g)) for g in present[kept]]}"
             )
         new_labels = present[kept]
@@ -562,7 +565,6 @@ class TopoMapCallback(keras.callbacks.Callback):
         means = [total / count for total, count in zip(sums, self._totals)]
         if state is None:
             return means, None, penalties
-        # Every kept group has frames in every layer: its NAP is mean minus mean over groups.
         return means, [state.profiles(name)[0] for name in self.layers_], penalties
 
     def _score_layer(self, name, logs, penalty):

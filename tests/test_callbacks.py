@@ -369,3 +369,35 @@ def test_groups_lost_by_the_stride_warn_and_too_few_groups_raise():
     with pytest.warns(UserWarning, match=r"'even': \['c1', 'c2'\]"):
         fit_with(callback)
     assert callback.group_names_ == ["x", "first"]
+
+
+def test_group_without_frames_in_one_layer_gets_zero_there():
+    """The GroupSums rule: a group with frames in layer 'a' but none in the strided layer 'b'
+    keeps its map in 'a', gets 0 in 'b', and is left out of b's baseline."""
+    inputs = keras.Input((None, 3))
+    a = keras.layers.Conv1D(4, 1, name="a")(inputs)
+    b = keras.layers.Conv1D(4, 2, strides=2, name="b")(a)  # frame t sits on input frame 2t
+    model = keras.Model(inputs, b)
+    x = np.random.default_rng(0).normal(size=(2, 8, 3)).astype("float32")
+    labels = np.tile([0, 2, 1, 2, 0, 2, 1, 2], (2, 1))  # group 2 on odd frames only
+    callback = TopoMapCallback(x, layers=["a", "b"], grids={"a": (2, 2), "b": (2, 2)},
+                               groups=labels, smooth=1)
+    callback.set_model(model)
+    callback.set_params({"epochs": 1})
+    with pytest.warns(UserWarning, match=r"'group_2': \['b'\]"):
+        callback.on_train_begin()
+    callback.on_epoch_end(0, {})
+    assert callback.group_names_ == ["group_0", "group_1", "group_2"]
+    for name, step in (("a", 1), ("b", 2)):
+        acts = keras.Model(inputs, model.get_layer(name).output).predict_on_batch(x)
+        means = {}
+        for g in (0, 1, 2):  # plain loops over the frames each layer frame sits on
+            frames = [acts[i, t] for i in range(2) for t in range(acts.shape[1])
+                      if labels[i, t * step] == g]
+            if frames:
+                means[g] = np.mean(frames, axis=0)
+        base = np.mean(list(means.values()), axis=0)
+        expected = [means[g] - base if g in means else np.zeros(4) for g in (0, 1, 2)]
+        np.testing.assert_allclose(callback.raw_group_history_[name][0].reshape(3, 4),
+                                   expected, rtol=1e-5, atol=1e-6)
+    assert not np.any(callback.raw_group_history_["b"][0][2])
