@@ -85,13 +85,17 @@ class TopoMapCallback(keras.callbacks.Callback):
       "GPU")``, see :mod:`keras_topomap.map_writers`), so that TensorFlow, which only writes
       files here, takes no accelerator memory.
     - ``out_dir``: ``<layer>/epoch_001.png`` per layer per logged epoch, numbered from 1 like
-      the progress bar; ``topomaps.npz`` with the whole history (rewritten each logged epoch);
+      the progress bar: the raw map with its Moran's I and z (and the "not topographic" mark
+      below the threshold) and a readout of the change since the previous logged epoch
+      (RMS change relative to the map's spread, and the correlation with it);
+      ``topomaps.npz`` with the whole history (rewritten each logged epoch);
       at train end ``<layer>.gif``, the epoch PNGs as an animation. With groups, also
       ``<layer>/groups_epoch_NNN.png`` (all group maps of a layer tiled in one image) for the
       last logged epoch -- or, with ``group_pngs=True``, for every logged epoch, plus
       ``<layer>_groups.gif``.
 
-    Colour scales: a layer's PNGs, GIF frames and TensorBoard images share one scale across
+    Colour scales: a layer's PNGs, GIF frames and TensorBoard images (raw maps; TensorBoard
+    images carry the verdict in a strip under the map) share one scale across
     epochs, the running range -- the smallest and largest map value seen so far (groups: the
     largest absolute value, symmetric around 0). An epoch's image therefore only changes
     scale when its map leaves the range of every earlier epoch. The ``.npz`` file keeps the
@@ -124,8 +128,9 @@ class TopoMapCallback(keras.callbacks.Callback):
         probe_steps: read at most this many batches from a dataset probe.
         cmap: colormap of the overall maps (default ``"viridis"``; group maps use
             ``"RdBu_r"`` centred at 0).
-        interpolation: ``imshow`` interpolation of the PNGs and GIFs (``"bicubic"`` gives an
-            EEG-like look; the default ``"nearest"`` shows the grid cells).
+        interpolation: ``imshow`` interpolation of the PNGs and GIFs (the default
+            ``"nearest"`` shows the grid cells; ``"bicubic"`` gives an EEG-like look that makes
+            any map, noise included, look smooth).
         image_size: TensorBoard images are enlarged (pixel repetition) to at least this many
             pixels on their longer side.
         fps: frames per second of the GIFs.
@@ -133,6 +138,11 @@ class TopoMapCallback(keras.callbacks.Callback):
             last epoch's at train end. Off by default: with dozens of groups these images cost
             several times the rest of the callback (the npz and TensorBoard hold every epoch
             anyway).
+        show_smoothed: the PNGs and GIF frames show the raw map (what the layer did); with
+            ``True`` the smoothed map is drawn beside it.
+        threshold: every drawn map (PNG, GIF frame, TensorBoard image) is tested on its raw
+            values against permuted layouts (:func:`keras_topomap.metrics.morans_i_test`) and
+            shows Moran's I and z; below ``z = threshold`` it is marked "not topographic".
         background: write the TensorBoard summaries and the ``out_dir`` files in a background
             thread, so the next epoch trains meanwhile (at most one epoch in flight; an error
             there is raised at the next logged epoch or at train end). ``False`` writes them
@@ -191,6 +201,8 @@ class TopoMapCallback(keras.callbacks.Callback):
         fps=2,
         background=True,
         group_pngs=False,
+        show_smoothed=False,
+        threshold=3.0,
     ):
         super().__init__()
         self.smooth = checks.odd_int(smooth, "smooth")
@@ -225,8 +237,10 @@ class TopoMapCallback(keras.callbacks.Callback):
         self._writers = MapWriters(
             self.log_dir, self.out_dir, cmap=self.cmap, interpolation=self.interpolation,
             image_size=self.image_size, fps=self.fps, group_pngs=self.group_pngs,
-            background=self.background,
+            background=self.background, show_smoothed=bool(show_smoothed),
+            threshold=float(threshold),
         )
+        self.show_smoothed, self.threshold = bool(show_smoothed), float(threshold)
         self._reset_history()
         self._extractor = None
 
@@ -242,6 +256,8 @@ class TopoMapCallback(keras.callbacks.Callback):
         self._penalties = {}
         self._range = {}
         self._group_range = {}
+        self._raw_range = {}
+        self._raw_group_range = {}
         self.group_labels_ = np.zeros((0,), dtype=np.int64)
         self.group_names_ = []
         self.log_seconds_ = []
@@ -485,7 +501,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         new_labels = present[kept]
         if len(self.group_labels_) and not np.array_equal(new_labels, self.group_labels_):
             self._group_maps, self._group_raw = {}, {}
-            self._group_range = {}
+            self._group_range, self._raw_group_range = {}, {}
         self.group_labels_ = new_labels
         self.group_names_ = [self._group_name(int(g)) for g in new_labels]
         # Position of each label in new_labels; -1 for no label or a dropped group.
@@ -518,10 +534,15 @@ class TopoMapCallback(keras.callbacks.Callback):
         means, group_means, penalties = self._probe_means()
         self._epochs.append(int(epoch))
         maps, limits, group_maps, group_limits, scores, layer_penalties = ({} for _ in range(6))
+        raw_maps, raw_limits, raw_group_maps, raw_group_limits = ({} for _ in range(4))
         for j, name in enumerate(self.layers_):
             grid = self.grids_[name]
             raw = grid_lib.to_grid(means[j], grid)
             self._raw.setdefault(name, []).append(raw)
+            raw_maps[name] = raw
+            lo, hi = self._raw_range.get(name, (np.inf, -np.inf))
+            raw_limits[name] = self._raw_range[name] = (min(lo, float(raw.min())),
+                                                        max(hi, float(raw.max())))
             maps[name] = grid_lib.smooth(raw, self.smooth)
             self._maps.setdefault(name, []).append(maps[name])
             lo, hi = self._range.get(name, (np.inf, -np.inf))
@@ -530,6 +551,9 @@ class TopoMapCallback(keras.callbacks.Callback):
             if group_means is not None:
                 raw_groups = grid_lib.to_grid(group_means[j], grid)
                 self._group_raw.setdefault(name, []).append(raw_groups)
+                raw_group_maps[name] = raw_groups
+                raw_group_limits[name] = self._raw_group_range[name] = max(
+                    self._raw_group_range.get(name, 0.0), float(np.abs(raw_groups).max()))
                 group_maps[name] = grid_lib.smooth(raw_groups, self.smooth)
                 self._group_maps.setdefault(name, []).append(group_maps[name])
                 group_limits[name] = max(self._group_range.get(name, 0.0),
@@ -541,7 +565,8 @@ class TopoMapCallback(keras.callbacks.Callback):
             if penalties.get(name) is not None:
                 layer_penalties[name] = float(penalties[name])
         return EpochMaps(int(epoch), list(self.layers_), maps, limits, group_maps, group_limits,
-                         list(self.group_names_), scores, layer_penalties)
+                         list(self.group_names_), scores, layer_penalties, raw_maps, raw_limits,
+                         raw_group_maps, raw_group_limits)
 
     def _probe_means(self):
         """Overall means ``[(F,)] per layer``, group NAPs ``[(G, F)]`` (or None) and the

@@ -422,7 +422,7 @@ def run_demo(
         callback = TopoMapCallback(
             probe["features"], groups=probe["frame_labels"], group_names=PHONES_39,
             probe_lengths=probe["feature_lengths"], out_dir=topomap_dir,
-            interpolation="bicubic", fps=3,
+            fps=3,
         )
         limit = TrainingTimeLimit(60.0 * float(minutes))
         training = train_lib.train(train_config, data=(train_set, val_set, test_set),

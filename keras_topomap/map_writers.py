@@ -33,9 +33,11 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
+from keras_topomap import visualization as vis
 from keras_topomap.visualization import new_figure, plot_grid_maps, plot_grid_mosaic
 
-__all__ = ["EpochMaps", "MapWriters", "import_tensorflow", "hide_gpus_from_tensorflow"]
+__all__ = ["EpochMaps", "MapWriters", "annotate_image", "import_tensorflow",
+           "hide_gpus_from_tensorflow"]
 
 # The "no TensorFlow" warning is given once per process, not once per callback or epoch.
 _warned_no_tensorflow = False
@@ -54,6 +56,11 @@ class EpochMaps(NamedTuple):
         group_names: the names of the ``G`` groups.
         scores: ``{layer: float}`` topography scores (layers with a kernel).
         penalties: ``{layer: float}`` regularizer penalties (regularized layers).
+        raw_maps: ``{layer: (H, W)}`` the overall maps before smoothing (what is tested, and
+            what the PNGs and GIFs show by default).
+        raw_limits: ``{layer: (lo, hi)}`` their running colour range.
+        raw_group_maps: ``{layer: (G, H, W)}`` the group maps before smoothing.
+        raw_group_limits: ``{layer: float}`` their symmetric colour limit.
     """
 
     epoch: int
@@ -65,6 +72,10 @@ class EpochMaps(NamedTuple):
     group_names: list
     scores: dict
     penalties: dict
+    raw_maps: dict
+    raw_limits: dict
+    raw_group_maps: dict
+    raw_group_limits: dict
 
 
 def import_tensorflow(what="TopoMapCallback"):
@@ -111,10 +122,17 @@ class MapWriters:
         fps: frames per second of the GIFs.
         group_pngs: draw group maps every epoch (and a GIF of them), not only at the end.
         background: write in a background thread (at most one epoch in flight).
+        show_smoothed: draw the smoothed map as a second panel beside the raw one.
+        threshold: z below which a map is marked "not topographic"
+            (:func:`keras_topomap.visualization.map_verdict` of the raw map).
+        n_permutations: permuted layouts per test.
     """
 
     def __init__(self, log_dir, out_dir, *, cmap, interpolation, image_size, fps, group_pngs,
-                 background):
+                 background, show_smoothed=False, threshold=vis.TOPOGRAPHY_THRESHOLD,
+                 n_permutations=99):
+        self.show_smoothed, self.threshold = bool(show_smoothed), float(threshold)
+        self.n_permutations = int(n_permutations)
         self.log_dir, self.out_dir = log_dir, out_dir
         self.cmap, self.interpolation = cmap, interpolation
         self.image_size, self.fps = image_size, fps
@@ -125,8 +143,13 @@ class MapWriters:
         self.reset()
 
     def reset(self):
-        """Forgets the GIF frames (a new history starts)."""
+        """Forgets the GIF frames and the previous maps (a new history starts)."""
         self._gif_frames = {}
+        self._previous = {}
+
+    def _verdict(self, grid_map):
+        return vis.map_verdict(grid_map, threshold=self.threshold,
+                               n_permutations=self.n_permutations)
 
     def open(self):
         """Opens the TensorBoard writer (train begin)."""
@@ -196,11 +219,11 @@ class MapWriters:
         image_tags, pictures, scalar_tags, scalars = [], [], [], []
         for name in maps.layers:
             image_tags.append(f"topomap/{name}")
-            pictures.append((maps.maps[name], self.cmap, *maps.limits[name]))
-            if name in maps.group_maps:
-                limit = maps.group_limits[name]
+            pictures.append((maps.raw_maps[name], self.cmap, *maps.raw_limits[name]))
+            if name in maps.raw_group_maps:
+                limit = maps.raw_group_limits[name]
                 image_tags.extend(f"nap/{name}/{group}" for group in maps.group_names)
-                pictures.append((maps.group_maps[name], "RdBu_r", -limit, limit))
+                pictures.append((maps.raw_group_maps[name], "RdBu_r", -limit, limit))
             if name in maps.scores:
                 scalar_tags.append(f"topo_score/{name}")
                 scalars.append(maps.scores[name])
@@ -211,8 +234,12 @@ class MapWriters:
         def job():
             images = []
             for values, cmap, lo, hi in pictures:
+                # each raw map drawn as it is, with its verdict in a strip under it
                 rgb = colorize(values, cmap, lo, hi, self.image_size)
-                images.extend([rgb] if rgb.ndim == 3 else rgb)
+                flat = values.reshape((-1,) + values.shape[-2:])
+                tiles = rgb.reshape((-1,) + rgb.shape[-3:])
+                images.extend(annotate_image(tile, self._verdict(grid_map))
+                              for grid_map, tile in zip(flat, tiles))
             if self._summary_fn is None:
                 self._summary_fn = self._summary_function()
             self._summary_fn(
@@ -274,9 +301,13 @@ class MapWriters:
 
         def job():
             for name in maps.layers:
+                raw = maps.raw_maps[name]
+                readout = self._change_readout(name, raw, number)
                 self._render(
-                    ("map", name), maps.maps[name], None, nonempty(*maps.limits[name]),
-                    f"{name} - epoch {number}", path=self._png_path(name, "epoch", number),
+                    ("map", name), raw, None, nonempty(*maps.raw_limits[name]),
+                    f"{name} - epoch {number}\n{readout}",
+                    path=self._png_path(name, "epoch", number), smoothed=maps.maps[name],
+                    smoothed_limits=nonempty(*maps.limits[name]),
                 )
                 if self.group_pngs and name in maps.group_maps:
                     self._render_groups(maps, name, frame=True)
@@ -288,11 +319,27 @@ class MapWriters:
 
         return job
 
+    def _change_readout(self, name, raw, number):
+        """"change since epoch k: 3.1% of the map's spread (r = 0.998)" for the animation, so
+        that a reader sees whether the map is still forming; the previous logged map is kept."""
+        previous = self._previous.get(name)
+        self._previous[name] = (number, np.array(raw, dtype=np.float64))
+        if previous is None:
+            return "first logged epoch"
+        before, old = previous
+        spread = float(old.std())
+        change = float(np.sqrt(np.mean((raw - old) ** 2)))
+        relative = change / spread if spread > 0 else float("inf")
+        if float(raw.std()) > 0 and spread > 0:
+            r = float(np.corrcoef(raw.ravel(), old.ravel())[0, 1])
+            return f"change since epoch {before}: {relative:.1%} of the map's spread (r = {r:.3f})"
+        return f"change since epoch {before}: {change:.3g}"
+
     def _render_groups(self, maps, name, frame):
         number = maps.epoch + 1
-        limit = maps.group_limits[name] or 1.0
+        limit = maps.raw_group_limits[name] or 1.0
         self._render(
-            ("groups", name), maps.group_maps[name], list(maps.group_names), (-limit, limit),
+            ("groups", name), maps.raw_group_maps[name], list(maps.group_names), (-limit, limit),
             f"{name} - epoch {number}: group mean - mean over groups",
             path=self._png_path(name, "groups_epoch", number), frame=frame,
         )
@@ -302,11 +349,13 @@ class MapWriters:
         os.makedirs(folder, exist_ok=True)
         return os.path.join(folder, f"{stem}_{number:03d}.png")
 
-    def _render(self, key, maps, titles, limits, suptitle, path, frame=True):
-        """Draws one layer's overall map (``key = ("map", layer)``, maps ``(H, W)``) or group
-        maps (``("groups", layer)``, ``(G, H, W)``) into its figure -- built on first use,
-        then updated in place -- saves it as the PNG ``path`` and, with ``frame``, keeps the
-        same pixels as a frame of the layer's GIF."""
+    def _render(self, key, maps, titles, limits, suptitle, path, frame=True, smoothed=None,
+                smoothed_limits=None):
+        """Draws one layer's raw overall map (``key = ("map", layer)``, maps ``(H, W)``; with
+        ``show_smoothed`` the smoothed map beside it) or raw group maps (``("groups", layer)``,
+        ``(G, H, W)``) into its figure -- built on first use, then updated in place -- with the
+        verdict of each raw map (:func:`keras_topomap.visualization.mark_verdict`), saves it as
+        the PNG ``path`` and, with ``frame``, keeps the same pixels as a frame of the GIF."""
         kind, _ = key
         entry = self._figures.get(key)
         if kind == "groups":
@@ -314,23 +363,31 @@ class MapWriters:
                 n, h, w = maps.shape
                 ncols = min(n, 8)
                 nrows = -(-n // ncols)
-                fig = new_figure(figsize=(ncols * 1.0 + 1.4, nrows * 1.1 * h / w + 0.6))
+                fig = new_figure(figsize=(ncols * 1.0 + 1.4, nrows * 1.3 * h / w + 0.6))
                 entry = self._figures[key] = {"figure": fig, "ax": fig.add_subplot()}
             plot_grid_mosaic(
                 entry["ax"], maps, titles, ncols=8, diverging=True, vmax=limits[1], label="NAP",
-                test=False,
+                threshold=self.threshold,
             )
         else:
+            panels = [maps, smoothed] if self.show_smoothed and smoothed is not None else [maps]
             if entry is None:
                 fig = plot_grid_maps(
-                    [maps], diverging=False, label="mean activation", panel_size=3.0, test=False
+                    panels, diverging=False, label="mean activation", panel_size=3.0,
+                    test=False, shared_scale=False,
+                    titles=["raw", "smoothed"] if len(panels) == 2 else None,
                 )
-                image = fig.axes[0].images[0]
-                image.set_cmap(self.cmap)
-                image.set_interpolation(self.interpolation)
-                entry = self._figures[key] = {"figure": fig, "image": image}
-            entry["image"].set_data(maps)
-            entry["image"].set_clim(*limits)
+                images = [ax.images[0] for ax in fig.axes if ax.images]
+                for image in images:
+                    image.set_cmap(self.cmap)
+                    image.set_interpolation(self.interpolation)
+                entry = self._figures[key] = {"figure": fig, "images": images}
+            verdict = self._verdict(maps)
+            for image, values, lims in zip(entry["images"], panels, [limits, smoothed_limits]):
+                image.set_data(values)
+                image.set_clim(*lims)
+                vis._clear_marks(image.axes)
+                vis.mark_verdict(image.axes, verdict, fontsize=8)
         fig = entry["figure"]
         fig.suptitle(suptitle, fontsize=10)
         buffer = io.BytesIO()
@@ -380,6 +437,24 @@ def colorize(grid_map, cmap, lo, hi, image_size):
     rgb = colormap(scaled, bytes=True)[..., :3]
     factor = max(1, -(-image_size // max(grid_map.shape[-2:])))
     return np.repeat(np.repeat(rgb, factor, axis=-3), factor, axis=-2)
+
+
+def annotate_image(rgb, verdict):
+    """An RGB uint8 map image with its verdict written in a white strip under it: Moran's I and
+    z, and for a map not smoother than chance "not topographic" in red with a red frame."""
+    from PIL import Image, ImageDraw
+
+    h, w = rgb.shape[:2]
+    width = max(w, 100)
+    canvas = Image.new("RGB", (width, h + 24), "white")
+    canvas.paste(Image.fromarray(np.ascontiguousarray(rgb)), ((width - w) // 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    red = (192, 0, 0)
+    draw.text((2, h + 1), verdict.label, fill=(30, 30, 30) if verdict.topographic else red)
+    if not verdict.topographic:
+        draw.text((2, h + 12), "not topographic", fill=red)
+        draw.rectangle([0, 0, width - 1, h + 23], outline=red, width=2)
+    return np.asarray(canvas)
 
 
 def _image_summary(image):

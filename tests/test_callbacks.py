@@ -401,3 +401,77 @@ def test_group_without_frames_in_one_layer_gets_zero_there():
         np.testing.assert_allclose(callback.raw_group_history_[name][0].reshape(3, 4),
                                    expected, rtol=1e-5, atol=1e-6)
     assert not np.any(callback.raw_group_history_["b"][0][2])
+
+
+def _planted_epoch(epoch, noise_seed):
+    """EpochMaps of two layers: "smooth" (a ramp plus a Gaussian bump) and "noise"."""
+    rows, cols = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    smooth = rows / 8 + np.exp(-((rows - 5.0) ** 2 + (cols - 2.0) ** 2) / 5.0) + 0.1 * epoch
+    noise = np.random.default_rng(noise_seed).normal(size=(8, 8))
+    groups = np.stack([smooth - smooth.mean(), noise])
+    raw = {"smooth": smooth, "noise": noise}
+    raw_groups = {"smooth": groups, "noise": groups[::-1]}
+
+    def limits(maps):
+        return {k: (float(v.min()), float(v.max())) for k, v in maps.items()}
+
+    smoothed = {k: grid_lib.smooth(v) for k, v in raw.items()}
+    smoothed_groups = {k: grid_lib.smooth(v) for k, v in raw_groups.items()}
+    return map_writers.EpochMaps(
+        epoch, ["smooth", "noise"], smoothed, limits(smoothed), smoothed_groups,
+        {k: float(np.abs(v).max()) for k, v in smoothed_groups.items()}, ["bump", "hiss"], {},
+        {}, raw, limits(raw), raw_groups,
+        {k: float(np.abs(v).max()) for k, v in raw_groups.items()},
+    )
+
+
+def test_written_maps_carry_their_verdict_and_the_change_since_the_last_epoch(tmp_path):
+    import io
+
+    from PIL import Image
+
+    writers = map_writers.MapWriters(
+        str(tmp_path / "logs"), str(tmp_path / "maps"), cmap="viridis",
+        interpolation="nearest", image_size=64, fps=2, group_pngs=True, background=False,
+        show_smoothed=True,
+    )
+    writers.open()
+    for epoch in range(2):
+        writers.write(_planted_epoch(epoch, noise_seed=3), {"epochs": np.arange(epoch + 1)},
+                      lambda seconds: None)
+
+    def marks(fig):
+        return [t.get_text() for ax in fig.axes for t in ax.texts
+                if t.get_gid() == "topography-mark"]
+
+    figures = writers._figures
+    smooth, noise = figures[("map", "smooth")]["figure"], figures[("map", "noise")]["figure"]
+    assert not any("not topographic" in t for t in marks(smooth))
+    assert any("not topographic" in t for t in marks(noise))
+    assert all(any(t.startswith("I ") for t in marks(f)) for f in (smooth, noise))
+    # the epoch figure shows the raw map (nearest) beside the smoothed one, and the change
+    images = figures[("map", "smooth")]["images"]
+    assert len(images) == 2 and images[0].get_interpolation() == "nearest"
+    np.testing.assert_allclose(images[0].get_array(), _planted_epoch(1, 3).raw_maps["smooth"])
+    assert "change since epoch 1: " in smooth.get_suptitle()
+    assert "(r = 1.000)" in smooth.get_suptitle()  # the planted map only shifted by 0.1
+    groups = marks(figures[("groups", "smooth")]["figure"])
+    assert sum("not topographic" in t for t in groups) == 1
+    writers.finish(_planted_epoch(1, 3))
+    assert sorted(os.listdir(tmp_path / "maps" / "smooth"))[:2] == ["epoch_001.png",
+                                                                   "epoch_002.png"]
+
+    # TensorBoard images: the raw map with its verdict in a strip under it; red means
+    # "not topographic" (the maps' own colormaps hold no saturated red)
+    def red_pixels(summary):
+        with Image.open(io.BytesIO(summary[2])) as image:
+            rgb = np.asarray(image.convert("RGB")).astype(int)
+        return int(((rgb[..., 0] > 150) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
+
+    events = read_events(str(tmp_path / "logs"))
+    for _, summary in events[("images", "topomap/smooth")]:
+        assert red_pixels(summary) == 0 and int(summary[1]) == 64 + 24
+    for _, summary in events[("images", "topomap/noise")]:
+        assert red_pixels(summary) > 100
+    assert red_pixels(events[("images", "nap/noise/bump")][0][1]) > 100  # groups swapped
+    assert red_pixels(events[("images", "nap/noise/hiss")][0][1]) == 0
