@@ -24,7 +24,8 @@ __all__ = [
     "plot_gradnap", "plot_gradnap_eeg", "plot_gradnap_dendrogram", "plot_gradnap_time",
     "smooth_to_image", "plot_optimal_input", "plot_optimal_inputs", "plot_input_image",
     "filter_images",
-    "local_similarity", "pick_neighborhoods", "plot_filter_neighborhoods", "plot_figure1b",
+    "local_similarity", "pick_neighborhoods", "permuted_neighborhoods",
+    "plot_filter_neighborhoods", "plot_figure1b",
 ]
 
 
@@ -983,6 +984,32 @@ def pick_neighborhoods(similarity, n=2, size=3):
     return picked
 
 
+def permuted_neighborhoods(kernel, grid=None, n=2, size=3, n_permutations=50, seed=0,
+                           centers=None):
+    """What :func:`pick_neighborhoods` would find without topography: the neighbour cosine of
+    the ``k``-th picked neighbourhood when the layer's filters are randomly re-ordered.
+
+    The close-ups of Figure 1A are chosen as the most coherent blocks of the map, so even a
+    random filter order would show some similarity there; this is the value to read them
+    against. With ``centers`` given (not chosen from the map), the values at those centres.
+
+    Returns:
+        ``(mean, std)``: float arrays ``(n,)``, one entry per picked neighbourhood (best first).
+    """
+    from keras_topomap import grid as grid_lib
+    from keras_topomap.metrics import unit_filters
+
+    units = unit_filters(kernel)
+    h, w = grid_lib.resolve_grid(grid, units.shape[1], what="permuted_neighborhoods grid")
+    rng = np.random.default_rng(seed)
+    picked = np.zeros((int(n_permutations), n))
+    for i in range(int(n_permutations)):  # figure-time only; each is one vectorised pass
+        similarity = local_similarity(units[:, rng.permutation(units.shape[1])], (h, w), size)
+        centres = centers if centers is not None else pick_neighborhoods(similarity, n, size)
+        picked[i, :len(centres)] = [similarity[tuple(c)] for c in centres]
+    return picked.mean(axis=0), picked.std(axis=0, ddof=1)
+
+
 def _normalised_filters(images):
     limit = np.abs(images).reshape(len(images), -1).max(axis=1)
     limit = np.where(limit > 0, limit, 1.0).reshape((-1,) + (1,) * (images.ndim - 1))
@@ -1035,12 +1062,16 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
         images = np.clip(0.5 + 0.5 * images, 0.0, 1.0)
     h, w = grid_lib.resolve_grid(grid, n_filters, what="plot_filter_neighborhoods grid")
     similarity = local_similarity(kernel, (h, w), size)
-    if centers is None:
+    chosen = centers is None
+    if chosen:
         centers = pick_neighborhoods(similarity, n=n, size=size)
     centers = [(int(a), int(b)) for a, b in centers]
     for row, col in centers:
         if not (0 <= row < h and 0 <= col < w):
             raise ValueError(f"Neighbourhood centre {(row, col)} is off the {h}x{w} grid.")
+    # read each close-up against the same choice made on randomly re-ordered filters
+    null_mean, null_std = permuted_neighborhoods(kernel, (h, w), n=len(centers), size=size,
+                                                 centers=None if chosen else centers)
     name = f"{layer} " if layer else ""
     if fig is None:
         fig = new_figure(figsize=(3.2 * (len(centers) + overview) + 0.8, 3.6))
@@ -1071,7 +1102,10 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
             ))
             ax.text(left * (iw + gap) - gap, top * (ih + gap) - gap, str(k + 1), ha="right",
                     va="bottom", fontsize=9, fontweight="bold")
-        parts[0].suptitle(f"{name}filter map ({h}x{w}, {n_filters} filters)", fontsize=9)
+        rule = (f"close-ups: the {len(centers)} most coherent non-overlapping full {size}x{size} "
+                "blocks" if chosen else "close-ups: the given centres")
+        parts[0].suptitle(f"{name}filter map ({h}x{w}, {n_filters} filters)\n{rule}",
+                          fontsize=8)
     for k, (row, col) in enumerate(centers):
         part = parts[k + int(overview)]
         axes = part.subplots(size, size, gridspec_kw={"wspace": 0.06, "hspace": 0.06})
@@ -1086,14 +1120,23 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
                     ax.set_axis_off()
                     continue
                 shown = ax.imshow(images[rr * w + cc], cmap=cmap, vmin=-1, vmax=1,
-                                  origin="upper" if image_like else "lower", aspect="auto",
+                                  origin="upper" if image_like else "lower", aspect="equal",
                                   interpolation="nearest")
                 image = None if colour else shown
+                if dr == size - 1 and dc == 0:  # one labelled tile: what the axes are
+                    ax.set_xticks([0, iw - 1])
+                    ax.set_yticks([0, ih - 1])
+                    ax.tick_params(labelsize=5, length=2, pad=1)
+                    ax.set_xlabel("column" if image_like else "time step", fontsize=6,
+                                  labelpad=1)
+                    ax.set_ylabel("row" if image_like else "input feature", fontsize=6,
+                                  labelpad=1)
                 if (dr, dc) == (r, r):
                     for spine in ax.spines.values():
                         spine.set_linewidth(2.0)
-        part.suptitle(f"{k + 1}: centre {(row, col)}, neighbour cos {similarity[row, col]:.2f}",
-                      fontsize=9)
+        part.suptitle(f"{k + 1}: centre {(row, col)}, neighbour cos {similarity[row, col]:.2f}\n"
+                      f"(permuted filter order: {null_mean[k]:.2f} ± {null_std[k]:.2f})",
+                      fontsize=8)
     if image is not None:
         cbar = fig.colorbar(image, ax=parts[-1].axes, shrink=0.7, ticks=[-1, 0, 1])
         cbar.set_label("weight / max |weight|", fontsize=7)

@@ -167,8 +167,31 @@ def test_filter_images_and_figure_1a():
         filter_images(np.ones((4, 4)))
     fig = plot_filter_neighborhoods(kernel, grid=(4, 4), layer="conv_1")
     assert len(fig.axes) >= 1 + 2 * 9
+    # each close-up is read against the same choice on permuted filter orders, the rule is
+    # stated, one tile per close-up has labelled axes, and tiles keep their aspect
+    titles = [sub.get_suptitle() for sub in fig.subfigs]
+    assert "most coherent non-overlapping full 3x3 blocks" in titles[0]
+    assert all("(permuted filter order: " in t for t in titles[1:])
+    labelled = [ax for ax in fig.axes if ax.get_xlabel() == "time step"]
+    assert len(labelled) == 2 and labelled[0].get_ylabel() == "input feature"
+    assert all(ax.get_aspect() == 1.0 for ax in fig.axes if ax.images and ax not in
+               fig.subfigs[0].axes)
     with pytest.raises(ValueError, match="off the 4x4 grid"):
         plot_filter_neighborhoods(kernel, grid=(4, 4), centers=[(5, 0)])
+
+
+def test_permuted_neighborhoods_is_the_chance_level_of_the_chosen_close_ups():
+    from keras_topomap.visualization import permuted_neighborhoods
+
+    rng = np.random.default_rng(2)
+    kernel = rng.normal(size=(20, 64))
+    mean, std = permuted_neighborhoods(kernel, (8, 8), n=2, n_permutations=40)
+    assert mean.shape == std.shape == (2,) and mean[0] >= mean[1] > 0  # chosen: above 0
+    similarity = local_similarity(kernel, (8, 8))
+    best = similarity[pick_neighborhoods(similarity, n=1)[0]]
+    assert abs(best - mean[0]) < 4 * std[0]  # a random kernel is its own permutation
+    given, _ = permuted_neighborhoods(kernel, (8, 8), n=1, centers=[(3, 3)], n_permutations=40)
+    assert abs(given[0]) < mean[1]  # no selection at a fixed centre: about 0
 
 
 def test_training_time_limit_stops_mid_epoch():

@@ -166,3 +166,24 @@ def test_readme_links_to_docs_resolve():
     assert any(t.startswith("docs/") for t in targets), "README should link to the docs pages"
     broken = [t for t in targets if not (ROOT / t).exists()]
     assert not broken, f"README has links to missing files: {broken}"
+
+
+def _make_figures():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_figures", DOCS / "make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # defines functions only; nothing runs on import
+    return module
+
+
+def test_caption_blocks_are_rewritten_in_place():
+    make_figures = _make_figures()
+    text = "a\n<!-- caption:x -->\nold\n<!-- /caption -->\nb"
+    assert make_figures.rewrite_captions(text, {"x": "new"}) == (
+        "a\n<!-- caption:x -->\nnew\n<!-- /caption -->\nb")
+    assert make_figures.caption_blocks(text) == {"x": "old"}
+    import pytest
+
+    with pytest.raises(ValueError, match="Unknown caption block 'x'"):
+        make_figures.rewrite_captions(text, {})
