@@ -1,11 +1,13 @@
 """keras-topomap: topographic filter maps for Keras 3.
 
 Lay a layer's filters out on a 2D grid, make neighbouring filters similar with
-:class:`TopographicRegularizer`, and read activations as smooth topographic maps.
+:class:`TopographicRegularizer` (weights) or :class:`TopographicActivityRegularizer`
+(responses), and read activations as smooth topographic maps.
 """
 
 # augment and schedules register their classes, so saved models and optimizers load.
 from keras_topomap import augment, ctc, grid, metrics, models, schedules
+from keras_topomap.activity import TopographicActivityRegularizer
 from keras_topomap.callbacks import TopoMapCallback
 from keras_topomap.ctc import CTCLoss, transcribe
 from keras_topomap.gradnap import GradNAP
@@ -31,6 +33,7 @@ __all__ = [
     "LayerTiming",
     "receptive_fields",
     "TopographicRegularizer",
+    "TopographicActivityRegularizer",
     "grid",
     "metrics",
     "models",

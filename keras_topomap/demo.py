@@ -252,16 +252,20 @@ def metrics_table(metrics):
     """The per-layer metrics as a Markdown table (also printed at the end of the demo)."""
     lines = [
         "| layer | grid | topography S | permuted S | z | Moran's I | permuted I | "
-        "blur-error AUC | localisation |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "blur-error AUC | localisation | correlation falloff (z) | dead |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for layer, topo in metrics["topography"].items():
         gn = metrics["gradnap"].get(layer, {}).get("mean", {})
+        act = metrics.get("activity", {}).get(layer)
+        falloff = "n/a" if act is None else f"{act['falloff']:+.3f} ({act['falloff_z']:+.1f})"
+        dead = "n/a" if act is None else f"{act['dead_share']:.0%}"
         lines.append(
             f"| {layer} | {topo['grid'][0]}x{topo['grid'][1]} | {topo['score']:.3f} | "
             f"{topo['null_mean']:+.3f} ± {topo['null_std']:.3f} | {topo['z']:.1f} | "
             f"{_fmt(gn.get('morans_i'), '.3f')} | {_fmt(gn.get('morans_i_permuted'), '+.3f')} | "
-            f"{_fmt(gn.get('blur_error_auc'), '.3f')} | {_fmt(gn.get('localization'), '.3f')} |"
+            f"{_fmt(gn.get('blur_error_auc'), '.3f')} | {_fmt(gn.get('localization'), '.3f')} | "
+            f"{falloff} | {dead} |"
         )
     return "\n".join(lines)
 
@@ -587,8 +591,16 @@ def run_demo(
     _stage(6, "Metrics and index.html", verbose)
     tick = time.perf_counter()
     topography = train_lib.layer_topography(net, grids, n_permutations, seed)
+    activity = train_lib.layer_activity(
+        net, SpeechBatches(test_set, batch_size=16, shuffle=False, pad_to_multiple=_PAD),
+        grids, seed=seed,
+    )
+    files["activity_correlation"] = _save(
+        vis.plot_correlation_by_distance(activity), out / "activity_correlation.png"
+    ).name
     metrics = {
         "topography": topography,
+        "activity": activity,
         "gradnap": gradnap_metrics(gradnap, seed=seed),
         "figure_layer": fig_layer,
         "phonemes": shown,

@@ -42,6 +42,7 @@ __all__ = [
     "neighbor_weights",
     "pair_weights",
     "neighbor_pairs",
+    "distances",
     "to_grid",
     "from_grid",
     "smooth",
@@ -319,6 +320,28 @@ def neighbor_pairs(grid, size=3, wrap=False):
     grid = validate_grid(grid)
     size = validate_neighborhood(size, grid)
     return tuple(a.copy() for a in _neighbor_pairs(grid, size, bool(wrap)))
+
+
+@functools.lru_cache(maxsize=64)
+def _distances(grid, wrap):
+    h, w = grid
+    rows, cols = np.divmod(np.arange(h * w), w)
+    dy = np.abs(rows[:, None] - rows[None, :])
+    dx = np.abs(cols[:, None] - cols[None, :])
+    if wrap:  # the shorter way round the torus
+        dy, dx = np.minimum(dy, h - dy), np.minimum(dx, w - dx)
+    d = np.hypot(dy, dx)
+    d.flags.writeable = False
+    return d
+
+
+def distances(grid, wrap=False):
+    """Euclidean grid distance between every two filters, ``(F, F)`` float64 (row-major order).
+
+    With ``wrap`` the grid is a torus and each offset is taken the shorter way round.
+    """
+    grid = validate_grid(grid)
+    return _distances(grid, bool(wrap)).copy()
 
 
 def to_grid(values, grid):

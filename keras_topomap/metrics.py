@@ -28,10 +28,14 @@ from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 
 __all__ = [
+    "ActivityStatistics",
+    "CorrelationCurve",
     "MoransITest",
     "TopographyResult",
     "blur_error_auc",
     "connected_regions",
+    "correlation_by_distance",
+    "dead_unit_share",
     "localization",
     "morans_i",
     "morans_i_test",
@@ -449,3 +453,214 @@ def connected_regions(grid_map, threshold=None):
     labels, n = ndimage.label(m > threshold, structure=np.ones((3, 3), dtype=int))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     return labels, sizes
+
+
+# --- Activity topography: how channel correlations fall with grid distance ----------------------
+
+
+class ActivityStatistics:
+    """Running sums of one layer's activity over samples: correlations and which units fire.
+
+    Feed it batches of activity ``(..., F)`` (every position a sample; a mask leaves padded
+    frames out). Memory is ``F x F`` whatever the amount of data, so a whole test set streams
+    through it.
+
+    Example:
+
+    >>> stats = ActivityStatistics(64)
+    >>> stats.update(np.random.default_rng(0).normal(size=(8, 50, 64)))
+    >>> stats.correlations().shape, stats.count
+    ((64, 64), 400)
+    """
+
+    def __init__(self, n_channels):
+        n_channels = int(n_channels)
+        if n_channels < 2:
+            raise ValueError(f"ActivityStatistics needs >= 2 channels. Received: {n_channels}")
+        self.n_channels = n_channels
+        self.count = 0
+        self.sum = np.zeros(n_channels)
+        self.cross = np.zeros((n_channels, n_channels))
+        self.peak = np.full(n_channels, -np.inf)
+
+    def update(self, activity, mask=None):
+        """Adds the samples of ``activity`` ``(..., F)`` where ``mask`` (``(...)``) is true."""
+        x = np.asarray(to_numpy(activity), dtype=np.float64)
+        if x.ndim < 1 or x.shape[-1] != self.n_channels:
+            raise ValueError(
+                f"ActivityStatistics holds {self.n_channels} channels. Received: activity of "
+                f"shape {x.shape}"
+            )
+        if mask is not None:
+            mask = np.asarray(to_numpy(mask), dtype=bool)
+            if mask.shape != x.shape[:-1]:
+                raise ValueError(
+                    f"The mask must have the activity's shape without the channel axis, "
+                    f"{x.shape[:-1]}. Received: mask of shape {mask.shape}"
+                )
+            x = x[mask]
+        x = x.reshape(-1, self.n_channels)
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"Activity of shape {x.shape} holds NaN or infinite values.")
+        if len(x) == 0:
+            return self
+        self.count += len(x)
+        self.sum += x.sum(axis=0)
+        self.cross += x.T @ x
+        self.peak = np.maximum(self.peak, x.max(axis=0))
+        return self
+
+    def correlations(self):
+        """Pearson correlation matrix ``(F, F)``; NaN for pairs with a constant channel."""
+        if self.count < 2:
+            raise ValueError(f"Correlations need >= 2 samples. Received: {self.count}")
+        mean = self.sum / self.count
+        cov = self.cross / self.count - np.outer(mean, mean)
+        sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        live = sd > 1e-9 * max(1.0, float(np.abs(mean).max()))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = cov / np.outer(sd, sd)
+        r[~live] = np.nan
+        r[:, ~live] = np.nan
+        return np.clip(r, -1.0, 1.0)
+
+    def dead_units(self, threshold=0.0):
+        """Boolean ``(F,)``: channels that never exceed ``threshold`` on any sample seen."""
+        if self.count == 0:
+            raise ValueError("No samples seen yet: call update() first.")
+        return self.peak <= threshold
+
+
+def dead_unit_share(activity, mask=None, threshold=0.0):
+    """Share of channels (last axis) that never exceed ``threshold`` (ReLU units that never fire).
+
+    ``activity`` may be an array ``(..., F)`` or an :class:`ActivityStatistics`.
+    """
+    stats = activity if isinstance(activity, ActivityStatistics) else (
+        ActivityStatistics(np.shape(to_numpy(activity))[-1]).update(activity, mask)
+    )
+    return float(stats.dead_units(threshold).mean())
+
+
+class CorrelationCurve(NamedTuple):
+    """Result of :func:`correlation_by_distance`.
+
+    Attributes:
+        distance: bin centres (grid distance 1, 2, ...): pairs at distance ``d`` fall in bin
+            ``round(d)``, so bin 1 holds edge and diagonal neighbours.
+        mean, sem: mean correlation of the pairs in each bin and its standard error.
+        count: pairs per bin.
+        null_mean, null_std: mean and spread of each bin's mean over random layouts (the
+            channels permuted on the grid).
+        falloff: ``mean r of bin 1 - mean r of all pairs``: how much more neighbours correlate
+            than pairs at random; ~0 for a layout that ignores the grid, whatever the level.
+        falloff_null_mean, falloff_null_std, falloff_z: the same over the random layouts, and
+            the z-score of ``falloff`` against them.
+        falls: whether the curve falls over its first three bins (``mean[0] > mean[1] > mean[2]``).
+        n_live: channels with non-constant activity (pairs with a constant one are left out).
+    """
+
+    distance: np.ndarray
+    mean: np.ndarray
+    sem: np.ndarray
+    count: np.ndarray
+    null_mean: np.ndarray
+    null_std: np.ndarray
+    falloff: float
+    falloff_null_mean: float
+    falloff_null_std: float
+    falloff_z: float
+    falls: bool
+    n_live: int
+
+
+def _binned_means(r, bins, n_bins):
+    count = np.bincount(bins, minlength=n_bins)
+    total = np.bincount(bins, weights=r, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count, count
+
+
+def correlation_by_distance(correlations, grid=None, wrap=False, n_permutations=20, seed=0):
+    """Mean channel correlation per grid-distance bin, against permuted layouts.
+
+    Args:
+        correlations: ``(F, F)`` correlation matrix (e.g. :meth:`ActivityStatistics.correlations`;
+            NaN entries, from constant channels, are left out), or activity ``(..., F)`` from
+            which it is computed (every position a sample).
+        grid: ``(H, W)``; None infers it like the regularizers.
+        wrap: measure distances on the torus.
+        n_permutations: random layouts for the baseline (>= 2).
+        seed: seed of the layouts.
+
+    Returns:
+        :class:`CorrelationCurve`.
+
+    Raises:
+        ValueError: for fewer than 3 live channels, ``n_permutations < 2`` or a grid that does
+            not hold the channels.
+
+    Example:
+
+    >>> rng = np.random.default_rng(0)
+    >>> curve = correlation_by_distance(rng.normal(size=(500, 64)), grid=(8, 8), seed=0)
+    >>> abs(curve.falloff_z) < 4  # independent channels: no structure
+    True
+    """
+    r = np.asarray(to_numpy(correlations), dtype=np.float64)
+    if r.ndim != 2 or r.shape[0] != r.shape[1]:
+        stats = ActivityStatistics(r.shape[-1]).update(r)
+        r = stats.correlations()
+    n = r.shape[0]
+    grid = grid_lib.resolve_grid(grid, n, what=f"grid for {n} channels")
+    if int(n_permutations) < 2:
+        raise ValueError(f"n_permutations must be >= 2. Received: n_permutations={n_permutations}")
+    live = np.nonzero(np.isfinite(np.diag(r)))[0]
+    if len(live) < 3:
+        raise ValueError(
+            f"correlation_by_distance needs >= 3 channels that vary. Received: {len(live)} of {n}"
+        )
+    first, second = np.triu_indices(len(live), k=1)
+    first, second = live[first], live[second]
+    bins = np.rint(grid_lib._distances(grid, bool(wrap))[first, second]).astype(int)
+    n_bins = int(bins.max()) + 1
+
+    def curve(order):  # order[i]: which channel sits at grid cell i
+        values = r[order[first], order[second]]
+        means, count = _binned_means(values, bins, n_bins)
+        return means, count, float(means[1] - values.mean())
+
+    identity = np.arange(n)
+    means, count, falloff = curve(identity)
+    values = r[first, second]
+    sums_sq = np.bincount(bins, weights=values**2, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.maximum(sums_sq / count - means**2, 0.0) * count / np.maximum(count - 1, 1)
+        sem = np.sqrt(var / count)
+    rng = np.random.default_rng(seed)
+    null_means, null_falloff = [], []
+    for _ in range(int(n_permutations)):  # offline analysis; each layout is two bincounts
+        order = identity.copy()
+        order[live] = live[rng.permutation(len(live))]
+        m, _, f = curve(order)
+        null_means.append(m)
+        null_falloff.append(f)
+    null_means = np.array(null_means)
+    f_mean, f_std = float(np.mean(null_falloff)), float(np.std(null_falloff, ddof=1))
+    z = (falloff - f_mean) / f_std if f_std > 0 else float("inf") * np.sign(falloff - f_mean)
+    keep = slice(1, n_bins)  # bin 0 is empty (distinct cells are >= 1 apart)
+    head = means[1:4]
+    return CorrelationCurve(
+        distance=np.arange(n_bins)[keep].astype(float),
+        mean=means[keep],
+        sem=sem[keep],
+        count=count[keep],
+        null_mean=null_means.mean(axis=0)[keep],
+        null_std=null_means.std(axis=0, ddof=1)[keep],
+        falloff=falloff,
+        falloff_null_mean=f_mean,
+        falloff_null_std=f_std,
+        falloff_z=float(z),
+        falls=bool(len(head) == 3 and head[0] > head[1] > head[2]),
+        n_live=int(len(live)),
+    )

@@ -67,6 +67,8 @@ import keras
 
 from keras_topomap import checks
 from keras_topomap import grid as grid_lib
+from keras_topomap.activity import TopographicActivityRegularizer
+from keras_topomap.masking import MaskedConv1D
 from keras_topomap.receptive_field import receptive_fields
 from keras_topomap.regularizers import TopographicRegularizer
 
@@ -226,6 +228,10 @@ def wav2letter(
     norm=None,
     activation="relu",
     augment=None,
+    global_strength=0.0,
+    activity_strength=0.0,
+    activity_global_strength=0.0,
+    mask_padding=None,
 ):
     """Build a Wav2Letter-style CTC recognizer (logits out, no softmax).
 
@@ -252,6 +258,16 @@ def wav2letter(
         augment: ``None``, or a :class:`~keras_topomap.augment.SpecAugment` (or a dict of its
             arguments) inserted after the input as ``spec_augment``; a dict without ``seed``
             gets one from ``seed``.
+        global_strength: the weight regularizer's global term (see
+            :class:`~keras_topomap.TopographicRegularizer`); ignored when
+            ``topographic=False``.
+        activity_strength, activity_global_strength: when either is > 0, every hidden
+            convolution also carries a :class:`~keras_topomap.TopographicActivityRegularizer`
+            with these local and global strengths, on the same grid.
+        mask_padding: mark the real frames with a ``Masking`` layer (``padding_mask``, after the
+            input) and build the convolutions as :class:`~keras_topomap.masking.MaskedConv1D`,
+            so padded frames are 0 in every layer and stay out of the activity statistics.
+            ``None``: on exactly when the activity regularizer is.
 
     Returns:
         A functional ``keras.Model`` mapping ``(batch, T, n_features)`` to
@@ -273,6 +289,15 @@ def wav2letter(
     keras.activations.get(activation)  # an unknown name raises here, naming it
 
     grids = cfg.layer_grids()
+    with_activity = float(activity_strength) > 0 or float(activity_global_strength) > 0
+    mask_padding = with_activity if mask_padding is None else bool(mask_padding)
+    if mask_padding and (norm is not None or augment is not None):
+        # NormConv1D and SpecAugment do not carry the frame mask through.
+        raise ValueError(
+            "wav2letter: mask_padding (on with the activity regularizer) cannot be combined "
+            f"with norm or augment yet. Received: norm={norm!r}, augment={augment!r}, "
+            f"mask_padding={mask_padding}"
+        )
     if seed is None:
         seed = random.randrange(2**31 - 64)
     dropout_seeds = iter(range(int(seed), int(seed) + 64))
@@ -281,16 +306,32 @@ def wav2letter(
         if not topographic:
             return None
         return TopographicRegularizer(
-            grid=grids[layer_name], strength=strength, neighborhood=neighborhood
+            grid=grids[layer_name],
+            strength=strength,
+            neighborhood=neighborhood,
+            global_strength=global_strength,
         )
+
+    def activity_regularizer(layer_name):
+        if not with_activity:
+            return None
+        return TopographicActivityRegularizer(
+            grid=grids[layer_name],
+            strength=activity_strength,
+            neighborhood=neighborhood,
+            global_strength=activity_global_strength,
+        )
+
+    conv_class = MaskedConv1D if mask_padding else keras.layers.Conv1D
 
     def conv(x, layer_name, filters, width, stride=1):
         options = {
             "strides": stride, "padding": "same", "activation": activation,
-            "kernel_regularizer": regularizer(layer_name), "name": layer_name,
+            "kernel_regularizer": regularizer(layer_name),
+            "activity_regularizer": activity_regularizer(layer_name), "name": layer_name,
         }
         if norm is None:
-            x = keras.layers.Conv1D(filters, width, **options)(x)
+            x = conv_class(filters, width, **options)(x)
         else:
             x = NormConv1D(filters, width, norm=norm, **options)(x)
         if dropout > 0:
@@ -301,7 +342,7 @@ def wav2letter(
 
     names = cfg.layer_names()
     inputs = keras.Input(shape=(None, n_features), name="features")
-    x = inputs
+    x = keras.layers.Masking(0.0, name="padding_mask")(inputs) if mask_padding else inputs
     if augment is not None:
         from keras_topomap.augment import SpecAugment
 
@@ -318,7 +359,12 @@ def wav2letter(
         x = conv(x, layer_name, cfg.inner_filters, cfg.inner_width)
     x = conv(x, "conv_big_1", cfg.big_filters, cfg.big_width)
     x = conv(x, "conv_big_2", cfg.big_filters, 1)
-    outputs = keras.layers.Conv1D(n_classes, 1, padding="same", name="logits")(x)
+    if mask_padding:  # the output carries no mask: Keras would weight the CTC loss by it
+        outputs = MaskedConv1D(
+            n_classes, 1, padding="same", propagate_mask=False, name="logits"
+        )(x)
+    else:
+        outputs = keras.layers.Conv1D(n_classes, 1, padding="same", name="logits")(x)
     return keras.Model(inputs, outputs, name=name or f"wav2letter_{cfg.name}")
 
 

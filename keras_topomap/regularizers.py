@@ -35,7 +35,13 @@ from keras import ops
 from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 
-__all__ = ["TopographicRegularizer", "topographic_layers", "topographic_penalty"]
+__all__ = [
+    "MAX_GLOBAL_CHANNELS",
+    "TopographicRegularizer",
+    "distance_target_penalty",
+    "topographic_layers",
+    "topographic_penalty",
+]
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -169,6 +175,70 @@ def topographic_penalty(kernel, grid, size=3, wrap=False, epsilon=1e-7):
     return _penalty(kernel)
 
 
+#: Default number of anchor channels of the global term: layers up to this width use all pairs.
+MAX_GLOBAL_CHANNELS = 1024
+
+
+@functools.lru_cache(maxsize=64)
+def _global_constants(grid, wrap, max_channels):
+    """Anchor channels, targets and pair mask of the global term (once per grid).
+
+    Returns:
+        ``(anchors, target, off_diagonal, n_pairs)``: every ``step``-th channel in row-major
+        order with ``step = ceil(F / max_channels)`` (all channels when ``F <= max_channels``),
+        int32 ``(K,)``; ``target[a, c] = 1 / d(anchor a, c)``, float32 ``(K, F)``, 0 where the
+        anchor meets itself; the float32 mask of the pairs that count; and their number.
+    """
+    n_filters = grid[0] * grid[1]
+    step = -(-n_filters // max_channels)
+    anchors = np.arange(0, n_filters, step)
+    d = grid_lib._distances(grid, wrap)[anchors]
+    off_diagonal = d > 0
+    target = np.where(off_diagonal, 1.0 / np.where(off_diagonal, d, 1.0), 0.0)
+    arrays = (anchors.astype(np.int32), target.astype(np.float32), off_diagonal.astype(np.float32))
+    for array in arrays:
+        array.flags.writeable = False
+    return (*arrays, float(off_diagonal.sum()))
+
+
+def distance_target_penalty(columns, grid, wrap=False, max_channels=MAX_GLOBAL_CHANNELS):
+    """The global term: every pair's similarity pulled towards ``1 / grid distance``.
+
+    Poli, Dupoux & Riad (2023)'s form, ``mean over pairs (s_ij - 1 / d_ij)^2``, scaled by the
+    number of channels ``F`` so that it is a sum over channels like the local term (and a
+    strength means the same for both). ``s_ij = <columns_i, columns_j>``: pass unit-norm columns
+    (filters, or standardised activity divided by ``sqrt(n)``, so that ``s`` is the cosine or
+    the Pearson correlation). An absolute target, unlike TDANN's correlation between ``s`` and
+    the target, penalises a layer whose channels all share one component (``s ~ 1`` at every
+    distance); a target-correlation loss is blind to that shift.
+
+    Pairs: all of them for ``F <= max_channels``; for wider layers every pair of an anchor
+    channel (every ``ceil(F / max_channels)``-th in row-major order) with any channel, so every
+    channel is still pulled at every distance while the matrix stays ``max_channels x F``. One
+    matrix product, no loop over channels.
+
+    Args:
+        columns: ``(N, F)`` float32 tensor of unit-norm columns.
+        grid: ``(H, W)`` with ``H * W == F`` (validated).
+        wrap: measure distances on the torus.
+        max_channels: most anchor channels.
+
+    Returns:
+        float32 scalar tensor.
+    """
+    anchors, target, off_diagonal, n_pairs = _global_constants(
+        tuple(grid), bool(wrap), int(max_channels)
+    )
+    n_filters = grid[0] * grid[1]
+    if len(anchors) == n_filters:
+        similarity = ops.matmul(ops.transpose(columns), columns)
+    else:
+        chosen = ops.take(columns, ops.convert_to_tensor(anchors), axis=1)
+        similarity = ops.matmul(ops.transpose(chosen), columns)
+    error = ops.square(similarity - ops.convert_to_tensor(target))
+    return ops.sum(error * ops.convert_to_tensor(off_diagonal)) * (n_filters / n_pairs)
+
+
 @keras.saving.register_keras_serializable(package="keras_topomap")
 class TopographicRegularizer(keras.regularizers.Regularizer):
     """Makes the filters of a layer similar to their neighbours on a 2D grid.
@@ -202,6 +272,12 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             so the strength does not scale with layer width).
         epsilon: added to each filter's squared norm inside the cosine, so an all-zero filter
             gives a finite value and gradient.
+        global_strength: multiplier of a global term over pairs at every grid distance,
+            ``F * mean_pairs (cos(w_i, w_j) - 1 / d_ij)^2`` (see
+            :func:`distance_target_penalty`), added to the penalty above. The default 0 leaves
+            the paper's penalty unchanged.
+        max_global_channels: layers wider than this compute the global term on the pairs of
+            every ``ceil(F / max_global_channels)``-th filter with all filters.
 
     Example:
 
@@ -224,10 +300,16 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
         wrap=False,
         reduction="sum",
         epsilon=1e-7,
+        global_strength=0.0,
+        max_global_channels=MAX_GLOBAL_CHANNELS,
     ):
         if grid is not None:
             grid = grid_lib.validate_grid(grid)
         strength = checks.number(strength, "strength", minimum=0)
+        self.global_strength = checks.number(global_strength, "global_strength", minimum=0)
+        self.max_global_channels = checks.integer(
+            max_global_channels, "max_global_channels", minimum=2
+        )
         neighborhood = grid_lib.validate_neighborhood(neighborhood)
         if grid is not None:
             grid_lib.validate_neighborhood(neighborhood, grid)
@@ -270,10 +352,17 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
         # A layer's regularization loss passes its variable (whose path names the layer), or,
         # inside a stateless JAX step, the value alone.
         grid = self.resolve_grid(x.shape, owner=getattr(x, "path", None))
-        penalty = topographic_penalty(x, grid, self.neighborhood, self.wrap, self.epsilon)
+        value = self.strength * topographic_penalty(
+            x, grid, self.neighborhood, self.wrap, self.epsilon
+        )
+        if self.global_strength > 0:
+            k2 = ops.reshape(ops.cast(x, "float32"), (-1, grid[0] * grid[1]))
+            unit = k2 * ops.rsqrt(ops.sum(ops.square(k2), axis=0) + self.epsilon)
+            pull = distance_target_penalty(unit, grid, self.wrap, self.max_global_channels)
+            value = value + self.global_strength * pull
         if self.reduction == "mean":
-            penalty = penalty / float(grid[0] * grid[1])
-        return self.strength * penalty
+            value = value / float(grid[0] * grid[1])
+        return value
 
     def get_config(self):
         return {
@@ -283,13 +372,16 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             "wrap": self.wrap,
             "reduction": self.reduction,
             "epsilon": self.epsilon,
+            "global_strength": self.global_strength,
+            "max_global_channels": self.max_global_channels,
         }
 
     def __repr__(self):
         return (
             f"TopographicRegularizer(grid={self.grid}, strength={self.strength}, "
             f"neighborhood={self.neighborhood}, wrap={self.wrap}, "
-            f"reduction={self.reduction!r}, epsilon={self.epsilon})"
+            f"reduction={self.reduction!r}, epsilon={self.epsilon}, "
+            f"global_strength={self.global_strength})"
         )
 
 
@@ -325,11 +417,22 @@ def _check_kernel_layout(layer):
 
 
 def topographic_layers(model):
-    """The layers of ``model`` whose kernel carries a :class:`TopographicRegularizer`.
+    """The layers of ``model`` that carry a topographic constraint, on weights or on activity.
 
-    Searches nested models too. Returns a dict ``{layer_name: info}`` in model order, where
-    ``info`` is a dict with ``layer`` (the layer), ``grid`` (``(H, W)``, resolved from the
-    kernel), ``regularizer`` and ``kernel`` (the variable).
+    A layer counts when its kernel carries a :class:`TopographicRegularizer` or its output a
+    :class:`~keras_topomap.TopographicActivityRegularizer`. Searches nested models too. Returns
+    a dict ``{layer_name: info}`` in model order, where ``info`` is a dict with
+
+    - ``layer``: the layer;
+    - ``kind``: ``"weight"``, ``"activity"`` or ``"both"`` -- which constraint it carries;
+    - ``grid``: ``(H, W)``, resolved from the kernel (or the output's channel count);
+    - ``regularizer``: the kernel's :class:`TopographicRegularizer`, or None;
+    - ``activity_regularizer``: the :class:`~keras_topomap.TopographicActivityRegularizer`,
+      or None;
+    - ``kernel``: the kernel variable (None for a layer without one).
+
+    Raises:
+        ValueError: for a layer whose two regularizers put its channels on different grids.
 
     Raises:
         ValueError: naming the layer, when its grid does not fit its kernel, or its kernel's
@@ -338,22 +441,45 @@ def topographic_layers(model):
     Example:
 
     >>> for name, info in topographic_layers(model).items():
-    ...     print(name, info["grid"])
+    ...     print(name, info["kind"], info["grid"])
     """
+    from keras_topomap.activity import TopographicActivityRegularizer
+
     found = {}
     for layer in _walk_layers(model):
         kernel = getattr(layer, "kernel", None)
         # Depthwise convolutions name it depthwise_regularizer (and are refused below).
-        reg = getattr(layer, "kernel_regularizer", None) or getattr(
+        weight_reg = getattr(layer, "kernel_regularizer", None) or getattr(
             layer, "depthwise_regularizer", None
         )
-        if kernel is None or not isinstance(reg, TopographicRegularizer):
+        if kernel is None or not isinstance(weight_reg, TopographicRegularizer):
+            weight_reg = None
+        activity_reg = getattr(layer, "activity_regularizer", None)
+        if not isinstance(activity_reg, TopographicActivityRegularizer):
+            activity_reg = None
+        if weight_reg is None and activity_reg is None:
             continue
-        _check_kernel_layout(layer)
+        grid = None
+        if weight_reg is not None:
+            _check_kernel_layout(layer)
+            grid = weight_reg.resolve_grid(kernel.shape, owner=f"layer {layer.name!r}")
+        if activity_reg is not None:
+            channels = kernel.shape[-1] if kernel is not None else layer.output.shape[-1]
+            activity_grid = activity_reg.resolve_grid((None, channels))
+            if grid is not None and tuple(grid) != tuple(activity_grid):
+                raise ValueError(
+                    f"Layer '{layer.name}' puts its channels on two grids: {tuple(grid)} for "
+                    f"its kernel regularizer and {tuple(activity_grid)} for its activity "
+                    "regularizer. Give both the same grid."
+                )
+            grid = activity_grid
+        kind = "both" if weight_reg and activity_reg else "weight" if weight_reg else "activity"
         found[layer.name] = {
             "layer": layer,
-            "grid": reg.resolve_grid(kernel.shape, owner=f"layer {layer.name!r}"),
-            "regularizer": reg,
+            "kind": kind,
+            "grid": grid,
+            "regularizer": weight_reg,
+            "activity_regularizer": activity_reg,
             "kernel": kernel,
         }
     return found

@@ -76,7 +76,8 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
         files: ``{figure key: file name}`` of the figures written (keys as in
             :func:`keras_topomap.demo.run_demo`: ``figure1``, ``figure1a``, ``figure1b``,
             ``dendrogram``, ``gradnap_eeg``, ``optimal_inputs_<phoneme>``, ``gradnap_<layer>``,
-            ``training``, ``animation``); missing keys are left out of the page.
+            ``training``, ``animation``, ``activity_correlation``); missing keys are left
+            out of the page.
         wavs: ``{phoneme: {"joint" or filter index: relative WAV path}}``.
         animations: relative paths of the per-layer GIFs of the training callback.
         history: the training history (list of per-epoch dicts), for the summary line.
@@ -200,9 +201,19 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
         "autocorrelation; about 0 for random maps, shown as <b>permuted I</b>), "
         "<b>blur-error AUC</b> (how much the map changes when blurred; lower = smoother) and "
         "<b>localisation</b> (share of the positive GradNAP mass inside the most responsive 3x3 "
-        "region).</p>",
+        "region). Activity on the test frames: <b>correlation falloff</b> (how much more "
+        "grid neighbours' activations correlate than those of two filters at random; about 0 "
+        "when the layout ignores the grid; z against random layouts) and <b>dead</b> (share "
+        "of filters that never fire).</p>",
         _markdown_table(table),
     ]
+    if "activity_correlation" in files:
+        parts.append(_figure(
+            files["activity_correlation"],
+            "Mean correlation of the activations of two filters against their distance on the "
+            "grid (test frames; shaded: standard error of the mean), and the same for random "
+            "layouts of the filters (dashed). A topographic layer's curve starts high and "
+            "falls; a layer without topography follows the dashed line."))
     if metrics.get("verdicts"):
         parts.append("<h3>Is each layer topographic?</h3>")
         parts += [_verdict(metrics, name) for name in metrics["verdicts"]]

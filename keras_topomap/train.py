@@ -13,7 +13,8 @@ One run (``train(TrainConfig(...))`` or the command line) does, in ``out``:
    time used) and TensorBoard logs in ``out/logs``;
 4. at the end: restores the weights of the best validation CER, evaluates the test split, and
    writes ``out/model.keras`` and ``out/metrics.json`` (test CER, WER, CTC loss, topography
-   score and permutation z-score per grid layer, training time, history).
+   score and permutation z-score per grid layer, the activity's correlation-vs-distance
+   curve and dead-unit share on the test split, training time, history).
 
 ``resume=True`` (``--resume``) continues an interrupted run from its last checkpoint: weights,
 optimizer state, epoch, the per-epoch shuffling (a function of ``(seed, epoch)``), the early
@@ -38,6 +39,7 @@ Example (command line)::
 
     keras-topomap train --config small --epochs 60 --max-minutes 15 --out runs/topo
     keras-topomap train --config small --no-topographic --out runs/plain
+    keras-topomap train --config small --topography both --out runs/both
     keras-topomap train --out runs/topo --resume          # after an interruption
     TF_CONFIG='{"cluster": {"worker": ["host0:2222", "host1:2222"]},
                "task": {"type": "worker", "index": 0}}' \
@@ -85,6 +87,9 @@ __all__ = [
     "train",
 ]
 
+#: Which topographic constraint ``--topography`` puts on every hidden convolution.
+TOPOGRAPHIES = ("none", "weight", "activity", "both")
+
 _READERS = {
     "librispeech": "read_librispeech",
     "timit": "read_timit",
@@ -105,8 +110,16 @@ class TrainConfig:
 
     Attributes:
         config: model size, ``"small"``, ``"paper"`` or ``"tiny"`` (:data:`models.CONFIGS`).
-        topographic: put the topographic regularizer on every hidden convolution.
-        strength: the regularizer's strength.
+        topographic: put the topographic regularizer on every hidden convolution (False is
+            ``topography="none"``).
+        topography: which constraint every hidden convolution carries: ``"none"``,
+            ``"weight"`` (the paper's kernel regularizer), ``"activity"``
+            (:class:`~keras_topomap.TopographicActivityRegularizer`) or ``"both"``; ``None``
+            follows ``topographic`` (``"weight"`` or ``"none"``).
+        strength: the weight regularizer's strength.
+        global_strength: the weight regularizer's global term.
+        activity_strength, activity_global_strength: the activity regularizer's local and
+            global strengths.
         neighborhood: the regularizer's neighbourhood side.
         dropout: dropout after every hidden convolution.
         epochs: maximum number of epochs.
@@ -161,7 +174,11 @@ class TrainConfig:
 
     config: str = "small"
     topographic: bool = True
+    topography: str | None = None
     strength: float = 0.01
+    global_strength: float = 0.0
+    activity_strength: float = 0.1
+    activity_global_strength: float = 0.4
     neighborhood: int = 3
     dropout: float = 0.0
     epochs: int = 60
@@ -201,6 +218,15 @@ class TrainConfig:
 
     def __post_init__(self):
         models_lib.get_config(self.config)
+        if self.topography is None:
+            self.topography = "weight" if self.topographic else "none"
+        checks.choice(self.topography, "topography", TOPOGRAPHIES)
+        if not self.topographic and self.topography != "none":
+            raise ValueError(
+                "topographic=False (--no-topographic) means topography='none'. Received: "
+                f"topography={self.topography!r}"
+            )
+        self.topographic = self.topography in ("weight", "both")
         checks.choice(self.distribute, "distribute", distribute_lib.CHOICES)
         for name in ("epochs", "batch_size", "n_mels", "pad_to_multiple"):
             checks.positive_int(getattr(self, name), name)
@@ -741,11 +767,15 @@ def _build(config, n_features, steps_per_epoch):
             "freq_masks": config.freq_masks, "freq_width": config.freq_width,
             "time_masks": config.time_masks, "time_width": config.time_width,
         }
+    activity = config.topography in ("activity", "both")
     model = models_lib.wav2letter(
         config.config,
         n_features=n_features,
         topographic=config.topographic,
         strength=config.strength,
+        global_strength=config.global_strength,
+        activity_strength=config.activity_strength if activity else 0.0,
+        activity_global_strength=config.activity_global_strength if activity else 0.0,
         dropout=config.dropout,
         neighborhood=config.neighborhood,
         seed=config.seed,
@@ -826,6 +856,52 @@ def layer_topography(model, grids, n_permutations=100, seed=0):
             "null_mean": test.null_mean,
             "null_std": test.null_std,
             "grid": list(grid),
+        }
+    return result
+
+
+def layer_activity(model, batches, grids, n_permutations=20, seed=0):
+    """Correlation-vs-distance curve and dead-unit share of each grid layer's activity on data.
+
+    Runs ``model`` over ``batches`` (``(features, packed CTC targets)``, whose column 0 gives
+    each utterance's length), keeps every layer's real frames (``ceil(length / stride)``) and
+    streams them into :class:`~keras_topomap.metrics.ActivityStatistics`.
+
+    Returns:
+        ``{layer_name: {"falloff", "falloff_z", "falloff_null_mean", "falls", "dead_share",
+        "n_live", "frames", "curve": {"distance", "mean", "sem", "null_mean"}}}``.
+    """
+    from keras_topomap.metrics import ActivityStatistics, correlation_by_distance
+    from keras_topomap.receptive_field import receptive_fields
+
+    names = list(grids)
+    timings = receptive_fields(model)
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    stats = {n: ActivityStatistics(grids[n][0] * grids[n][1]) for n in names}
+    for index in range(len(batches)):
+        features, targets = batches[index]
+        outputs = probe.predict_on_batch(features)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        lengths = np.asarray(targets)[:, 0]
+        for name, out in zip(names, outputs):
+            out = keras.ops.convert_to_numpy(out)
+            frames = -(-lengths // timings[name].stride)
+            stats[name].update(out, np.arange(out.shape[1])[None] < frames[:, None])
+    result = {}
+    for name in names:
+        curve = correlation_by_distance(
+            stats[name].correlations(), grids[name], n_permutations=n_permutations, seed=seed
+        )
+        result[name] = {
+            "falloff": curve.falloff,
+            "falloff_z": curve.falloff_z,
+            "falloff_null_mean": curve.falloff_null_mean,
+            "falls": curve.falls,
+            "dead_share": float(stats[name].dead_units().mean()),
+            "n_live": curve.n_live,
+            "frames": int(stats[name].count),
+            "curve": {key: [float(v) for v in getattr(curve, key)]
+                      for key in ("distance", "mean", "sem", "null_mean")},
         }
     return result
 
@@ -1023,6 +1099,10 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
     validation = evaluate(model, val_batches, stride, predict=predict)
     grids = models_lib.layer_grids(config.config)
     topography = layer_topography(model, grids, config.n_permutations, config.seed)
+    activity = layer_activity(
+        model, _eval_batches(test_set, config.batch_size, config.pad_to_multiple), grids,
+        seed=config.seed,
+    )
     penalties = {}
     if config.topographic:
         penalties = {
@@ -1042,6 +1122,7 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
         "validation": validation,
         "validation_split": "training utterances" if val_prefix == "train" else "held out",
         "topography": topography,
+        "activity": activity,
         "penalty": penalties,
         "training_seconds": state["seconds"],
         "epochs_done": state["epochs_done"],
@@ -1092,8 +1173,20 @@ def build_parser():
         "--topographic", action=argparse.BooleanOptionalAction, default=defaults.topographic,
         help="topographic regularizer on every hidden convolution",
     )
+    p.add_argument(
+        "--topography", default=None, choices=TOPOGRAPHIES,
+        help="constraint on every hidden convolution: none, weight (the paper's kernel "
+        "regularizer; the default), activity, or both (--no-topographic: none)",
+    )
     p.add_argument("--strength", type=float, default=defaults.strength,
-                   help="topographic regularizer strength")
+                   help="weight regularizer strength")
+    p.add_argument("--global-strength", type=float, default=defaults.global_strength,
+                   help="weight regularizer's global term")
+    p.add_argument("--activity-strength", type=float, default=defaults.activity_strength,
+                   help="activity regularizer's local strength")
+    p.add_argument("--activity-global-strength", type=float,
+                   default=defaults.activity_global_strength,
+                   help="activity regularizer's global strength")
     p.add_argument("--neighborhood", type=int, default=defaults.neighborhood,
                    help="side of the regularizer's square neighbourhood on the grid (odd)")
     p.add_argument("--dropout", type=float, default=defaults.dropout,
@@ -1202,7 +1295,10 @@ def main(argv=None):
         print(f"beam search ({beam['beam_width']} beams): test CER {beam['cer']:.3f}  "
               f"WER {beam['wer']:.3f}")
     for name, topo in results["topography"].items():
-        print(f"  {name:<11} topography {topo['score']:+.3f}  z {topo['z']:+.1f}")
+        act = results["activity"][name]
+        print(f"  {name:<11} topography {topo['score']:+.3f}  z {topo['z']:+.1f}  "
+              f"correlation falloff {act['falloff']:+.3f}  z {act['falloff_z']:+.1f}  "
+              f"dead {act['dead_share']:.0%}")
     print(f"wrote {results['model_path']} and {Path(config.out) / 'metrics.json'}")
     return 0
 

@@ -26,6 +26,7 @@ __all__ = [
     "filter_images",
     "local_similarity", "pick_neighborhoods", "permuted_neighborhoods",
     "plot_filter_neighborhoods", "plot_figure1b",
+    "plot_correlation_by_distance",
 ]
 
 
@@ -1259,4 +1260,51 @@ def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, f
         cbar.formatter.set_powerlimits((-4, 4))
     fig.suptitle(f"{label} of layer {layer} and optimal inputs of the most responsive "
                  f"{size}x{size} region", fontsize=9)
+    return fig
+
+
+def plot_correlation_by_distance(curves, ncols=5, panel_size=(2.4, 2.0), fig=None):
+    """Channel correlation against grid distance, one panel per layer, with the random layout.
+
+    Args:
+        curves: ``{layer_name: curve}``, each a
+            :class:`~keras_topomap.metrics.CorrelationCurve` or a dict with ``distance``,
+            ``mean``, ``sem``, ``null_mean`` (as in ``metrics.json``'s ``activity`` entries,
+            ``falloff`` and ``falloff_z`` go into the titles when present).
+        ncols: panels per row.
+        panel_size: ``(width, height)`` of one panel in inches.
+        fig: an existing figure to draw into.
+
+    Returns:
+        the matplotlib figure.
+    """
+    if not curves:
+        raise ValueError("plot_correlation_by_distance needs at least one layer's curve.")
+    names = list(curves)
+    ncols = min(ncols, len(names))
+    nrows = -(-len(names) // ncols)
+    if fig is None:
+        fig = new_figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows + 0.4))
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    for ax in axes.ravel()[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.ravel(), names):
+        c = curves[name]
+        get = c.get if isinstance(c, dict) else lambda key, c=c: getattr(c, key, None)
+        d, mean = np.asarray(get("distance")), np.asarray(get("mean"))
+        sem = np.asarray(get("sem"))
+        ax.fill_between(d, mean - sem, mean + sem, color="C0", alpha=0.3, linewidth=0)
+        ax.plot(d, mean, "o-", color="C0", markersize=3, label="grid layout")
+        ax.plot(d, np.asarray(get("null_mean")), "--", color="0.4", label="random layout")
+        title = name
+        if get("falloff") is not None:
+            title += f"\nfalloff {get('falloff'):+.2f} (z {get('falloff_z'):+.0f})"
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.axhline(0.0, color="0.8", linewidth=0.5)
+    for ax in axes[-1]:
+        ax.set_xlabel("grid distance", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean correlation", fontsize=8)
+    axes.ravel()[0].legend(fontsize=6, loc="upper right")
     return fig

@@ -233,6 +233,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_done"] == 2 and metrics["test"]["n_utterances"] == 3
     assert 0 <= metrics["test"]["cer"] and metrics["training_seconds"] > 0
+    activity = metrics["activity"]["conv_1"]
+    assert 0 <= activity["dead_share"] <= 1 and activity["curve"]["distance"][0] == 1
     assert train.load_feature_config(out) == FeatureConfig()
     model = keras.saving.load_model(out / "model.keras")
     assert isinstance(ctc.transcribe(model, load_tts_corpus("test")[0]), str)
@@ -280,3 +282,21 @@ def test_time_budget_ignores_the_compile_heavy_first_epoch(monkeypatch):
         budget.on_epoch_end(epoch)
         assert model.stop_training == (epoch == 3), epoch
     assert budget.stopped and budget.used == 90.0
+
+
+def test_topography_option_picks_the_constraints():
+    from keras_topomap import topographic_layers
+
+    assert train.TrainConfig().topography == "weight"
+    assert train.TrainConfig(topographic=False).topography == "none"
+    config = train.TrainConfig(config="tiny", topography="both", activity_strength=0.2)
+    assert config.topographic
+    kinds = {i["kind"] for i in topographic_layers(train._build(config, 8)).values()}
+    assert kinds == {"both"}
+    activity = train._build(train.TrainConfig(config="tiny", topography="activity"), 8)
+    assert {i["kind"] for i in topographic_layers(activity).values()} == {"activity"}
+    assert train.build_parser().parse_args(["--topography", "activity"]).topography == "activity"
+    with pytest.raises(ValueError, match=r"topography must be one of .*Received: topography='x'"):
+        train.TrainConfig(topography="x")
+    with pytest.raises(ValueError, match=r"topographic=False .*Received: topography='both'"):
+        train.TrainConfig(topographic=False, topography="both")

@@ -1,0 +1,78 @@
+"""Padding masks through a 1D convolutional speech model: which frames of a padded batch are real.
+
+Utterances of a batch are zero-padded to a common length. A ``keras.layers.Masking`` layer at the
+input marks the real frames (a frame that is not all zeros); :class:`MaskedConv1D` carries that
+Keras mask through each ``"same"``-padded convolution (frame ``t`` of a stride-``s`` layer is real
+when input frame ``t * s`` is, which gives the ``ceil(length / s)`` frames of
+:func:`keras_topomap.ctc.output_lengths`), and sets its padded output frames to 0.
+
+Why zero them: a ``"same"`` convolution pads its input with zeros, so with padded frames at 0
+every layer sees, beyond an utterance's end, exactly what it would see for the utterance alone;
+the outputs of real frames then do not depend on how much padding the batch adds. And the mask
+is attached to the layer's output *inside* its call, before Keras runs the layer's activity
+regularizer, so :class:`~keras_topomap.TopographicActivityRegularizer` leaves padded frames out
+of its statistics (Keras itself attaches masks only after that).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+__all__ = ["MaskedConv1D", "attach_mask", "strided_mask"]
+
+
+def attach_mask(x, mask):
+    """Sets ``mask`` as the Keras mask of tensor ``x`` (None removes it)."""
+    from keras.src.backend import set_keras_mask  # not exported by keras 3's public API
+
+    set_keras_mask(x, mask)
+
+
+def strided_mask(mask, stride):
+    """The frame mask after a ``"same"`` convolution of this stride: ``mask[:, ::stride]``."""
+    return mask if stride == 1 else mask[:, ::stride]
+
+
+@keras.saving.register_keras_serializable(package="keras_topomap")
+class MaskedConv1D(keras.layers.Conv1D):
+    """``Conv1D`` (``padding="same"``) that keeps a frame mask and zeros the padded frames.
+
+    With a Keras mask on its input (from a ``Masking`` layer or a previous ``MaskedConv1D``), it
+    sets the output frames that lie in the padding to 0 and attaches the strided mask to its
+    output (see :mod:`keras_topomap.masking`). Without a mask it is a plain ``Conv1D``.
+
+    Args:
+        filters, kernel_size, **kwargs: as for ``keras.layers.Conv1D``; ``padding`` must be
+            ``"same"``.
+        propagate_mask: attach the mask to the output, so the next layers get it. False for a
+            model's last layer: Keras would otherwise weight the loss by the output's mask.
+    """
+
+    def __init__(self, filters, kernel_size, propagate_mask=True, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        if self.padding != "same":
+            raise ValueError(
+                f"MaskedConv1D '{self.name}' needs padding='same' (the frame mask is strided "
+                f"like a 'same' convolution). Received: padding={self.padding!r}"
+            )
+        self.propagate_mask = bool(propagate_mask)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        outputs = super().call(inputs)
+        if mask is None:
+            return outputs
+        frames = strided_mask(mask, self.strides[0])
+        outputs = outputs * ops.expand_dims(ops.cast(frames, outputs.dtype), -1)
+        if self.propagate_mask:
+            attach_mask(outputs, frames)
+        return outputs
+
+    def compute_mask(self, inputs, mask=None):
+        if mask is None or not self.propagate_mask:
+            return None
+        return strided_mask(mask, self.strides[0])
+
+    def get_config(self):
+        return {**super().get_config(), "propagate_mask": self.propagate_mask}
