@@ -115,7 +115,7 @@ class TrainConfig:
         topography: which constraint every hidden convolution carries: ``"none"``,
             ``"weight"`` (the paper's kernel regularizer), ``"activity"``
             (:class:`~keras_topomap.TopographicActivityRegularizer`) or ``"both"``; ``None``
-            follows ``topographic`` (``"weight"`` or ``"none"``).
+            follows ``topographic`` (``"weight"`` or ``"none"``; see :attr:`constraint`).
         strength: the weight regularizer's strength.
         global_strength: the weight regularizer's global term.
         activity_strength, activity_global_strength: the activity regularizer's local and
@@ -177,8 +177,8 @@ class TrainConfig:
     topography: str | None = None
     strength: float = 0.01
     global_strength: float = 0.0
-    activity_strength: float = 0.1
-    activity_global_strength: float = 0.4
+    activity_strength: float = 0.05
+    activity_global_strength: float = 0.2
     neighborhood: int = 3
     dropout: float = 0.0
     epochs: int = 60
@@ -218,15 +218,13 @@ class TrainConfig:
 
     def __post_init__(self):
         models_lib.get_config(self.config)
-        if self.topography is None:
-            self.topography = "weight" if self.topographic else "none"
-        checks.choice(self.topography, "topography", TOPOGRAPHIES)
-        if not self.topographic and self.topography != "none":
-            raise ValueError(
-                "topographic=False (--no-topographic) means topography='none'. Received: "
-                f"topography={self.topography!r}"
-            )
-        self.topographic = self.topography in ("weight", "both")
+        if self.topography is not None:
+            checks.choice(self.topography, "topography", TOPOGRAPHIES)
+            if not self.topographic and self.topography != "none":
+                raise ValueError(
+                    "topographic=False (--no-topographic) means topography='none'. Received: "
+                    f"topography={self.topography!r}"
+                )
         checks.choice(self.distribute, "distribute", distribute_lib.CHOICES)
         for name in ("epochs", "batch_size", "n_mels", "pad_to_multiple"):
             checks.positive_int(getattr(self, name), name)
@@ -245,6 +243,13 @@ class TrainConfig:
         checks.non_negative_int(self.patience, "patience")
         checks.positive_number(self.learning_rate, "learning_rate")
         checks.integer(self.n_permutations, "n_permutations", minimum=2)
+
+    @property
+    def constraint(self):
+        """The resolved ``topography``: given, or ``"weight"`` / ``"none"`` from ``topographic``."""
+        if self.topography is not None:
+            return self.topography
+        return "weight" if self.topographic else "none"
 
     def feature_config(self):
         from keras_topomap.datasets import FeatureConfig
@@ -767,11 +772,11 @@ def _build(config, n_features, steps_per_epoch):
             "freq_masks": config.freq_masks, "freq_width": config.freq_width,
             "time_masks": config.time_masks, "time_width": config.time_width,
         }
-    activity = config.topography in ("activity", "both")
+    activity = config.constraint in ("activity", "both")
     model = models_lib.wav2letter(
         config.config,
         n_features=n_features,
-        topographic=config.topographic,
+        topographic=config.constraint in ("weight", "both"),
         strength=config.strength,
         global_strength=config.global_strength,
         activity_strength=config.activity_strength if activity else 0.0,
@@ -1104,7 +1109,7 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
         seed=config.seed,
     )
     penalties = {}
-    if config.topographic:
+    if config.constraint in ("weight", "both"):
         penalties = {
             layer.name: float(keras.ops.convert_to_numpy(layer.kernel_regularizer(layer.kernel)))
             for layer in model.layers if layer.name in grids

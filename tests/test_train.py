@@ -1,5 +1,6 @@
 """Training: overfitting real utterances, one step per backend, save/load, resume, the CLI."""
 
+import dataclasses
 import json
 import shutil
 
@@ -287,10 +288,10 @@ def test_time_budget_ignores_the_compile_heavy_first_epoch(monkeypatch):
 def test_topography_option_picks_the_constraints():
     from keras_topomap import topographic_layers
 
-    assert train.TrainConfig().topography == "weight"
-    assert train.TrainConfig(topographic=False).topography == "none"
+    assert train.TrainConfig().constraint == "weight"
+    assert train.TrainConfig(topographic=False).constraint == "none"
     config = train.TrainConfig(config="tiny", topography="both", activity_strength=0.2)
-    assert config.topographic
+    assert dataclasses.replace(config, epochs=3).constraint == "both"
     kinds = {i["kind"] for i in topographic_layers(train._build(config, 8)).values()}
     assert kinds == {"both"}
     activity = train._build(train.TrainConfig(config="tiny", topography="activity"), 8)
@@ -300,3 +301,4 @@ def test_topography_option_picks_the_constraints():
         train.TrainConfig(topography="x")
     with pytest.raises(ValueError, match=r"topographic=False .*Received: topography='both'"):
         train.TrainConfig(topographic=False, topography="both")
+    assert "topography" in train.build_parser().format_help()
