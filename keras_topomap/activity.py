@@ -36,17 +36,11 @@ from keras import ops
 from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 from keras_topomap import regularizers as reg_lib
+from keras_topomap.masking import attached_mask
 
 __all__ = ["TopographicActivityRegularizer", "topographic_activity_penalty"]
 
 _REDUCTIONS = ("sum", "mean")
-
-
-def _keras_mask(x):
-    """The Keras mask attached to ``x`` (None if there is none)."""
-    from keras.src.backend import get_keras_mask  # not exported by keras 3's public API
-
-    return get_keras_mask(x)
 
 
 def _same_shape(a, b):
@@ -222,7 +216,7 @@ class TopographicActivityRegularizer(keras.regularizers.Regularizer):
         """
         grid = self.resolve_grid(activity.shape)
         if mask is None:
-            mask = _keras_mask(activity)
+            mask = attached_mask(activity)
         if mask is not None and not _same_shape(mask.shape, activity.shape[:-1]):
             raise ValueError(
                 "TopographicActivityRegularizer: the mask must have the output's shape without "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["MaskedConv1D", "attach_mask", "strided_mask"]
+__all__ = ["MaskedConv1D", "attach_mask", "attached_mask", "strided_mask"]
 
 
 def attach_mask(x, mask):
@@ -27,6 +27,13 @@ def attach_mask(x, mask):
     from keras.src.backend import set_keras_mask  # not exported by keras 3's public API
 
     set_keras_mask(x, mask)
+
+
+def attached_mask(x):
+    """The Keras mask attached to tensor ``x`` (None if there is none)."""
+    from keras.src.backend import get_keras_mask  # not exported by keras 3's public API
+
+    return get_keras_mask(x)
 
 
 def strided_mask(mask, stride):
@@ -59,8 +66,12 @@ class MaskedConv1D(keras.layers.Conv1D):
         self.propagate_mask = bool(propagate_mask)
         self.supports_masking = True
 
-    def call(self, inputs, mask=None):
+    def call(self, inputs):
+        # The mask is read from the input tensor, not taken as a ``mask`` argument: Keras would
+        # then record the mask's computation as part of the model's graph, where layer walkers
+        # (receptive_fields, sub-models) would meet it as extra operations.
         outputs = super().call(inputs)
+        mask = attached_mask(inputs)
         if mask is None:
             return outputs
         frames = strided_mask(mask, self.strides[0])

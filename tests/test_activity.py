@@ -15,6 +15,7 @@ from keras_topomap import (
     topographic_layers,
 )
 from keras_topomap.masking import MaskedConv1D
+from keras_topomap.receptive_field import receptive_fields
 from tests.gradient_utils import value_and_grad
 
 
@@ -179,6 +180,8 @@ def test_extra_padding_leaves_the_compiled_loss_unchanged():
     model.compile(loss=lambda y_true, y_pred: 0.0 * ops.mean(y_pred))
     y = np.zeros((2, 1), "float32")
     np.testing.assert_allclose(*[model.evaluate(v, y, verbose=0) for v in (x, padded)], rtol=1e-5)
+    # the mask's computation stays out of the graph that layer walkers see
+    assert receptive_fields(model)["logits"].stride == 2
     # without the mask, padding does enter (so the check above can fail)
     plain = _tiny(mask_padding=False)
     totals = []
