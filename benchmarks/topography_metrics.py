@@ -52,9 +52,14 @@ def run_label(run_dir):
         raise ValueError(f"{run_dir} is not a training run folder: no config.json. "
                          f"Received: {run_dir}")
     train = json.loads(path.read_text())["train"]
-    if not train["topographic"]:
-        return "unconstrained"
-    return f"topographic, strength {train['strength']:g}"
+    constraint = train.get("topography") or ("weight" if train["topographic"] else "none")
+    weight = f"weight {train['strength']:g}"
+    if train.get("global_strength"):
+        weight += f" + global {train['global_strength']:g}"
+    activity = (f"activity {train.get('activity_strength', 0):g} + global "
+                f"{train.get('activity_global_strength', 0):g}")
+    return {"none": "unconstrained", "weight": f"topographic, {weight}",
+            "activity": activity, "both": f"{weight}, {activity}"}[constraint]
 
 
 def map_metrics(maps, neighborhood=3):
