@@ -1105,7 +1105,7 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
     grids = models_lib.layer_grids(config.config)
     topography = layer_topography(model, grids, config.n_permutations, config.seed)
     activity = layer_activity(
-        model, _eval_batches(test_set, config.batch_size, config.pad_to_multiple), grids,
+        model, _eval_batches(test_set, config), grids,
         seed=config.seed,
     )
     penalties = {}

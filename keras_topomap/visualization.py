@@ -1290,6 +1290,8 @@ def plot_correlation_by_distance(curves, ncols=5, panel_size=(2.4, 2.0), fig=Non
         ax.set_visible(False)
     for ax, name in zip(axes.ravel(), names):
         c = curves[name]
+        if isinstance(c, dict) and "curve" in c:  # a layer entry of train.layer_activity
+            c = c["curve"]
         get = c.get if isinstance(c, dict) else lambda key, c=c: getattr(c, key, None)
         d, mean = np.asarray(get("distance")), np.asarray(get("mean"))
         sem = np.asarray(get("sem"))

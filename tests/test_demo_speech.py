@@ -142,7 +142,7 @@ def test_synthetic_demo_stays_reachable(capsys):
     with pytest.raises(SystemExit) as exit_info:
         demo.main(["--synthetic", "--help"])
     assert exit_info.value.code == 0
-    assert "keras_topomap.synthetic_demo" in capsys.readouterr().out
+    assert "keras-topomap demo --synthetic" in capsys.readouterr().out
 
 
 def test_local_similarity_and_neighbourhood_choice():

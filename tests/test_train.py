@@ -292,9 +292,9 @@ def test_topography_option_picks_the_constraints():
     assert train.TrainConfig(topographic=False).constraint == "none"
     config = train.TrainConfig(config="tiny", topography="both", activity_strength=0.2)
     assert dataclasses.replace(config, epochs=3).constraint == "both"
-    kinds = {i["kind"] for i in topographic_layers(train._build(config, 8)).values()}
+    kinds = {i["kind"] for i in topographic_layers(train._build(config, 8, 10)).values()}
     assert kinds == {"both"}
-    activity = train._build(train.TrainConfig(config="tiny", topography="activity"), 8)
+    activity = train._build(train.TrainConfig(config="tiny", topography="activity"), 8, 10)
     assert {i["kind"] for i in topographic_layers(activity).values()} == {"activity"}
     assert train.build_parser().parse_args(["--topography", "activity"]).topography == "activity"
     with pytest.raises(ValueError, match=r"topography must be one of .*Received: topography='x'"):
