@@ -116,8 +116,10 @@ class MapWriters:
     """Writes :class:`EpochMaps` to TensorBoard (``log_dir``) and files (``out_dir``).
 
     Args:
-        log_dir, out_dir: where to write (None: that output is off).
-        cmap, interpolation: colormap and ``imshow`` interpolation of the overall maps.
+        log_dir: where TensorBoard summaries go (None: none are written).
+        out_dir: where PNG, GIF and npz files go (None: none are written).
+        cmap: colormap of the overall maps.
+        interpolation: ``imshow`` interpolation of the overall maps.
         image_size: TensorBoard images are enlarged to at least this many pixels.
         fps: frames per second of the GIFs.
         group_pngs: draw group maps every epoch (and a GIF of them), not only at the end.

@@ -50,10 +50,12 @@ class MaskedConv1D(keras.layers.Conv1D):
     output (see :mod:`keras_topomap.masking`). Without a mask it is a plain ``Conv1D``.
 
     Args:
-        filters, kernel_size, **kwargs: as for ``keras.layers.Conv1D``; ``padding`` must be
-            ``"same"``.
+        filters: as for ``keras.layers.Conv1D``.
+        kernel_size: as for ``keras.layers.Conv1D``.
         propagate_mask: attach the mask to the output, so the next layers get it. False for a
             model's last layer: Keras would otherwise weight the loss by the output's mask.
+        **kwargs: the other ``keras.layers.Conv1D`` arguments; ``padding`` must be
+            ``"same"``.
     """
 
     def __init__(self, filters, kernel_size, propagate_mask=True, **kwargs):

@@ -147,12 +147,14 @@ class NormConv1D(keras.layers.Conv1D):
     takes its place.
 
     Args:
-        filters, kernel_size, **kwargs: as for ``keras.layers.Conv1D`` (``activation`` is
-            applied after the normalization; ``use_bias`` is always False).
+        filters: as for ``keras.layers.Conv1D``.
+        kernel_size: as for ``keras.layers.Conv1D``.
         norm: ``"batch"`` (``BatchNormalization`` over batch and time; padded frames enter its
             statistics) or ``"layer"`` (``LayerNormalization`` over the channels of each frame,
             the same in training and inference).
         norm_momentum: the batch normalization's moving-average momentum.
+        **kwargs: the other ``keras.layers.Conv1D`` arguments (``activation`` is applied after
+            the normalization; ``use_bias`` is always False).
     """
 
     def __init__(self, filters, kernel_size, norm="layer", norm_momentum=0.99, **kwargs):
@@ -261,9 +263,10 @@ def wav2letter(
         global_strength: the weight regularizer's global term (see
             :class:`~keras_topomap.TopographicRegularizer`); ignored when
             ``topographic=False``.
-        activity_strength, activity_global_strength: when either is > 0, every hidden
-            convolution also carries a :class:`~keras_topomap.TopographicActivityRegularizer`
-            with these local and global strengths, on the same grid.
+        activity_strength: local strength of a
+            :class:`~keras_topomap.TopographicActivityRegularizer` on every hidden convolution
+            (on the same grid) when it or ``activity_global_strength`` is > 0.
+        activity_global_strength: that regularizer's global strength.
         mask_padding: mark the real frames with a ``Masking`` layer (``padding_mask``, after the
             input) and build the convolutions as :class:`~keras_topomap.masking.MaskedConv1D`,
             so padded frames are 0 in every layer and stay out of the activity statistics.
