@@ -285,6 +285,9 @@ class TopoMapCallback(keras.callbacks.Callback):
         outputs = [self._extract(x, i)[0] for i, x in enumerate(self._batches)]
         self._check_outputs(outputs)
         self._prepare_reductions(model, outputs)
+        # log_dir / out_dir may be re-pointed after construction (train() sends a non-chief
+        # worker's outputs to a scratch folder): the writers follow the attributes.
+        self._writers.log_dir, self._writers.out_dir = self.log_dir, self.out_dir
         self._writers.open()
 
     def _ensure_graph(self, model):
