@@ -67,6 +67,7 @@ from keras import ops
 from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
+from keras_topomap._files import replace_atomically, write_json_atomically
 from keras_topomap.gradients import ActivationGradients, find_layer
 from keras_topomap.group_sums import BASELINES as _BASELINES
 from keras_topomap.group_sums import GroupSums
@@ -624,13 +625,19 @@ class GradNAP:
         if directory:
             os.makedirs(directory, exist_ok=True)
         state = getattr(self, "group_sums_", None) or self._empty_state()
-        np.savez(stem + ".npz", **state.to_arrays())
+        # Each file is written beside and renamed into place; the .json, written last, holds
+        # the digest of the .npz, so a pair from two different saves (a crash between the two
+        # renames) is refused by load instead of being read as one.
+        with replace_atomically(stem + ".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **state.to_arrays())
+            digest = _file_digest(tmp)
         config = self._settings()
         config.update(n_groups=state.n_groups, n_frames=state.n_frames,
                       target_total=state.target_total, model_fingerprint=self.model_fingerprint(),
+                      arrays_sha256=digest,
                       info=dict(info if info is not None else getattr(self, "info_", {})))
-        with open(stem + ".json", "w") as f:
-            json.dump(config, f, indent=2)
+        write_json_atomically(stem + ".json", config, indent=2)
         return stem + ".npz"
 
     @classmethod
@@ -641,13 +648,7 @@ class GradNAP:
         for ext in (".npz", ".json"):
             if not os.path.exists(stem + ext):
                 raise ValueError(f"GradNAP.load: missing file {stem + ext!r}.")
-        with open(stem + ".json") as f:
-            config = json.load(f)
-        if config.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"GradNAP.load: {stem + '.json'!r} has format version "
-                f"{config.get('format_version')!r}; this version reads {_FORMAT_VERSION}."
-            )
+        config = _read_header(stem + ".json")
         if config["target"] == "callable" and model is not None:
             raise ValueError(
                 "GradNAP.load: the saved GradNAP used a callable target, which is not saved; "
@@ -664,21 +665,39 @@ class GradNAP:
                 window=config["window"], anchor=config.get("anchor", "center"),
                 blank=config["blank"], time_bucket=config["time_bucket"],
             )
-        except ValueError as e:
+        except (ValueError, TypeError, AttributeError) as e:
             raise ValueError(f"GradNAP.load: the settings in {stem + '.json'!r}: {e}") from e
         gn.target = config["target"]
-        saved_filters = {k: int(v) for k, v in config["n_filters"].items()}
+        try:
+            saved_filters = {k: int(v) for k, v in config["n_filters"].items()}
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(
+                f"GradNAP.load: {stem + '.json'!r} has no valid n_filters. Received: "
+                f"{config['n_filters']!r}"
+            ) from e
         if gn._n_filters != saved_filters:
             what = f"model '{model.name}'" if model is not None else "the saved grids"
             raise ValueError(
                 f"GradNAP.load: {what} give filter counts {gn._n_filters}, the saved profiles "
-                f"{config['n_filters']}."
+                f"{config['n_filters']} (in {stem + '.json'!r})."
             )
-        with np.load(stem + ".npz") as data:
-            state = GroupSums.from_arrays(
-                data, gn.layers, gn.window, n_frames=config["n_frames"],
-                target_total=config.get("target_total", 0.0), where=f"GradNAP.load({stem!r})",
+        n_groups = config["n_groups"]
+        if names is not None and n_groups != len(names):
+            raise ValueError(
+                f"GradNAP.load: {stem + '.json'!r} states n_groups={n_groups!r} but lists "
+                f"{len(names)} group_names."
             )
+        if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 0:
+            raise ValueError(
+                f"GradNAP.load: n_groups in {stem + '.json'!r} must be an int >= 0. Received: "
+                f"{n_groups!r}"
+            )
+        arrays = _read_arrays(stem + ".npz", config.get("arrays_sha256"), stem + ".json")
+        state = GroupSums.from_arrays(
+            arrays, gn.layers, gn.window, n_frames=config["n_frames"],
+            target_total=config.get("target_total", 0.0), where=f"GradNAP.load({stem!r})",
+            n_groups=n_groups, n_filters=saved_filters,
+        )
         gn._saved_model_name = config.get("model")
         gn._saved_fingerprint = config.get("model_fingerprint")
         if model is not None and gn._saved_fingerprint is not None:
@@ -689,7 +708,12 @@ class GradNAP:
                     f"saved sums in {stem + '.json'!r} were computed with.",
                     stacklevel=2,
                 )
-        gn._set_state(state, info=config.get("info") or {})
+        info = config.get("info") or {}
+        if not isinstance(info, dict):
+            raise ValueError(
+                f"GradNAP.load: 'info' in {stem + '.json'!r} must be a dict. Received: {info!r}"
+            )
+        gn._set_state(state, info=info)
         return gn
 
     def __repr__(self):
@@ -1037,6 +1061,83 @@ def _saliency_anchor(saliency, lt, rows, starts, ends, fallback):
     inside = idx <= hi[:, None]
     values = np.where(inside, saliency[rows[:, None], np.clip(idx, 0, lt.length - 1)], -np.inf)
     return np.where(has, lo + np.argmax(values, axis=1), fallback)
+
+
+# Header entries every saved GradNAP has (older files may lack the others).
+_HEADER_KEYS = ("format_version", "layers", "target", "adjust", "baseline", "group_names",
+                "grids", "n_filters", "window", "blank", "time_bucket", "n_groups", "n_frames")
+
+
+def _read_header(path):
+    """The settings ``.json`` of a saved GradNAP, checked for its keys; ValueError naming the
+    file (and line) for anything unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"GradNAP.load: {path!r} is not valid JSON (line {e.lineno}, column {e.colno}: "
+            f"{e.msg}); the file is damaged or truncated."
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"GradNAP.load: cannot read {path!r}: {e}") from e
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"GradNAP.load: {path!r} must hold a JSON object. Received: {type(config).__name__}"
+        )
+    if config.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(
+            f"GradNAP.load: {path!r} has format version {config.get('format_version')!r}; "
+            f"this version reads {_FORMAT_VERSION}."
+        )
+    missing = [key for key in _HEADER_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"GradNAP.load: {path!r} lacks the entries {missing}.")
+    return config
+
+
+def _read_arrays(path, digest, header):
+    """Every array of the ``.npz`` at ``path`` (read in full, so that a damaged archive fails
+    here), after checking it against the ``digest`` its header ``.json`` recorded."""
+    import zipfile
+    import zlib
+
+    if digest is not None and _file_digest(path) != digest:
+        raise ValueError(
+            f"GradNAP.load: {path!r} is not the file {header!r} was saved with (its sha256 "
+            "differs): the pair comes from different saves (an interrupted save?) or was "
+            "changed since. Save or compute it again."
+        )
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"GradNAP.load: cannot read {path!r} ({type(e).__name__}: {e}); the file is "
+            "damaged, truncated or not an .npz archive."
+        ) from e
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"GradNAP.load: {path!r} is not an .npz archive (it holds a single "
+            f"{type(data).__name__}, e.g. a .npy file renamed .npz)."
+        )
+    try:
+        with data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(
+            f"GradNAP.load: cannot read the arrays of {path!r} ({type(e).__name__}: {e}); the "
+            "file is damaged or truncated."
+        ) from e
+
+
+def _file_digest(path):
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _weights_digest(model):

@@ -314,7 +314,16 @@ def merge_shard_files(paths, allow_missing=False):
         infos.append(info)
     seen = {}
     for path, info in zip(files, infos):
-        shard = info["shard"]
+        shard, count = info["shard"], info["n_shards"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (shard, count)) or (
+                count < 1 or not 0 <= shard < count):
+            raise ValueError(
+                f"{path!r} is shard {shard!r} of {count!r}; a shard index runs from 0 to "
+                "n_shards - 1 (was the file relabelled?)."
+            )
+        n_utt = info.get("n_utterances", 0)
+        if isinstance(n_utt, bool) or not isinstance(n_utt, int) or n_utt < 0:
+            raise ValueError(f"{path!r} states n_utterances={n_utt!r}; expected an int >= 0.")
         if shard in seen:
             raise ValueError(
                 f"Shard {shard} appears twice: {seen[shard]!r} and {path!r}. Received files: "
@@ -326,6 +335,17 @@ def merge_shard_files(paths, allow_missing=False):
         if len(values) > 1:
             detail = {os.path.basename(f): info.get(key) for f, info in zip(files, infos)}
             raise ValueError(f"The shard files disagree on {key!r}. Received: {detail}")
+    same_ids = {}
+    for path, info in zip(files, infos):
+        ids = info.get("utterance_ids_sha256")
+        if ids is not None and info.get("n_utterances", 0) > 0:
+            if ids in same_ids:
+                # Disjoint shards never hold the same utterances: one is a copy of the other.
+                raise ValueError(
+                    f"{same_ids[ids]!r} and {path!r} hold the same utterances (same id digest); "
+                    "merging would count them twice."
+                )
+            same_ids[ids] = path
     count = infos[0]["n_shards"]
     missing = sorted(set(range(count)) - set(seen))
     if missing:
@@ -341,6 +361,20 @@ def merge_shard_files(paths, allow_missing=False):
         model_file=infos[0].get("model_file"),
     )
     return merged, info
+
+
+def _check_out_is_not_an_input(out, paths):
+    """Refuses an ``--out`` that would overwrite one of the shard files being merged."""
+    from keras_topomap.gradnap import _stem
+
+    stem = _stem(out)
+    targets = {os.path.realpath(stem + ext) for ext in (".npz", ".json")}
+    for path in _shard_files(paths):
+        inputs = {os.path.realpath(path), os.path.realpath(path[: -len(".json")] + ".npz")}
+        if targets & inputs:
+            raise ValueError(
+                f"--out {out!r} would overwrite the input shard {path!r}; choose another name."
+            )
 
 
 def build_merge_parser():
@@ -364,6 +398,7 @@ def merge_main(argv=None):
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="GradNAP: no frames for groups")
+            _check_out_is_not_an_input(args.out, args.paths)
             merged, info = merge_shard_files(args.paths, allow_missing=args.allow_missing)
         path = merged.save(args.out, info=info)
     except (ValueError, OSError) as e:

@@ -178,14 +178,30 @@ class GroupSums:
 
     @classmethod
     def from_arrays(cls, arrays, layers, window=None, n_frames=0, target_total=0.0,
-                    where="GroupSums.from_arrays"):
+                    where="GroupSums.from_arrays", n_groups=None, n_filters=None):
         """Reads what :meth:`to_arrays` wrote (``arrays``: a mapping such as an open ``.npz``).
 
+        Every array is checked before it is used, so that a damaged or edited file cannot
+        broadcast into a wrong result: sums are float and finite, counts are integers >= 0,
+        shapes agree with each other and, when given, with ``n_groups`` and ``n_filters``
+        (what a file's header states).
+
+        Args:
+            arrays: ``{"sums_<i>", "counts_<i>"[, "tsums_<i>", "tcounts_<i>"]}``.
+            layers: the layer names, in the order of ``i``.
+            window: half width of the time-resolved sums, or None.
+            n_frames, target_total: the scalars of the state.
+            where: what the error messages name (e.g. the file).
+            n_groups: the expected number of groups (None: read from the arrays).
+            n_filters: ``{layer: expected number of filters}`` (None: read from the arrays).
+
         Raises:
-            ValueError: naming ``where`` and the layer, for a missing array or shapes that do
-                not fit together.
+            ValueError: naming ``where`` and the layer, for a missing array, shapes that do not
+                fit together or the header, non-finite sums or negative / non-integer counts.
         """
         layers = list(layers)
+        if not layers:
+            raise ValueError(f"{where}: no layers.")
         keys = ["sums", "counts"] + (["tsums", "tcounts"] if window is not None else [])
         read = {}
         for i, name in enumerate(layers):
@@ -193,33 +209,46 @@ class GroupSums:
                 if f"{key}_{i}" not in arrays:
                     raise ValueError(f"{where}: no array '{key}_{i}' for layer '{name}'.")
                 read[key, name] = np.asarray(arrays[f"{key}_{i}"])
-        if not layers:
-            raise ValueError(f"{where}: no layers.")
-        n_groups = read["counts", layers[0]].shape[0]
-        n_filters = {}
+        if n_groups is None:
+            n_groups = read["counts", layers[0]].shape[0] if read["counts", layers[0]].ndim else 0
+        n_groups = int(n_groups)
+        filters = {}
         for name in layers:
             sums, counts = read["sums", name], read["counts", name]
-            if sums.ndim != 2 or counts.shape != (n_groups,) or sums.shape[0] != n_groups:
+            expected_f = None if n_filters is None else int(n_filters[name])
+            if (sums.ndim != 2 or counts.shape != (n_groups,) or sums.shape[0] != n_groups
+                    or (expected_f is not None and sums.shape[1] != expected_f)):
+                f_text = "n_filters" if expected_f is None else expected_f
                 raise ValueError(
                     f"{where}: layer '{name}' has sums of shape {sums.shape} and counts of "
-                    f"shape {counts.shape}; expected ({n_groups}, n_filters) and ({n_groups},)."
+                    f"shape {counts.shape}; expected ({n_groups}, {f_text}) and ({n_groups},)."
                 )
-            n_filters[name] = sums.shape[1]
-        state = cls(n_filters, n_groups, window)
+            filters[name] = sums.shape[1]
+            _check_values(sums, counts, where, f"layer '{name}'")
+        state = cls(filters, n_groups, window)
         for name in layers:
             state.add(name, read["sums", name], read["counts", name])
             if window is not None:
                 k = 2 * state.window + 1
                 tsums, tcounts = read["tsums", name], read["tcounts", name]
-                if tsums.shape != (n_groups, k, n_filters[name]) or tcounts.shape != (
+                if tsums.shape != (n_groups, k, filters[name]) or tcounts.shape != (
                     n_groups, k
                 ):
                     raise ValueError(
                         f"{where}: layer '{name}' has window sums of shape {tsums.shape} and "
-                        f"counts {tcounts.shape}; expected {(n_groups, k, n_filters[name])} and "
+                        f"counts {tcounts.shape}; expected {(n_groups, k, filters[name])} and "
                         f"{(n_groups, k)}."
                     )
+                _check_values(tsums, tcounts, where, f"layer '{name}' (window)")
                 state.add_windows(name, tsums, tcounts)
+        if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or (
+                n_frames < 0):
+            raise ValueError(f"{where}: n_frames must be an int >= 0. Received: {n_frames!r}")
+        if isinstance(target_total, bool) or not isinstance(
+                target_total, (int, float, np.number)) or not np.isfinite(target_total):
+            raise ValueError(
+                f"{where}: target_total must be a finite number. Received: {target_total!r}"
+            )
         state.n_frames, state.target_total = int(n_frames), float(target_total)
         return state
 
@@ -227,6 +256,24 @@ class GroupSums:
         return (
             f"GroupSums(layers={self.layers}, n_groups={self.n_groups}, window={self.window}, "
             f"n_frames={self.n_frames})"
+        )
+
+
+def _check_values(sums, counts, where, what):
+    """Raises unless ``sums`` are finite floats and ``counts`` integers >= 0."""
+    if not (np.issubdtype(sums.dtype, np.floating) or np.issubdtype(sums.dtype, np.integer)):
+        raise ValueError(f"{where}: {what} has sums of dtype {sums.dtype}; expected float.")
+    if not np.issubdtype(counts.dtype, np.integer):
+        raise ValueError(f"{where}: {what} has counts of dtype {counts.dtype}; expected int.")
+    if not np.all(np.isfinite(sums)):
+        bad = np.argwhere(~np.isfinite(sums))[0].tolist()
+        raise ValueError(
+            f"{where}: {what} has {int((~np.isfinite(sums)).sum())} non-finite sums (first at "
+            f"index {bad}: {sums[tuple(bad)]})."
+        )
+    if counts.size and counts.min() < 0:
+        raise ValueError(
+            f"{where}: {what} has negative counts (min {int(counts.min())}); counts are >= 0."
         )
 
 
