@@ -546,17 +546,21 @@ def run_demo(
         if bar is not None:
             bar.add(1)
 
-    done("figure1a", _save(vis.plot_filter_neighborhoods(kernel, grids[first], layer=first),
+    # the first layer reads the features: its filter tiles get frame and mel-band axes
+    on_input = len(kernel.shape) == 3 and int(kernel.shape[1]) == feature_config.n_features
+    figure1a = {"layer": first, "feature_config": feature_config if on_input else None}
+    figure1b = {"regions": regions, "feature_config": feature_config}
+    done("figure1a", _save(vis.plot_filter_neighborhoods(kernel, grids[first], **figure1a),
                            out / "figure1a.png"))
-    done("figure1b", _save(vis.plot_figure1b(gradnap, fig_layer, shown, singles, joints, regions),
-                           out / "figure1b.png"))
+    done("figure1b", _save(vis.plot_figure1b(gradnap, fig_layer, shown, singles, joints,
+                                             **figure1b), out / "figure1b.png"))
     h, w = grids[fig_layer]
     combined = vis.new_figure(figsize=(max(10.0, 2.0 * len(shown) + 1.5),
                                        3.8 + 4.0 * h / w + 3.6))
     top, bottom = combined.subfigures(2, 1, height_ratios=[3.8, 4.0 * h / w + 3.6])
-    vis.plot_filter_neighborhoods(kernel, grids[first], layer=first, fig=top)
+    vis.plot_filter_neighborhoods(kernel, grids[first], fig=top, **figure1a)
     top.text(0.0, 0.98, "A", fontsize=14, fontweight="bold", va="top")
-    vis.plot_figure1b(gradnap, fig_layer, shown, singles, joints, regions, fig=bottom)
+    vis.plot_figure1b(gradnap, fig_layer, shown, singles, joints, fig=bottom, **figure1b)
     bottom.text(0.0, 0.98, "B", fontsize=14, fontweight="bold", va="top")
     done("figure1", _save(combined, out / "figure1.png", dpi=100))
     done("dendrogram", _save(vis.plot_gradnap_dendrogram(gradnap, fig_layer),

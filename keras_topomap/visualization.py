@@ -23,7 +23,7 @@ __all__ = [
     "new_figure", "plot_grid_map", "plot_grid_maps", "outline_region", "symmetric_limit",
     "plot_gradnap", "plot_gradnap_eeg", "plot_gradnap_dendrogram", "plot_gradnap_time",
     "smooth_to_image", "plot_optimal_input", "plot_optimal_inputs", "plot_input_image",
-    "filter_images",
+    "input_axis_labels", "filter_images",
     "local_similarity", "pick_neighborhoods", "permuted_neighborhoods",
     "plot_filter_neighborhoods", "plot_figure1b",
     "plot_correlation_by_distance",
@@ -649,6 +649,28 @@ def plot_gradnap_time(gradnap, layer, group, size=3, offsets=None, panel_size=1.
 # Optimal inputs (keras_topomap.optimal_inputs)
 
 
+def input_axis_labels(feature_config=None):
+    """``(time label, feature label)`` of a speech model's input axes.
+
+    Args:
+        feature_config: the :class:`~keras_topomap.datasets.FeatureConfig` of the inputs:
+            frames with their hop (``"frame (10 ms)"``) and ``"mel band"`` or ``"MFCC"``;
+            None: ``("input frame", "input feature")``.
+
+    Returns:
+        ``(str, str)``.
+
+    Example:
+
+    >>> input_axis_labels(FeatureConfig())
+    ('frame (10 ms)', 'mel band')
+    """
+    if feature_config is None:
+        return "input frame", "input feature"
+    features = "mel band" if feature_config.kind == "logmel" else "MFCC"
+    return f"frame ({feature_config.hop_ms:g} ms)", features
+
+
 def _feature_axes(feature_config):
     """specshow keyword arguments for a FeatureConfig (frames and bins without one)."""
     if feature_config is None:
@@ -663,7 +685,8 @@ def _feature_axes(feature_config):
 
 
 def plot_optimal_input(ax, features, title=None, feature_config=None, vmax=None, cmap="RdBu_r"):
-    """Draws one ``(T, n_features)`` input as a feature x time image (librosa ``specshow``).
+    """Draws one ``(T, n_features)`` input as a feature x time image (librosa ``specshow``),
+    with labelled axes and square cells (one frame as wide as one feature bin is tall).
 
     Args:
         ax: matplotlib Axes.
@@ -693,6 +716,12 @@ def plot_optimal_input(ax, features, title=None, feature_config=None, vmax=None,
     if feature_config is None:
         ax.set_xlabel("frame", fontsize=7)
         ax.set_ylabel("feature", fontsize=7)
+    else:
+        ax.set_xlabel("time (s)", fontsize=7)
+        ax.set_ylabel("mel frequency (Hz)" if feature_config.kind == "logmel" else "MFCC",
+                      fontsize=7)
+    # undistorted: one frame as wide as one feature bin is tall
+    ax.set_box_aspect(features.shape[1] / features.shape[0])
     if title:
         ax.set_title(title, fontsize=8)
     from matplotlib.ticker import MaxNLocator
@@ -1018,7 +1047,7 @@ def _normalised_filters(images):
 
 
 def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=None,
-                              layer=None, overview=True, cmap="RdBu_r"):
+                              layer=None, overview=True, cmap="RdBu_r", feature_config=None):
     """Figure 1A: close-ups of ``size x size`` neighbourhoods of a layer's filter map.
 
     Every filter is drawn as a small image (:func:`filter_images`; in colour for Conv2D kernels
@@ -1026,7 +1055,8 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
     compares directions, not norms, so every filter is scaled to its largest absolute weight).
     With ``overview`` the whole map comes first, all filters tiled at their grid positions, with
     the close-up neighbourhoods outlined; then one ``size x size`` panel block per
-    neighbourhood, titled with its centre and its :func:`local_similarity`.
+    neighbourhood, titled with its centre and its :func:`local_similarity`. Tiles keep their
+    aspect (one weight per square cell); one tile per close-up has labelled axes.
 
     Args:
         kernel: the layer's kernel (Conv1D or Conv2D, filters on the last axis).
@@ -1039,6 +1069,10 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
         layer: the layer's name, for the titles.
         overview: also draw the whole filter map.
         cmap: diverging colormap.
+        feature_config: for a Conv1D layer on the model's input, the
+            :class:`~keras_topomap.datasets.FeatureConfig` of the features: the tiles' axes are
+            then frames (with their hop) and mel bands (:func:`input_axis_labels`); None:
+            input frames and input features (channels of the previous layer).
 
     Returns:
         the Figure (or the SubFigure drawn into).
@@ -1059,6 +1093,13 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
     # feature at the bottom.
     image_like = np.ndim(kernel) == 4
     colour = images.ndim == 4
+    x_label, y_label = input_axis_labels(feature_config)
+    if feature_config is not None and not image_like and ih != feature_config.n_features:
+        raise ValueError(
+            f"plot_filter_neighborhoods: the kernel reads {ih} input features, the "
+            f"feature_config gives {feature_config.n_features} (pass feature_config only for a "
+            f"layer on the model's input). Received: kernel shape={tuple(np.shape(kernel))}"
+        )
     if colour:
         images = np.clip(0.5 + 0.5 * images, 0.0, 1.0)
     h, w = grid_lib.resolve_grid(grid, n_filters, what="plot_filter_neighborhoods grid")
@@ -1105,8 +1146,10 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
                     va="bottom", fontsize=9, fontweight="bold")
         rule = (f"close-ups: the {len(centers)} most coherent non-overlapping full {size}x{size} "
                 "blocks" if chosen else "close-ups: the given centres")
-        parts[0].suptitle(f"{name}filter map ({h}x{w}, {n_filters} filters)\n{rule}",
-                          fontsize=8)
+        axes_note = ("" if image_like else
+                     f"\neach tile: {y_label} upwards, {x_label} to the right")
+        parts[0].suptitle(f"{name}filter map ({h}x{w}, {n_filters} filters)\n{rule}"
+                          f"{axes_note}", fontsize=8)
     for k, (row, col) in enumerate(centers):
         part = parts[k + int(overview)]
         axes = part.subplots(size, size, gridspec_kw={"wspace": 0.06, "hspace": 0.06})
@@ -1128,10 +1171,8 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
                     ax.set_xticks([0, iw - 1])
                     ax.set_yticks([0, ih - 1])
                     ax.tick_params(labelsize=5, length=2, pad=1)
-                    ax.set_xlabel("column" if image_like else "time step", fontsize=6,
-                                  labelpad=1)
-                    ax.set_ylabel("row" if image_like else "input feature", fontsize=6,
-                                  labelpad=1)
+                    ax.set_xlabel("column" if image_like else x_label, fontsize=6, labelpad=1)
+                    ax.set_ylabel("row" if image_like else y_label, fontsize=6, labelpad=1)
                 if (dr, dc) == (r, r):
                     for spine in ax.spines.values():
                         spine.set_linewidth(2.0)
@@ -1148,14 +1189,17 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
 
 
 def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, fig=None,
-                  cmap="RdBu_r", panel_width=1.9, threshold=TOPOGRAPHY_THRESHOLD):
+                  cmap="RdBu_r", panel_width=1.9, threshold=TOPOGRAPHY_THRESHOLD,
+                  feature_config=None):
     """Figure 1B: for each group, its GradNAP on the grid, smoothed with the most responsive
     region outlined, and the region's single-filter and joint optimal inputs.
 
     One column per group; rows: "on grid" (raw profile), "smoothed" (``size x size`` average,
     region outlined), the single-filter optimal inputs placed as their filters sit in the region,
     and the joint input. The maps of a row share one diverging colour scale centred at 0, and all
-    optimal inputs share one; each row has a colorbar.
+    optimal inputs share one; each row has a colorbar. The optimal inputs keep their aspect (one
+    frame as wide as one feature bin is tall); each group's bottom-left single-filter panel and
+    its joint panel have labelled axes (frames and features).
 
     Args:
         gradnap: a fitted :class:`keras_topomap.GradNAP`.
@@ -1172,6 +1216,8 @@ def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, f
         panel_width: inches per column.
         threshold: z below which a group's map is marked "not topographic" (tested on the raw
             map, shown on both map rows).
+        feature_config: the :class:`~keras_topomap.datasets.FeatureConfig` of the inputs, for
+            the axis labels (:func:`input_axis_labels`).
 
     Returns:
         the Figure (or the SubFigure drawn into).
@@ -1197,13 +1243,29 @@ def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, f
     joint = [np.asarray(j, dtype=np.float64).reshape(np.shape(s)[1:]) for j, s in
              zip(joint, single)]
     h, w = raw.shape[1:]
+    n_frames, n_features = single[0].shape[-2:]
+    # row heights in units of one grid column's width (maps and the joint input are size columns
+    # wide, a single-filter input one), each panel at its own aspect, plus room for the labels
+    tall = n_features / n_frames
+    heights = ([size * h / w + 0.4] * 2 + [tall + 0.1] * (size - 1) + [tall + 0.4]
+               + [size * tall + 0.45])
     if fig is None:
-        fig = new_figure(figsize=(panel_width * n_groups + 1.3, panel_width * 2.0 * h / w + 3.4))
+        column = panel_width / (size + 0.3)
+        fig = new_figure(figsize=(panel_width * n_groups + 1.3, column * sum(heights) + 0.5))
     # one block of size columns per group and a narrow empty column between blocks, so that the
     # single-filter panels of neighbouring groups do not run into each other
     widths = ([1.0] * size + [0.3]) * n_groups
-    spec = fig.add_gridspec(6, len(widths) - 1, width_ratios=widths[:-1],
-                            height_ratios=[3, 3, 1, 1, 1, 1.5], wspace=0.08, hspace=0.12)
+    spec = fig.add_gridspec(len(heights), len(widths) - 1, width_ratios=widths[:-1],
+                            height_ratios=heights, wspace=0.08, hspace=0.02)
+    x_label, y_label = input_axis_labels(feature_config)
+
+    def label_input_axes(ax, row_name=None):
+        ax.set_xticks([0, n_frames - 1])
+        ax.set_yticks([0, n_features - 1])
+        ax.tick_params(labelsize=5, length=2, pad=1)
+        ax.set_xlabel(x_label, fontsize=6, labelpad=1)
+        ax.set_ylabel(f"{row_name}\n{y_label}" if row_name else y_label, fontsize=6,
+                      labelpad=1)
 
     def block(g, row, col=None):
         first = g * (size + 1)
@@ -1239,19 +1301,17 @@ def plot_figure1b(gradnap, layer, groups, single, joint, regions=None, size=3, f
             ax = fig.add_subplot(block(g, 2 + dr, dc))
             rows_axes["inputs"].append(ax)
             images["inputs"] = ax.imshow(single[g][k].T, cmap=cmap, vmin=-limit, vmax=limit,
-                                         origin="lower", aspect="auto", interpolation="nearest")
+                                         origin="lower", aspect="equal", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if g == 0 and dc == 0 and dr == r:
-                ax.set_ylabel("single-\nfilter", fontsize=8)
-        ax = fig.add_subplot(block(g, 5))
+            row_name = "single-filter" if g == 0 and dc == 0 and dr == size - 1 else None
+            if dc == 0 and dr == size - 1:  # one labelled panel per group: what the axes are
+                label_input_axes(ax, row_name)
+        ax = fig.add_subplot(block(g, 2 + size))
         rows_axes["inputs"].append(ax)
-        ax.imshow(joint[g].T, cmap=cmap, vmin=-limit, vmax=limit, origin="lower", aspect="auto",
-                  interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if g == 0:
-            ax.set_ylabel("joint", fontsize=8)
+        ax.imshow(joint[g].T, cmap=cmap, vmin=-limit, vmax=limit, origin="lower",
+                  aspect="equal", interpolation="nearest")
+        label_input_axes(ax, "joint" if g == 0 else None)
     for what, text in (("on grid", f"{label} (on grid)"), ("smoothed", f"{label} (smoothed)"),
                        ("inputs", "optimal input\n(normalised features)")):
         cbar = fig.colorbar(images[what], ax=rows_axes[what], shrink=0.9, aspect=12, pad=0.02)

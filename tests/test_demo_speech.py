@@ -172,10 +172,20 @@ def test_filter_images_and_figure_1a():
     titles = [sub.get_suptitle() for sub in fig.subfigs]
     assert "most coherent non-overlapping full 3x3 blocks" in titles[0]
     assert all("(permuted filter order: " in t for t in titles[1:])
-    labelled = [ax for ax in fig.axes if ax.get_xlabel() == "time step"]
+    labelled = [ax for ax in fig.axes if ax.get_xlabel() == "input frame"]
     assert len(labelled) == 2 and labelled[0].get_ylabel() == "input feature"
     assert all(ax.get_aspect() == 1.0 for ax in fig.axes if ax.images and ax not in
                fig.subfigs[0].axes)
+    # on the model's input: frames with their hop and mel bands, stated on the overview too
+    from keras_topomap.datasets import FeatureConfig
+
+    fig = plot_filter_neighborhoods(kernel, grid=(4, 4), feature_config=FeatureConfig(n_mels=5))
+    labelled = [ax for ax in fig.axes if ax.get_xlabel() == "frame (10 ms)"]
+    assert len(labelled) == 2 and {ax.get_ylabel() for ax in labelled} == {"mel band"}
+    assert [t.get_text() for t in labelled[0].get_xticklabels()] == ["0", "11"]
+    assert "mel band upwards, frame (10 ms) to the right" in fig.subfigs[0].get_suptitle()
+    with pytest.raises(ValueError, match="reads 5 input features, the feature_config gives 40"):
+        plot_filter_neighborhoods(kernel, grid=(4, 4), feature_config=FeatureConfig())
     with pytest.raises(ValueError, match="off the 4x4 grid"):
         plot_filter_neighborhoods(kernel, grid=(4, 4), centers=[(5, 0)])
 

@@ -207,3 +207,25 @@ def test_figure1b_marks_noise_maps():
     fig = viz.plot_figure1b(gn, "L", groups, single, joint)
     marked = [_not_topographic(m) for m in _marks(fig) if m]
     assert marked == [False, True, False, True]  # on grid, then smoothed, per group
+
+
+def test_figure1b_optimal_inputs_have_axes_and_square_cells():
+    from keras_topomap.datasets import FeatureConfig
+
+    gn = _PlantedGradNAP(_planted_maps())
+    groups = ["ramp", "bump"]
+    regions = [gn.most_responsive_region("L", g) for g in groups]
+    single = [np.random.default_rng(0).normal(size=(len(r.filters), 6, 5)) for r in regions]
+    fig = viz.plot_figure1b(gn, "L", groups, single, [s[0] for s in single],
+                            feature_config=FeatureConfig(n_mels=5, hop_ms=12.5))
+    inputs = [ax for ax in fig.axes if ax.images and ax.images[0].get_array().shape == (5, 6)]
+    assert len(inputs) == 2 * (9 + 1)  # per group: 3x3 single-filter panels and the joint
+    assert all(ax.get_aspect() == 1.0 for ax in inputs)  # one frame as wide as a band is tall
+    labelled = [ax for ax in inputs if ax.get_xlabel()]
+    # per group: the bottom-left single-filter panel and the joint input
+    assert len(labelled) == 4 and {ax.get_xlabel() for ax in labelled} == {"frame (12.5 ms)"}
+    assert [ax.get_ylabel() for ax in labelled] == [
+        "single-filter\nmel band", "joint\nmel band", "mel band", "mel band"]
+    assert [t.get_text() for t in labelled[0].get_yticklabels()] == ["0", "4"]
+    fig = viz.plot_figure1b(gn, "L", groups, single, [s[0] for s in single])
+    assert {ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()} >= {"input frame"}

@@ -309,6 +309,11 @@ def test_plot_optimal_inputs_lays_out_the_region(trained, tmp_path):
     positions = {ax.get_title(): ax.get_subplotspec().get_geometry() for ax in panels}
     assert positions["filter 0 (0, 0)"][2] == 0  # top-left panel
     assert positions["filter 6 (1, 2)"][2] == 1 * 4 + 2  # row 1, column 2 of a 2 x 4 layout
+    # labelled axes (seconds, mel frequency) on the outer panels, square cells everywhere
+    frames, features = single.inputs_.shape[1:]
+    assert all(ax.get_box_aspect() == pytest.approx(features / frames) for ax in panels)
+    assert {ax.get_xlabel() for ax in panels} == {"time (s)", ""}
+    assert "mel frequency (Hz)" in {ax.get_ylabel() for ax in panels}
     fig.savefig(tmp_path / "inputs.png")
     assert (tmp_path / "inputs.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="6 inputs but 2 filters"):
