@@ -76,14 +76,12 @@ class TopoMapCallback(keras.callbacks.Callback):
 
     - ``logs["topo_score/<layer>"]`` for every watched layer with a kernel (shown by the
       progress bar, kept by ``History``).
-    - ``log_dir`` (TensorBoard, whenever TensorFlow is importable, whatever the Keras
-      backend): images ``topomap/<layer>`` and ``nap/<layer>/<group>``, scalars
+    - ``log_dir`` (TensorBoard, whenever the ``tensorboard`` package is importable, whatever
+      the Keras backend): images ``topomap/<layer>`` and ``nap/<layer>/<group>``, scalars
       ``topo_score/<layer>`` and ``penalty/<layer>``, at step = epoch index (0-based, like
-      ``keras.callbacks.TensorBoard``'s epoch summaries). Without TensorFlow: one warning,
-      and only the file outputs. Under a JAX or torch backend, opening ``log_dir`` hides the
-      GPUs from TensorFlow for the whole process (``tf.config.set_visible_devices([],
-      "GPU")``, see :mod:`keras_topomap.map_writers`), so that TensorFlow, which only writes
-      files here, takes no accelerator memory.
+      ``keras.callbacks.TensorBoard``'s epoch summaries). They are written without TensorFlow
+      (:mod:`keras_topomap.summaries`), so a JAX or torch run neither imports it nor prints
+      its log lines. Without ``tensorboard``: one warning, and only the file outputs.
     - ``out_dir``: ``<layer>/epoch_001.png`` per layer per logged epoch, numbered from 1 like
       the progress bar: the raw map with its Moran's I and z (and the "not topographic" mark
       below the threshold) and a readout of the change since the previous logged epoch

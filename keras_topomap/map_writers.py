@@ -4,20 +4,13 @@ The callback computes an epoch's maps and hands them over as plain numpy arrays 
 :class:`EpochMaps`); :class:`MapWriters` turns them into
 
 - TensorBoard summaries (``log_dir``): images ``topomap/<layer>`` and ``nap/<layer>/<group>``,
-  scalars ``topo_score/<layer>`` and ``penalty/<layer>``, at step = epoch index. TensorFlow and
-  TensorBoard are imported here only, when the first writer opens (:func:`import_tensorflow`);
+  scalars ``topo_score/<layer>`` and ``penalty/<layer>``, at step = epoch index, written by
+  :class:`keras_topomap.summaries.SummaryWriter` (the ``tensorboard`` package, no TensorFlow);
 - files (``out_dir``): ``<layer>/epoch_NNN.png`` (and ``groups_epoch_NNN.png``), the history as
   ``topomaps.npz``, and at train end one GIF per layer from the PNGs' pixels.
 
 Both are written in one background thread, at most one epoch in flight, so that the next epoch
 trains meanwhile; an error there is raised at the next epoch or at train end.
-
-TensorFlow and accelerators: under a Keras backend other than TensorFlow, opening a TensorBoard
-writer calls ``tf.config.set_visible_devices([], "GPU")`` (:func:`hide_gpus_from_tensorflow`).
-That setting is process-wide: TensorFlow, used here only to write event files, then never takes
-GPU memory that JAX or torch own. It cannot be undone later in the process, and it does nothing
-once TensorFlow has initialised its devices (e.g. when the program used TensorFlow on a GPU
-before).
 """
 
 from __future__ import annotations
@@ -26,21 +19,16 @@ import io
 import os
 import re
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-import keras
 import numpy as np
 
+from keras_topomap import summaries
 from keras_topomap import visualization as vis
 from keras_topomap.visualization import new_figure, plot_grid_maps, plot_grid_mosaic
 
-__all__ = ["EpochMaps", "MapWriters", "annotate_image", "import_tensorflow",
-           "hide_gpus_from_tensorflow"]
-
-# The "no TensorFlow" warning is given once per process, not once per callback or epoch.
-_warned_no_tensorflow = False
+__all__ = ["EpochMaps", "MapWriters", "annotate_image"]
 
 
 class EpochMaps(NamedTuple):
@@ -78,40 +66,6 @@ class EpochMaps(NamedTuple):
     raw_group_limits: dict
 
 
-def import_tensorflow(what="TopoMapCallback"):
-    """TensorFlow (with TensorBoard's summary plugins), or None with a one-time warning when
-    either is not installed. Under another Keras backend, hides the GPUs from TensorFlow (see
-    :func:`hide_gpus_from_tensorflow`)."""
-    global _warned_no_tensorflow
-    try:
-        import tensorboard  # noqa: F401  (tf.summary's image and scalar ops live here)
-        import tensorflow as tf
-    except ImportError:
-        if not _warned_no_tensorflow:
-            warnings.warn(
-                f"{what}: TensorFlow or TensorBoard is not installed, so nothing is "
-                "written to log_dir (the summaries are written with tf.summary); the out_dir "
-                "files and callback.history_ are still produced. `pip install tensorflow "
-                "tensorboard` to get them.",
-                stacklevel=4,
-            )
-            _warned_no_tensorflow = True
-        return None
-    if keras.backend.backend() != "tensorflow":
-        hide_gpus_from_tensorflow(tf)
-    return tf
-
-
-def hide_gpus_from_tensorflow(tf):
-    """``tf.config.set_visible_devices([], "GPU")`` for the whole process, so that TensorFlow,
-    used only to write files, keeps off the accelerators the training backend (JAX, torch)
-    owns. Does nothing (silently) once TensorFlow has initialised its devices."""
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except (RuntimeError, ValueError):
-        pass
-
-
 class MapWriters:
     """Writes :class:`EpochMaps` to TensorBoard (``log_dir``) and files (``out_dir``).
 
@@ -139,7 +93,7 @@ class MapWriters:
         self.cmap, self.interpolation = cmap, interpolation
         self.image_size, self.fps = image_size, fps
         self.group_pngs, self.background = group_pngs, background
-        self._tf = self._writer = self._summary_fn = None
+        self._writer = None
         self._executor = self._pending = None
         self._figures = {}
         self.reset()
@@ -158,9 +112,8 @@ class MapWriters:
         self._writer = None
         if self.log_dir is None:
             return
-        self._tf = import_tensorflow()
-        if self._tf is not None:
-            self._writer = self._tf.summary.create_file_writer(self.log_dir)
+        if summaries.tensorboard_available("TopoMapCallback"):
+            self._writer = summaries.SummaryWriter(self.log_dir)
 
     def write(self, maps, history, on_done):
         """Writes one epoch: ``maps`` (:class:`EpochMaps`), ``history`` (the arrays of
@@ -209,16 +162,14 @@ class MapWriters:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-            self._summary_fn = None
             self._figures = {}
 
     # ------------------------------------------------------------------------------------------
     # TensorBoard
 
     def _summary_job(self, maps):
-        """A function writing this epoch's TensorBoard summaries."""
-        tf = self._tf
-        image_tags, pictures, scalar_tags, scalars = [], [], [], []
+        """A function writing this epoch's TensorBoard summaries (one event)."""
+        image_tags, pictures, scalars = [], [], {}
         for name in maps.layers:
             image_tags.append(f"topomap/{name}")
             pictures.append((maps.raw_maps[name], self.cmap, *maps.raw_limits[name]))
@@ -227,11 +178,9 @@ class MapWriters:
                 image_tags.extend(f"nap/{name}/{group}" for group in maps.group_names)
                 pictures.append((maps.raw_group_maps[name], "RdBu_r", -limit, limit))
             if name in maps.scores:
-                scalar_tags.append(f"topo_score/{name}")
-                scalars.append(maps.scores[name])
+                scalars[f"topo_score/{name}"] = maps.scores[name]
             if name in maps.penalties:
-                scalar_tags.append(f"penalty/{name}")
-                scalars.append(maps.penalties[name])
+                scalars[f"penalty/{name}"] = maps.penalties[name]
 
         def job():
             images = []
@@ -242,56 +191,12 @@ class MapWriters:
                 tiles = rgb.reshape((-1,) + rgb.shape[-3:])
                 images.extend(annotate_image(tile, self._verdict(grid_map))
                               for grid_map, tile in zip(flat, tiles))
-            if self._summary_fn is None:
-                self._summary_fn = self._summary_function()
-            self._summary_fn(
-                tf.constant(maps.epoch, dtype=tf.int64),
-                tf.constant(image_tags, dtype=tf.string),
-                tf.constant([_image_summary(image) for image in images], dtype=tf.string),
-                tf.constant(scalar_tags, dtype=tf.string, shape=[len(scalar_tags)]),
-                tf.constant(scalars, dtype=tf.float32, shape=[len(scalars)]),
-            )
-            self._writer.flush()
+            writer = self._writer
+            values = [writer.image_value(tag, image) for tag, image in zip(image_tags, images)]
+            writer.write_values(values + writer.scalar_values(scalars), maps.epoch)
+            writer.flush()
 
         return job
-
-    def _summary_function(self):
-        """One ``tf.function`` that writes an epoch's image and scalar summaries.
-
-        Tags travel as a string tensor and the summaries are written in graph loops, so it is
-        traced once whatever the number of layers and groups; the images arrive PNG-encoded in
-        TensorBoard's image format (``[width, height, png]``) and the summaries carry the image
-        and scalar plugins' metadata, exactly as ``tf.summary.image`` / ``tf.summary.scalar``
-        write them. (Hundreds of eager summary calls, one per group and layer, would cost more
-        than the maps themselves; a graph with one op per tag takes seconds to trace.)
-        """
-        from tensorboard.plugins.image import metadata as image_plugin
-        from tensorboard.plugins.scalar import metadata as scalar_plugin
-
-        tf = self._tf
-        writer = self._writer
-        image_metadata = image_plugin.create_summary_metadata(None, None).SerializeToString()
-        scalar_metadata = scalar_plugin.create_summary_metadata(None, None).SerializeToString()
-
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([], tf.int64),
-                tf.TensorSpec([None], tf.string),
-                tf.TensorSpec([None, 3], tf.string),
-                tf.TensorSpec([None], tf.string),
-                tf.TensorSpec([None], tf.float32),
-            ]
-        )
-        def write(step, image_tags, images, scalar_tags, scalars):
-            with writer.as_default():
-                for i in tf.range(tf.shape(image_tags)[0]):
-                    tf.summary.write(image_tags[i], images[i], step=step, metadata=image_metadata)
-                for i in tf.range(tf.shape(scalar_tags)[0]):
-                    tf.summary.write(
-                        scalar_tags[i], scalars[i], step=step, metadata=scalar_metadata
-                    )
-
-        return write
 
     # ------------------------------------------------------------------------------------------
     # Files
@@ -457,15 +362,6 @@ def annotate_image(rgb, verdict):
         draw.text((2, h + 12), "not topographic", fill=red)
         draw.rectangle([0, 0, width - 1, h + 23], outline=red, width=2)
     return np.asarray(canvas)
-
-
-def _image_summary(image):
-    """An RGB uint8 image as TensorBoard's image summary tensor: ``[width, height, png]``."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return [str(image.shape[1]).encode(), str(image.shape[0]).encode(), buffer.getvalue()]
 
 
 def nonempty(lo, hi):

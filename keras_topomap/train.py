@@ -63,13 +63,12 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from keras_topomap import checks, ctc
+from keras_topomap import checks, ctc, summaries
 from keras_topomap import distribute as distribute_lib
 from keras_topomap import models as models_lib
 
@@ -630,18 +629,12 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
 
 def _tensorboard(log_dir):
-    """A TensorBoard callback, or none with a warning when TensorBoard is not installed."""
-    import importlib.util
-
-    missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
-    if missing:
-        warnings.warn(
-            f"TensorBoard logs need {' and '.join(missing)} (pip install tensorflow "
-            "tensorboard); training continues without them.",
-            stacklevel=3,
-        )
+    """The epoch logs as TensorBoard scalars (train/ and validation/ runs, as
+    ``keras.callbacks.TensorBoard`` lays them out), written without TensorFlow; a warning and
+    nothing when the tensorboard package is not installed."""
+    if not summaries.tensorboard_available("keras-topomap train"):
         return []
-    return [keras.callbacks.TensorBoard(log_dir=str(log_dir))]
+    return [summaries.EpochSummaries(log_dir)]
 
 
 def _rng_variables(model):

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_topomap import TopographicRegularizer, TopoMapCallback, map_writers
+from keras_topomap import TopographicRegularizer, TopoMapCallback, map_writers, summaries
 from keras_topomap import grid as grid_lib
 from keras_topomap.metrics import topography_score
 from tests.tiny_models import (
@@ -256,9 +256,9 @@ def test_every_unregularized_layer_and_layer_objects():
     assert len(history.history["topo_score/c2"]) == 2
 
 
-def test_without_tensorflow_warns_once_and_writes_files(tmp_path, monkeypatch):
+def test_without_tensorboard_warns_once_and_writes_files(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import fails: "not installed"
-    monkeypatch.setattr(map_writers, "_warned_no_tensorflow", False)
+    monkeypatch.setattr(summaries, "_warned_missing", False)
     x, y = regression_data()
     for run in range(2):
         model = two_conv_model()
