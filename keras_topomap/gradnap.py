@@ -32,6 +32,11 @@ topographic grid (the paper's Figure 1B). Definitions (``method.md`` §2 of the 
   count. ``anchor="saliency"`` centres the window instead on the occurrence's layer frame of
   highest saliency (mean over filters of ``|g|``), as in the authors' later code.
 
+Per-sample groups (an image's class): batches ``(x, labels)`` with ``labels`` int ``(B,)``, on
+any model; positions of a layer are averaged per sample, and ``target="prediction"`` is the logit
+of the predicted class, ``target="label"`` that of the true class
+(:mod:`keras_topomap.sample_groups`).
+
 Batches: ``(x, frame_labels)`` with ``x`` float ``(B, T, F)`` and ``frame_labels`` int ``(B, T)``
 (``-1`` = none), as :class:`keras_topomap.datasets.SpeechBatches` yields with ``mode="frames"``;
 ``(x, frame_labels, packed_ctc_targets)`` for ``target="ctc_loss"`` (int ``(B, 2 + L)``: column 0
@@ -64,7 +69,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_topomap import checks
+from keras_topomap import checks, sample_groups
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 from keras_topomap._files import replace_atomically, write_json_atomically
@@ -75,7 +80,7 @@ from keras_topomap.receptive_field import check_frame_labels, receptive_fields
 
 __all__ = ["GradNAP", "Clustering"]
 
-_TARGETS = ("prediction", "ctc_loss")
+_TARGETS = ("prediction", "ctc_loss", "label")
 _ADJUST = ("gradient", "abs_gradient", "none")
 _FORMAT_VERSION = 1
 
@@ -125,14 +130,18 @@ class GradNAP:
     GradNAP is fitted).
 
     Args:
-        model: a Keras model with a time axis (input ``(batch, time, features)``), built on
-            ``keras.Input``; outputs are logits ``(batch, time, classes)`` for the built-in
-            targets. ``None`` for a GradNAP that only holds profiles (then ``grids`` must
-            name every layer).
-        layers: names of the layers to profile (their outputs must be ``(batch, time, filters)``).
-        target: ``"prediction"``, ``"ctc_loss"`` or a callable ``fn(output)`` /
+        model: a Keras model built on ``keras.Input``; for frame labels one with a time axis
+            (input ``(batch, time, features)``, logits ``(batch, time, classes)`` for the
+            built-in targets), for per-sample labels any one-input model (e.g. an image
+            classifier; :mod:`keras_topomap.sample_groups`). ``None`` for a GradNAP that only
+            holds profiles (then ``grids`` must name every layer).
+        layers: names of the layers to profile: outputs ``(batch, time, filters)`` for frame
+            labels, ``(batch, ..., filters)`` for per-sample labels.
+        target: ``"prediction"``, ``"ctc_loss"`` (frame labels), ``"label"`` (per-sample
+            labels: the logit of the true class) or a callable ``fn(output)`` /
             ``fn(output, output_mask)`` returning a scalar (or per-utterance values) in
-            ``keras.ops``; ``output_mask`` is float ``(batch, time)`` (1 inside an utterance).
+            ``keras.ops``; ``output_mask`` is float ``(batch, time)`` (1 inside an utterance;
+            per-sample labels: ``output.shape[:-1]``, 1 for real samples).
         adjust: ``"gradient"`` (``a * g``), ``"abs_gradient"`` (``a * |g|``) or ``"none"``.
         baseline: ``"group_mean"`` or ``"frame_mean"``.
         group_names: names of the groups (label ``k`` -> ``group_names[k]``); fixes the number of
@@ -159,7 +168,8 @@ class GradNAP:
             ``(n_groups, 2w+1)``, with ``window``.
         grids_: ``{layer: (H, W)}``; n_filters_: ``{layer: n_filters}``.
         n_groups_: number of groups.
-        n_frames_: labelled input frames seen.
+        n_frames_: labelled input frames seen (samples, with per-sample labels).
+        label_kind_: ``"frame"`` or ``"sample"``: the kind of labels fitted.
         target_total_: the target summed over all batches (0 for ``adjust="none"``).
         info_: the ``info`` dict given to :meth:`save` (read back by :meth:`load`).
     """
@@ -216,15 +226,10 @@ class GradNAP:
         self.grids = None if grids is None else dict(grids)
         # Read from the model (or, without one, from grids) once; the fitted grids_ and
         # n_filters_ are copies of these.
-        self._n_filters, self._grids, self._output_layer, self._output_timed = _inspect_model(
-            model, self.layers, self.grids or {}
-        )
-        if self.target in _TARGETS and model is not None and not self._output_timed:
-            raise ValueError(
-                f"target={self.target!r} needs an output with a time axis (batch, time, "
-                f"classes); model '{model.name}' output layer '{self._output_layer}' has none. "
-                "Pass a callable target."
-            )
+        # Frame labels need frame timing; _frame_problem says why a model has none (raised
+        # only when frame labels come: per-sample labels work on any model).
+        (self._n_filters, self._grids, self._output_layer, self._output_timed,
+         self._frame_problem) = _inspect_model(model, self.layers, self.grids or {}, target)
         self._steps = {}
         self._timing_cache = {}
         self._label_plans = {}  # id(timing) -> (timing, label_index, label_layers)
@@ -237,9 +242,10 @@ class GradNAP:
         n_groups = len(self.group_names) if self.group_names is not None else self.n_groups
         return GroupSums(self._n_filters, n_groups or 0, self.window)
 
-    def _set_state(self, state, warn=False, info=None):
+    def _set_state(self, state, warn=False, info=None, label_kind=None):
         """Publishes ``state`` and the profiles computed from it as the fitted attributes."""
         self.group_sums_ = state
+        self.label_kind_ = label_kind or getattr(self, "label_kind_", None) or "frame"
         self.grids_, self.n_filters_ = dict(self._grids), dict(self._n_filters)
         self.n_groups_, self.n_frames_ = state.n_groups, state.n_frames
         self.target_total_ = state.target_total
@@ -267,19 +273,25 @@ class GradNAP:
     # ------------------------------------------------------------------------------------------
     # The compiled step
 
-    def _step_for(self, n_groups, label_index):
+    def _step_for(self, n_groups, label_index, kind="frame"):
         """The compiled step for ``n_groups`` groups; ``label_index[i]`` says which of the
         label arrays passed to it belongs to ``self.layers[i]`` (layers with the same timing
-        share one; see :meth:`_label_plan`)."""
-        key = (n_groups, label_index)
+        share one; see :meth:`_label_plan`); ``kind="sample"``: per-sample labels."""
+        key = (kind, n_groups, label_index)
         if key in self._steps:
             return self._steps[key]
-        target, n_target_extras = _target_function(self.target, self.blank)
         layers, adjust = self.layers, self.adjust
-        keep_frames = self.window is not None
+        keep_frames = self.window is not None and kind == "frame"
         keep_saliency = keep_frames and self.anchor == "saliency"
-        reduce = _group_sums_reduce(layers, label_index, n_groups, n_target_extras, adjust,
-                                    keep_frames, keep_saliency)
+        if kind == "sample":
+            n_target_extras = 2
+            target = sample_groups.sample_target(self.target, self.blank,
+                                                 _n_positional(self.target))
+            reduce = sample_groups.sample_reduce(layers, n_groups, adjust)
+        else:
+            target, n_target_extras = _target_function(self.target, self.blank)
+            reduce = _group_sums_reduce(layers, label_index, n_groups, n_target_extras,
+                                        adjust, keep_frames, keep_saliency)
         needs_grad = adjust != "none"
         # Under a distribution: sums add over replicas, per-frame results join along the batch.
         per_layer = {name: "sum" for name in layers}
@@ -351,11 +363,20 @@ class GradNAP:
         progbar = keras.utils.Progbar(total, unit_name="batch") if self.verbose else None
         seen = 0
         pending = None
+        kind = getattr(self, "label_kind_", None) if state.n_frames else None
         for index, batch in enumerate(_batches(data, self.batch_size)):
             # One batch in flight: the next batch is read and prepared while the backend still
             # computes the previous one (JAX dispatches asynchronously).
-            parsed = _parse_batch(_batch_to_numpy(batch), index, self.target, self.group_names)
-            started = self._dispatch(parsed, index, state)
+            batch = _batch_to_numpy(batch)
+            batch_kind = "sample" if sample_groups.is_sample_batch(batch) else "frame"
+            sample_groups.check_label_kind(batch_kind, kind, index)
+            kind = batch_kind
+            if kind == "sample":
+                parsed = sample_groups.parse_sample_batch(batch, index, self.group_names)
+                started = _Pending(*sample_groups.dispatch_samples(self, parsed, state))
+            else:
+                parsed = _parse_batch(batch, index, self.target, self.group_names)
+                started = self._dispatch(parsed, index, state)
             if pending is not None:
                 self._collect(pending, state)
             pending = started
@@ -366,18 +387,21 @@ class GradNAP:
             self._collect(pending, state)
         if seen == 0:
             raise ValueError("GradNAP.fit received no batches.")
-        if self.target == "prediction" and self.adjust != "none" and state.target_total == 0.0:
+        if (self.target == "prediction" and self.adjust != "none" and kind == "frame"
+                and state.target_total == 0.0):
             warnings.warn(
                 "GradNAP: the model predicts the blank (or nothing) on every frame, so the "
                 "'prediction' target and all its gradients are 0 and every profile is 0. Train "
                 "the model longer or use target='ctc_loss'.",
                 stacklevel=3,
             )
-        self._set_state(state, warn=True)
+        self._set_state(state, warn=True, label_kind=kind)
         return self
 
     def _dispatch(self, batch, index, state):
         """Prepares ``batch`` and starts the step on it; :meth:`_collect` adds the result."""
+        if self._frame_problem:
+            raise ValueError(self._frame_problem)
         if batch.labels.size and batch.labels.max() >= state.n_groups:
             state.grow(int(batch.labels.max()) + 1)
         g = state.n_groups
@@ -486,22 +510,9 @@ class GradNAP:
         Returns:
             :class:`Clustering`; ``order`` lists the group indices in dendrogram leaf order.
         """
-        from scipy.cluster.hierarchy import leaves_list, linkage
-        from scipy.spatial.distance import pdist
-
         self._check_layer(layer)
-        groups = np.nonzero(self.counts_[layer] > 0)[0]
-        if len(groups) < 2:
-            raise ValueError(
-                f"Clustering needs at least 2 groups with frames in layer '{layer}'. Received: "
-                f"{len(groups)}"
-            )
-        profiles = self.profiles_[layer][groups]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dist = pdist(profiles, metric=metric)
-        dist = np.nan_to_num(dist, nan=1.0)  # an all-zero profile is equally far from all
-        z = linkage(dist, method=method)
-        order = groups[leaves_list(z)]
+        order, z, groups = _cluster_groups(self.profiles_[layer], self.counts_[layer], layer,
+                                           metric, method)
         return Clustering(order, [self.group_name(i) for i in order], z, groups)
 
     def plot(self, layer, groups=None, **kwargs):
@@ -601,7 +612,7 @@ class GradNAP:
         first = parts[0]
         merged = first._same_settings(first.model)
         states = [getattr(p, "group_sums_", None) or p._empty_state() for p in parts]
-        merged._set_state(GroupSums.total(states), info={})
+        merged._set_state(GroupSums.total(states), info={}, label_kind=_merged_kind(parts))
         return merged
 
     def save(self, path, info=None):
@@ -634,6 +645,7 @@ class GradNAP:
             digest = _file_digest(tmp)
         config = self._settings()
         config.update(n_groups=state.n_groups, n_frames=state.n_frames,
+                      label_kind=getattr(self, "label_kind_", "frame"),
                       target_total=state.target_total, model_fingerprint=self.model_fingerprint(),
                       arrays_sha256=digest,
                       info=dict(info if info is not None else getattr(self, "info_", {})))
@@ -668,30 +680,7 @@ class GradNAP:
         except (ValueError, TypeError, AttributeError) as e:
             raise ValueError(f"GradNAP.load: the settings in {stem + '.json'!r}: {e}") from e
         gn.target = config["target"]
-        try:
-            saved_filters = {k: int(v) for k, v in config["n_filters"].items()}
-        except (TypeError, ValueError, AttributeError) as e:
-            raise ValueError(
-                f"GradNAP.load: {stem + '.json'!r} has no valid n_filters. Received: "
-                f"{config['n_filters']!r}"
-            ) from e
-        if gn._n_filters != saved_filters:
-            what = f"model '{model.name}'" if model is not None else "the saved grids"
-            raise ValueError(
-                f"GradNAP.load: {what} give filter counts {gn._n_filters}, the saved profiles "
-                f"{config['n_filters']} (in {stem + '.json'!r})."
-            )
-        n_groups = config["n_groups"]
-        if names is not None and n_groups != len(names):
-            raise ValueError(
-                f"GradNAP.load: {stem + '.json'!r} states n_groups={n_groups!r} but lists "
-                f"{len(names)} group_names."
-            )
-        if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 0:
-            raise ValueError(
-                f"GradNAP.load: n_groups in {stem + '.json'!r} must be an int >= 0. Received: "
-                f"{n_groups!r}"
-            )
+        saved_filters, n_groups = _saved_counts(config, gn, stem, model)
         arrays = _read_arrays(stem + ".npz", config.get("arrays_sha256"), stem + ".json")
         state = GroupSums.from_arrays(
             arrays, gn.layers, gn.window, n_frames=config["n_frames"],
@@ -713,7 +702,9 @@ class GradNAP:
             raise ValueError(
                 f"GradNAP.load: 'info' in {stem + '.json'!r} must be a dict. Received: {info!r}"
             )
-        gn._set_state(state, info=info)
+        kind = config.get("label_kind", "frame")
+        checks.choice(kind, f"label_kind in {stem + '.json'!r}", sample_groups.LABEL_KINDS)
+        gn._set_state(state, info=info, label_kind=kind)
         return gn
 
     def __repr__(self):
@@ -728,9 +719,10 @@ class GradNAP:
 # Helpers: the model, the step's reduction, batches, time-resolved windows
 
 
-def _inspect_model(model, names, grids):
-    """``(n_filters, grids, output layer, output has a time axis)`` of the profiled layers:
-    from the model, or without one (a GradNAP that only holds profiles) from ``grids``."""
+def _inspect_model(model, names, grids, target):
+    """``(n_filters, grids, output layer, output has a time axis, frame problem)`` of the
+    profiled layers: from the model, or without one (a GradNAP that only holds profiles) from
+    ``grids``. ``frame problem``: why frame labels cannot be used (None: they can)."""
     if len(set(names)) != len(names):
         raise ValueError(f"Layer names must be unique. Received: layers={names}")
     if model is None:
@@ -742,21 +734,28 @@ def _inspect_model(model, names, grids):
             )
         shapes = {name: grid_lib.validate_grid(grids[name], what=f"grid of layer '{name}'")
                   for name in names}
-        return {name: h * w for name, (h, w) in shapes.items()}, shapes, None, False
+        return {name: h * w for name, (h, w) in shapes.items()}, shapes, None, False, None
     layer_objs = {name: find_layer(model, name) for name in names}
-    timing = receptive_fields(model)
+    try:
+        timing, frame_problem = receptive_fields(model), None
+    except ValueError as e:  # e.g. Conv2D: no time axis, but per-sample labels still work
+        timing, frame_problem = {}, f"Frame labels (batch, T) need frame timing: {e}"
     n_filters = {}
     for name, layer in layer_objs.items():
         if getattr(layer, "data_format", "channels_last") == "channels_first":
             raise ValueError(
                 f"Layer '{name}' uses data_format='channels_first'; GradNAP expects "
-                "(batch, time, filters) activations."
+                "channels-last activations (batch, ..., filters)."
             )
         shape = tuple(layer.output.shape)
-        if len(shape) != 3 or name not in timing:
-            raise ValueError(
+        problem = sample_groups.sample_layer_problem(name, shape)
+        if problem:
+            raise ValueError(problem)
+        if (len(shape) != 3 or name not in timing) and frame_problem is None:
+            frame_problem = (
                 f"Layer '{name}' must output (batch, time, filters) frames on the input's "
-                f"time axis. Received: output shape {shape}"
+                f"time axis for frame labels (batch, T); per-sample labels (batch,) work on "
+                f"any layer. Received: output shape {shape}"
             )
         n_filters[name] = int(shape[-1])
     unknown = sorted(set(grids) - set(names))
@@ -781,7 +780,15 @@ def _inspect_model(model, names, grids):
             )
     graph = getattr(model, "_functional", None) or model
     output_layer = graph.outputs[0]._keras_history.operation.name
-    return n_filters, shapes, output_layer, output_layer in timing
+    if target in ("prediction", "ctc_loss") and output_layer not in timing and not frame_problem:
+        frame_problem = (
+            f"target={target!r} with frame labels needs an output with a time axis (batch, "
+            f"time, classes); model '{model.name}' output layer '{output_layer}' has none. Pass "
+            "a callable target, or per-sample labels (batch,)."
+        )
+    if target == "label" and not frame_problem:
+        frame_problem = "target='label' needs per-sample labels (batch,), one class per sample."
+    return n_filters, shapes, output_layer, output_layer in timing, frame_problem
 
 
 def _group_sums_reduce(layers, label_index, n_groups, n_target_extras, adjust, keep_frames,
@@ -862,6 +869,65 @@ def _target_function(target_name, blank):
 
 
 
+def _saved_counts(config, gn, stem, model):
+    """``(n_filters, n_groups)`` of a saved header, checked against ``gn`` (built from it)."""
+    names = config["group_names"]
+    try:
+        saved_filters = {k: int(v) for k, v in config["n_filters"].items()}
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"GradNAP.load: {stem + '.json'!r} has no valid n_filters. Received: "
+            f"{config['n_filters']!r}"
+        ) from e
+    if gn._n_filters != saved_filters:
+        what = f"model '{model.name}'" if model is not None else "the saved grids"
+        raise ValueError(
+            f"GradNAP.load: {what} give filter counts {gn._n_filters}, the saved profiles "
+            f"{config['n_filters']} (in {stem + '.json'!r})."
+        )
+    n_groups = config["n_groups"]
+    if names is not None and n_groups != len(names):
+        raise ValueError(
+            f"GradNAP.load: {stem + '.json'!r} states n_groups={n_groups!r} but lists "
+            f"{len(names)} group_names."
+        )
+    if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 0:
+        raise ValueError(
+            f"GradNAP.load: n_groups in {stem + '.json'!r} must be an int >= 0. Received: "
+            f"{n_groups!r}"
+        )
+    return saved_filters, n_groups
+
+
+def _cluster_groups(profiles, counts, layer, metric, method):
+    """``(leaf order, linkage, clustered groups)`` of the groups with frames."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import pdist
+
+    groups = np.nonzero(counts > 0)[0]
+    if len(groups) < 2:
+        raise ValueError(
+            f"Clustering needs at least 2 groups with frames in layer '{layer}'. Received: "
+            f"{len(groups)}"
+        )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = pdist(profiles[groups], metric=metric)
+    dist = np.nan_to_num(dist, nan=1.0)  # an all-zero profile is equally far from all
+    z = linkage(dist, method=method)
+    return groups[leaves_list(z)], z, groups
+
+
+def _merged_kind(parts):
+    """The label kind shared by the parts that saw data (refuses frame and sample parts)."""
+    kinds = {p.label_kind_ for p in parts if getattr(p, "n_frames_", 0)}
+    if len(kinds) > 1:
+        raise ValueError(
+            "GradNAP.merge: some parts were fitted with frame labels, others with per-sample "
+            f"labels. Received label kinds: {[getattr(p, 'label_kind_', None) for p in parts]}"
+        )
+    return kinds.pop() if kinds else None
+
+
 def _check_mergeable(parts):
     """Raises unless ``parts`` share settings, group names, model and weights."""
     first = parts[0]
@@ -935,7 +1001,8 @@ def _parse_batch(batch, index, target, group_names):
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 3:
         raise ValueError(
-            f"Batch {index}: x must be (batch, time, features). Received: shape={x.shape}"
+            f"Batch {index}: with frame labels x must be (batch, time, features); give labels "
+            f"of shape (batch,) for per-sample groups. Received: shape={x.shape}"
         )
     labels = check_frame_labels(labels, x.shape[:2], f"Batch {index}")
     if group_names is not None and labels.size and labels.max() >= len(group_names):
@@ -992,7 +1059,7 @@ def _pad_batch(b, t_pad, rows, replicas=1):
 
 def _batches(data, batch_size):
     """Yields batches from an iterable of batches, a PyDataset, or arrays (x, labels[, ...])."""
-    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and _is_array3(data[0]):
+    if _is_array_data(data):
         size = batch_size or 32
         n = len(data[0])
         for start in range(0, n, size):
@@ -1175,7 +1242,8 @@ def _is_array3(value):
 
 
 def _is_array_data(data):
-    return isinstance(data, (tuple, list)) and len(data) in (2, 3) and _is_array3(data[0])
+    return (isinstance(data, (tuple, list)) and len(data) in (2, 3) and _is_array3(data[0])
+            ) or sample_groups.is_sample_array_data(data)
 
 
 def _batch_to_numpy(batch):

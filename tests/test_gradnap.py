@@ -323,10 +323,12 @@ def test_errors(tmp_path):
     x_in = keras.Input((None, 3))
     pooled = L.GlobalAveragePooling1D(name="gap")(L.Conv1D(4, 3, name="c")(x_in))
     clf = keras.Model(x_in, L.Dense(2, name="d")(pooled))
+    # Per-sample labels work on these layers; frame labels are refused when they come.
+    frames = [(np.zeros((1, 8, 3), "float32"), np.zeros((1, 8), int))]
     with pytest.raises(ValueError, match="'d' must output \\(batch, time, filters\\)"):
-        GradNAP(clf, ["d"], grids={"d": (2, 1)})
+        GradNAP(clf, ["d"], grids={"d": (2, 1)}, verbose=0).fit(frames)
     with pytest.raises(ValueError, match="needs an output with a time axis"):
-        GradNAP(clf, ["c"], grids={"c": (2, 2)})
+        GradNAP(clf, ["c"], grids={"c": (2, 2)}, verbose=0).fit(frames)
 
 
 def test_warns_when_the_model_only_predicts_blank():

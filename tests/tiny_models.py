@@ -186,3 +186,71 @@ def reference_maps(model, name, x, grid, labels=None, lengths=None, size=3):
     means = np.stack([group_sums[g] / group_counts[g] for g in keys])
     naps = means - means.mean(axis=0)
     return overall, grid_lib.smooth(grid_lib.to_grid(naps, grid), size)
+
+
+# ----------------------------------------------------------------------------------------------
+# An image classifier with per-sample classes in closed form.
+#
+#   x (B, 2, 3, 3) -> "conv" (1x1 Conv2D, 9 filters on 3x3, no bias): filter k = channel k
+#   (k < 3), filters 3..8 = 0 -> "pool" (GlobalAveragePooling2D) -> "out" (Dense 3, no bias):
+#   logit k = V[k] * pool[k].
+#
+# An image of class c holds s * M in channel c (s > 0, M > 0 everywhere) and 0 elsewhere, so it
+# predicts c, and d logit_c / d conv[h, w, c] = V[c] / 6 (the 6 positions of the pool).
+
+IMAGE_SHAPE = (2, 3, 3)
+IMAGE_V = np.array([1.0, 2.0, 3.0])
+IMAGE_M = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # mean 3.5
+
+
+def image_classifier():
+    x = keras.Input(IMAGE_SHAPE)
+    conv = L.Conv2D(9, 1, use_bias=False, name="conv")(x)
+    pool = L.GlobalAveragePooling2D(name="pool")(conv)
+    out = L.Dense(3, use_bias=False, name="out")(pool)
+    model = keras.Model(x, out)
+    kernel = np.zeros((1, 1, 3, 9), "float32")
+    kernel[0, 0, np.arange(3), np.arange(3)] = 1.0
+    model.get_layer("conv").kernel.assign(kernel)
+    readout = np.zeros((9, 3), "float32")
+    readout[np.arange(3), np.arange(3)] = IMAGE_V
+    model.get_layer("out").kernel.assign(readout)
+    return model
+
+
+def image_data(classes, scales):
+    """Images of ``classes`` (int (N,)) with amplitudes ``scales`` (N,)."""
+    x = np.zeros((len(classes),) + IMAGE_SHAPE, "float32")
+    for i, (c, s) in enumerate(zip(classes, scales)):
+        x[i, :, :, c] = s * IMAGE_M
+    return x
+
+
+def hand_image_adjusted(classes, scales, adjust="gradient"):
+    """Per-sample, position-averaged adjusted activations ``{layer: (N, F)}`` of the image
+    classifier under target 'prediction' (which is the image's class)."""
+    n = len(classes)
+    conv, pool, out = np.zeros((n, 9)), np.zeros((n, 9)), np.zeros((n, 3))
+    for i, (c, s) in enumerate(zip(classes, scales)):
+        pooled = s * IMAGE_M.mean()
+        if adjust == "none":
+            conv[i, c] = pool[i, c] = pooled
+            out[i, c] = IMAGE_V[c] * pooled
+        else:  # gradient of logit c: V[c] / 6 at each conv position, V[c] on pool, 1 on out
+            conv[i, c] = pooled * IMAGE_V[c] / 6
+            pool[i, c] = pooled * IMAGE_V[c]
+            out[i, c] = IMAGE_V[c] * pooled
+    return {"conv": conv, "pool": pool, "out": out}
+
+
+def hand_sample_profiles(adjusted, labels, n_groups):
+    """Group means over samples (plain loop) minus their mean over groups with samples."""
+    means, counts = np.zeros((n_groups, adjusted.shape[1])), np.zeros(n_groups, int)
+    for row, g in zip(adjusted, labels):
+        if g >= 0:
+            means[g] += row
+            counts[g] += 1
+    present = counts > 0
+    means[present] /= counts[present][:, None]
+    base = means[present].mean(axis=0)
+    return np.where(present[:, None], means - base, 0.0), counts
