@@ -190,7 +190,8 @@ class GroupSums:
             arrays: ``{"sums_<i>", "counts_<i>"[, "tsums_<i>", "tcounts_<i>"]}``.
             layers: the layer names, in the order of ``i``.
             window: half width of the time-resolved sums, or None.
-            n_frames, target_total: the scalars of the state.
+            n_frames: the state's number of frames (samples) summed.
+            target_total: the state's summed target.
             where: what the error messages name (e.g. the file).
             n_groups: the expected number of groups (None: read from the arrays).
             n_filters: ``{layer: expected number of filters}`` (None: read from the arrays).
