@@ -10,7 +10,9 @@ epoch logs, so it shows in the progress bar and in ``model.fit(...).history``.
 With frame labels (``groups``, e.g. the phone of every input frame) the callback also draws one
 map per group: the group's mean activation minus the mean over groups, the neuron activation
 profile (NAP) of Krug & Stober. A layer frame carries the label of the input frame at its
-centre (:func:`keras_topomap.receptive_field.input_frames_to_layer`).
+centre (:func:`keras_topomap.receptive_field.input_frames_to_layer`). With per-sample labels
+(``groups`` of shape ``(batch,)``, e.g. the class of each probe image) a group's mean is over its
+samples, each averaged over the layer's positions (:mod:`keras_topomap.probe_groups`).
 
 Example:
 
@@ -34,18 +36,16 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import warnings
 
 import keras
 import numpy as np
 
-from keras_topomap import checks
+from keras_topomap import checks, probe_groups
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 from keras_topomap.group_sums import GroupSums
 from keras_topomap.map_writers import EpochMaps, MapWriters
 from keras_topomap.metrics import topography_score
-from keras_topomap.receptive_field import check_frame_labels, receptive_fields
 from keras_topomap.regularizers import _walk_layers, topographic_layers
 
 __all__ = ["TopoMapCallback"]
@@ -111,9 +111,11 @@ class TopoMapCallback(keras.callbacks.Callback):
             's; the summaries go to its top level).
         out_dir: directory for PNGs, the ``.npz`` history and the GIFs; created if missing.
         smooth: odd side of the smoothing window (1 = no smoothing).
-        groups: frame labels of the probe, int ``(batch, T_in)`` with ``-1`` for "no label"
-            (for a dataset probe: one array for all batches, or a list with one array per
-            batch). Gives the per-group maps.
+        groups: labels of the probe, ``-1`` for "no label": frame labels, int
+            ``(batch, T_in)``, or per-sample labels, int ``(batch,)`` (e.g. an image's class;
+            each sample's activation is averaged over a layer's positions first, see
+            :mod:`keras_topomap.probe_groups`). For a dataset probe: one array for all
+            batches, or a list with one array per batch. Gives the per-group maps.
         group_names: names of the labels (``group_names[label]``); default ``"group_<label>"``.
         every: log every ``every`` epochs (the last epoch is always logged). Scores are only
             added to the logs of logged epochs.
@@ -214,9 +216,13 @@ class TopoMapCallback(keras.callbacks.Callback):
         self._batches = _read_probe(probe, probe_steps)
         self._batch_sizes = [_leading_shape(x, i)[0] for i, x in enumerate(self._batches)]
         self._lengths = _per_batch(probe_lengths, self._batches, "probe_lengths", ndim=1)
-        self._groups = _per_batch(groups, self._batches, "groups", ndim=2)
+        self._per_sample = probe_groups.is_per_sample(groups, self._batch_sizes)
+        self._groups = _per_batch(groups, self._batches, "groups",
+                                  ndim=1 if self._per_sample else 2)
         _check_probe_lengths(self._batches, self._lengths)
-        _check_probe_groups(self._batches, self._groups, group_names)
+        probe_groups.check_probe_groups([_leading_shape(x, i) for i, x in
+                                         enumerate(self._batches)], self._groups, group_names,
+                                        self._per_sample)
         self.group_names = None if group_names is None else [str(n) for n in group_names]
 
         self.layers = _layer_names(layers)
@@ -402,7 +408,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         return outputs, penalties
 
     def _check_outputs(self, outputs):
-        timed = self._groups is not None or self._lengths is not None
+        timed = (self._groups is not None and not self._per_sample) or self._lengths is not None
         for name, out in zip(self.layers_, outputs[0]):
             h, w = self.grids_[name]
             if out.shape[-1] != h * w:
@@ -413,103 +419,28 @@ class TopoMapCallback(keras.callbacks.Callback):
                 )
             if timed and out.ndim != 3:
                 raise ValueError(
-                    f"TopoMapCallback: groups and probe_lengths need layers with outputs "
-                    f"(batch, time, features); layer '{name}' gives shape {out.shape}."
+                    f"TopoMapCallback: frame labels and probe_lengths need layers with outputs "
+                    f"(batch, time, features) (per-sample groups (batch,) take any); layer "
+                    f"'{name}' gives shape {out.shape}."
                 )
 
     def _prepare_reductions(self, model, outputs):
-        """Per batch and layer, which frames each probe mean sums over (computed once).
-
-        ``self._frames[i][l]``: flat indices of the valid frames of batch ``i``'s ``(b * T_l)``
-        frames of layer ``l`` (None: all), ``self._totals[l]`` their number over all batches.
-        ``self._frame_groups[i][l]``: the group (position in ``group_labels_``) of each of those
-        frames, -1 for none (no label, a dropped group, past ``probe_lengths``).
-        """
-        timed = self._groups is not None or self._lengths is not None
-        valid, labels = [], []
-        timings = {}
-        for i, (x, outs) in enumerate(zip(self._batches, outputs)):
-            shape = _leading_shape(x, i)
-            batch_valid, batch_labels = [], []
-            for name, out in zip(self.layers_, outs):
-                n_frames = int(np.prod(out.shape[1:-1], dtype=np.int64))
-                layer_valid = np.ones((shape[0], n_frames), dtype=bool)
-                if not timed:
-                    batch_valid.append(layer_valid)
-                    continue
-                if shape[1] not in timings:
-                    timings[shape[1]] = _timings(model, shape[1], self.layers_)
-                timing = timings[shape[1]][name]
-                if self._lengths is not None:
-                    layer_valid = timing.valid_frames(self._lengths[i], np.arange(n_frames))
-                batch_valid.append(layer_valid)
-                if self._groups is not None:
-                    layer_labels = timing.labels_at_frames(self._groups[i], None, n_frames)
-                    batch_labels.append(np.where(layer_valid, layer_labels, -1))
-            valid.append(batch_valid)
-            labels.append(batch_labels)
-
-        self._totals = np.asarray(
-            [sum(int(v[j].sum()) for v in valid) for j in range(len(self.layers_))]
-        )
-        for j, name in enumerate(self.layers_):
-            if self._totals[j] == 0:
-                raise ValueError(
-                    f"TopoMapCallback: no frame of layer '{name}' lies within probe_lengths."
-                )
-        self._frames = [
-            [None if v.all() else np.flatnonzero(v.ravel()) for v in batch_valid]
-            for batch_valid in valid
-        ]
+        """Per batch and layer, which frames (samples) each probe mean sums over, computed
+        once (:func:`keras_topomap.probe_groups.plan_reductions`); with groups, sets
+        ``group_labels_`` to the labels with frames (samples) in a watched layer."""
+        shapes = [_leading_shape(x, i) for i, x in enumerate(self._batches)]
+        self._plan = probe_groups.plan_reductions(model, shapes, outputs, self.layers_,
+                                                  self._groups, self._lengths, self._per_sample)
         self._frame_groups = None
-        if self._groups is not None:
-            self._frame_groups = self._choose_groups(labels)
-
-    def _choose_groups(self, labels):
-        """Sets ``group_labels_`` to the probe's labels with frames in at least one watched
-        layer and returns each batch's and layer's frame groups. A group without frames in a
-        layer gets the map 0 there and is left out of that layer's baseline (the rule of
-        :class:`~keras_topomap.group_sums.GroupSums`, GradNAP's too), with a warning."""
-        present = np.unique(np.concatenate([g[g >= 0] for g in self._groups]))
-        counts = np.zeros((len(self.layers_), int(present.max()) + 1), np.int64)
-        for batch_labels in labels:
-            for j, layer_labels in enumerate(batch_labels):
-                counts[j] += np.bincount(layer_labels[layer_labels >= 0].ravel(),
-                                         minlength=counts.shape[1])
-        counts = counts[:, present]
-        kept = counts.max(axis=0) > 0
-        if not counts.min(axis=0).all():
-            lost = {
-                self._group_name(int(g)): [
-                    self.layers_[j] for j in np.flatnonzero(counts[:, k] == 0)
-                ]
-                for k, g in enumerate(present)
-                if counts[:, k].min() == 0
-            }
-            warnings.warn(
-                "TopoMapCallback: these groups have no frame in some watched layers (their "
-                "frames fall between the strided layers' frame centres): "
-                f"{lost}. There their map is 0 and they are left out of the baseline; a group "
-                "without frames in any watched layer gets no map.",
-                stacklevel=3,
-            )
-        if kept.sum() < 2:
-            raise ValueError(
-                "TopoMapCallback: per-group maps (group mean minus mean over groups) need at "
-                f"least two groups with frames in a watched layer. Received: groups with frames "
-                f"{[self._group_name(int(g)) for g in present[kept]]}"
-            )
-        new_labels = present[kept]
+        if self._groups is None:
+            return
+        new_labels, self._frame_groups = probe_groups.choose_groups(
+            self._plan.labels, self._groups, self.layers_, self._group_name)
         if len(self.group_labels_) and not np.array_equal(new_labels, self.group_labels_):
             self._group_maps, self._group_raw = {}, {}
             self._group_range, self._raw_group_range = {}, {}
         self.group_labels_ = new_labels
         self.group_names_ = [self._group_name(int(g)) for g in new_labels]
-        # Position of each label in new_labels; -1 for no label or a dropped group.
-        lookup = np.full(int(present.max()) + 2, -1)
-        lookup[new_labels] = np.arange(len(new_labels))
-        # label -1 reads lookup[-1] == -1
-        return [[lookup[layer_labels] for layer_labels in batch_labels] for batch_labels in labels]
 
     def _group_name(self, label):
         if self.group_names is not None:
@@ -584,11 +515,14 @@ class TopoMapCallback(keras.callbacks.Callback):
                     state = GroupSums(n_filters, len(self.group_labels_))
             for j, out in enumerate(outputs):
                 frames = out.reshape(-1, out.shape[-1])  # (b * T_l, F)
-                index = self._frames[i][j]
+                index = self._plan.frames[i][j]
                 sums[j] += (frames if index is None else frames[index]).sum(0, dtype=np.float64)
-                if state is not None:
+                if state is not None and self._per_sample:
+                    values = probe_groups.sample_means(out, self._plan.weights[i][j])
+                    state.add_frames(self.layers_[j], values, self._frame_groups[i][j])
+                elif state is not None:
                     state.add_frames(self.layers_[j], frames, self._frame_groups[i][j])
-        means = [total / count for total, count in zip(sums, self._totals)]
+        means = [total / count for total, count in zip(sums, self._plan.totals)]
         if state is None:
             return means, None, penalties
         return means, [state.profiles(name)[0] for name in self.layers_], penalties
@@ -698,25 +632,6 @@ def _check_probe_lengths(batches, probe_lengths):
                 f"probe_lengths for probe batch {i} must lie in [1, {shape[1]}] (its "
                 f"frames). Received: min={lengths.min()}, max={lengths.max()}"
             )
-
-
-def _check_probe_groups(batches, groups, group_names):
-    if groups is None:
-        if group_names is not None:
-            raise ValueError("group_names was given without groups (the frame labels).")
-        return
-    top = -1
-    for i, (x, labels) in enumerate(zip(batches, groups)):
-        shape = _leading_shape(x, i)
-        check_frame_labels(labels, shape[:2], f"groups for probe batch {i}")
-        top = max(top, int(labels.max()) if labels.size else -1)
-    if top < 0:
-        raise ValueError("groups holds no label >= 0: every probe frame is marked -1.")
-    if group_names is not None and len(group_names) <= top:
-        raise ValueError(
-            f"group_names must name every label up to {top}. Received: "
-            f"{len(group_names)} names"
-        )
 
 
 def _check_probe_shapes(model, batches):
@@ -845,24 +760,6 @@ def _per_batch(values, batches, what, ndim):
                 "list with one array per batch."
             )
     return np.split(values, np.cumsum(sizes)[:-1])
-
-
-def _timings(model, n_frames, names):
-    try:
-        timing = receptive_fields(model, n_frames=n_frames)
-    except ValueError as e:
-        raise ValueError(
-            "TopoMapCallback maps groups / probe_lengths onto layer frames through the "
-            f"model's receptive fields, which failed: {e}"
-        ) from e
-    missing = [n for n in names if n not in timing]
-    if missing:
-        raise ValueError(
-            f"TopoMapCallback: layers {missing} have no frame timing on the input's time "
-            f"axis, so groups / probe_lengths cannot be mapped onto their frames. Layers with "
-            f"a time axis: {list(timing)}"
-        )
-    return timing
 
 
 def _ensure_writable_dir(path, what):
