@@ -13,7 +13,7 @@ ARGS ?=
 # The bundled corpus (and pretrained models) is its own distribution, installed from the checkout.
 CORPUS_PKG := ./keras-topomap-corpus
 
-.PHONY: demo test notebooks docs lint venv clean
+.PHONY: demo test notebooks docs lint venv browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,19 @@ $(PY):
 # Stamp files: reinstall only when the project's metadata changes.
 $(VENV)/.test-deps: pyproject.toml setup.cfg $(CORPUS_PKG)/pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e $(CORPUS_PKG) -e ".[all,dev]" "$(TORCH_SPEC)"
+	@$(MAKE) --no-print-directory browser
 	touch $@
+
+# Headless Chromium for the test that opens the demo's index.html. Installed only where that is
+# possible (root and apt-get); elsewhere the test skips and says why (and fails under CI=true).
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	    || command -v google-chrome >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 \
+	     || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+	    || echo "could not install chromium with apt-get: the browser test will skip"; \
+	else echo "no chromium (install it as root: apt-get install chromium): the browser test will skip"; fi
 
 # The demo installs only its backend (DEMO_BACKEND = jax, tensorflow or torch).
 DEMO_PKGS := $(if $(filter torch,$(DEMO_BACKEND)),"$(TORCH_SPEC)",)

@@ -15,6 +15,7 @@ from keras_topomap.visualization import (
     pick_neighborhoods,
     plot_filter_neighborhoods,
 )
+from tests.browser import Chromium, chromium_or_skip
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,46 @@ def test_demo_writes_every_output_and_the_page_links_only_existing_files(tiny_de
     assert {w.split("/")[1].split("_")[0] for w in wavs} == set(shown)
     with wave.open(str(out / wavs[0])) as f:
         assert f.getnframes() > 0 and f.getframerate() == 16000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with Chromium(chromium_or_skip()) as chromium:
+        yield chromium
+
+
+def test_the_page_check_finds_what_does_not_load(browser, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
+    with wave.open(str(tmp_path / "ok.wav"), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes(b"\0\0" * 1600)
+    (tmp_path / "bad.wav").write_text("not audio")
+    (tmp_path / "page.html").write_text(
+        '<html><body id="top"><img src="ok.png"><img src="missing.png">'
+        '<audio preload="none" src="ok.wav"></audio><audio preload="none" src="bad.wav"></audio>'
+        '<a href="ok.png">a</a><a href="nope.json">b</a><a href="#top">c</a>'
+        '<a href="#nowhere">d</a></body></html>')
+    found = browser.inspect(tmp_path / "page.html")
+    assert (found["images"], found["audio"]) == (2, 2)
+    assert [src.rsplit("/", 1)[1] for src in found["broken_images"]] == ["missing.png"]
+    assert [src.rsplit("/", 1)[1] for src in found["broken_audio"]] == ["bad.wav"]
+    assert found["broken_links"] == ["nope.json", "#nowhere"]
+    assert [url.rsplit("/", 1)[1] for url, _ in found["failed_requests"]] == ["missing.png"]
+
+
+def test_the_page_loads_in_headless_chromium(tiny_demo, browser):
+    out, summary = tiny_demo
+    found = browser.inspect(out / "index.html")
+    page = (out / "index.html").read_text()
+    assert found["images"] == page.count("<img ") >= 5
+    assert found["audio"] == page.count("<audio ") >= 1
+    assert found["broken_images"] == found["broken_audio"] == []
+    assert found["failed_requests"] == [] and found["broken_links"] == []
+    assert "metrics.json" in found["links"]
 
 
 def test_demo_metrics(tiny_demo):
