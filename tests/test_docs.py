@@ -187,3 +187,65 @@ def test_caption_blocks_are_rewritten_in_place():
 
     with pytest.raises(ValueError, match="Unknown caption block 'x'"):
         make_figures.rewrite_captions(text, {})
+
+
+def _notebooks_hook(monkeypatch, root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("notebooks_hook", DOCS / "_hooks/notebooks.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    monkeypatch.setattr(hook, "ROOT", root)
+    monkeypatch.setattr(hook, "EXAMPLES", root / "examples")
+    monkeypatch.setattr(hook, "EXECUTED", root / "build/notebooks")
+    return hook
+
+
+def _write_notebook(path, code, outputs=()):
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# Title"]},
+             {"cell_type": "code", "metadata": {}, "source": [code], "outputs": list(outputs),
+              "execution_count": 1 if outputs else None}]
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4,
+                                "nbformat_minor": 5}), encoding="utf-8")
+
+
+def test_the_site_renders_the_executed_notebooks_never_executing_them():
+    config = _load_mkdocs_config()
+    assert config["hooks"] == ["docs/_hooks/notebooks.py"]
+    jupyter = [p["mkdocs-jupyter"] for p in config["plugins"]
+               if isinstance(p, dict) and "mkdocs-jupyter" in p]
+    assert jupyter and jupyter[0]["execute"] is False
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "--output-dir build/notebooks/examples examples/*.ipynb" in makefile
+
+
+def test_the_notebooks_hook_serves_an_executed_copy_only_while_its_code_matches(
+        tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mkdocs.structure.files import Files
+
+    hook = _notebooks_hook(monkeypatch, tmp_path)
+    committed = tmp_path / "examples/01_a.ipynb"
+    _write_notebook(committed, "print(1)")
+    _write_notebook(tmp_path / "examples/02_b.ipynb", "print(2)")
+    assert hook.executed_copy(committed) is None  # make notebooks has not run
+    executed = tmp_path / "build/notebooks/examples/01_a.ipynb"
+    _write_notebook(executed, "print(1)", outputs=[{"output_type": "stream", "name": "stdout",
+                                                     "text": ["1\n"]}])
+    assert hook.executed_copy(committed) == executed
+
+    config = SimpleNamespace(site_dir=str(tmp_path / "site"), use_directory_urls=True,
+                             nav=[{"Guide": "index.md"}, {"API reference": ["api/a.md"]}])
+    files = hook.on_files(Files([]), config)
+    assert {f.src_uri: f.abs_src_path for f in files} == {
+        "examples/01_a.ipynb": str(executed),
+        "examples/02_b.ipynb": str(tmp_path / "examples/02_b.ipynb")}
+    assert hook.on_config(config).nav[1] == {
+        "Examples": ["examples/01_a.ipynb", "examples/02_b.ipynb"]}
+
+    _write_notebook(committed, "print(10)")  # edited since make notebooks ran
+    assert hook.executed_copy(committed) is None

@@ -1,7 +1,7 @@
 """The example notebooks in examples/ are committed clean and are valid notebooks.
 
-These checks only read the files; executing the notebooks is nbmake's job
-(``make notebooks``: ``pytest --nbmake examples``).
+These checks only read the files; executing the notebooks is ``make notebooks``' job (each
+notebook once, with nbconvert, into build/notebooks/examples/, which the docs site renders).
 """
 
 import ast
@@ -34,7 +34,7 @@ def test_examples_exist_and_are_listed():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_valid_nbformat4(path):
-    import nbformat  # comes with nbmake (the dev extra)
+    import nbformat  # comes with nbconvert (the dev extra)
 
     notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     assert notebook.nbformat == 4
