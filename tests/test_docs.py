@@ -249,3 +249,11 @@ def test_the_notebooks_hook_serves_an_executed_copy_only_while_its_code_matches(
 
     _write_notebook(committed, "print(10)")  # edited since make notebooks ran
     assert hook.executed_copy(committed) is None
+
+
+def test_the_screenshots_are_shown_and_small():
+    # Screenshots of the demo's page and of TensorBoard: committed once, so kept small.
+    for page, image in (("index.md", "figures/demo_page.png"),
+                        ("tensorboard.md", "figures/tensorboard_maps.png")):
+        assert f"]({image})" in (DOCS / page).read_text(encoding="utf-8"), (page, image)
+        assert (DOCS / image).stat().st_size < 300_000, image
