@@ -29,3 +29,16 @@ def test_quick_start_runs_as_written(tmp_path):
     assert "conv topography S =" in done.stdout
     assert (tmp_path / "maps").is_dir() and any((tmp_path / "logs").rglob("*tfevents*"))
     assert done.stdout.strip().splitlines()[-1] == "(1, 15, 40)"
+
+
+def test_the_pip_demo_commands_sit_beside_make_demo_and_use_real_options():
+    from keras_topomap.demo import build_parser
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## The two commands", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^(keras-topomap demo\b[^#\n]*)", section, flags=re.M)
+    assert "make demo" in section and "keras-topomap demo" in [c.strip() for c in commands]
+    assert "keras-topomap demo --pretrained" in [c.strip() for c in commands]
+    options = {o for action in build_parser()._actions for o in action.option_strings}
+    used = {word for c in commands for word in c.split() if word.startswith("--")}
+    assert used and used <= options, used - options
