@@ -1,4 +1,4 @@
-"""Atomic file writes, written once for every module of the package.
+"""Atomic file writes and checked file reads, written once for every module of the package.
 
 A reader (or a later run) must never find a half-written file where a complete one was: each
 write goes to a hidden temporary file in the same folder, which is then renamed over the target
@@ -13,7 +13,7 @@ import json
 import os
 
 __all__ = ["replace_atomically", "write_text_atomically", "write_json_atomically",
-           "savez_atomically"]
+           "savez_atomically", "load_keras_model"]
 
 
 @contextlib.contextmanager
@@ -58,3 +58,35 @@ def savez_atomically(path, arrays):
 
     with replace_atomically(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+
+
+def load_keras_model(path, what="--model", compile=False):
+    """``keras.saving.load_model(path)``; a missing, truncated or foreign file raises a
+    ``ValueError`` naming ``what`` and the file (Keras raises many kinds, some misleading, such
+    as "File not found" for a file that is there but is not a zip archive).
+
+    Args:
+        path: the ``.keras`` file.
+        what: what the file is, for messages (an option name such as ``"--model"``).
+        compile: passed to ``load_model``.
+    """
+    import zipfile
+
+    import keras
+
+    import keras_topomap  # noqa: F401  (registers the package's serializable objects)
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{what}: no such file. Received: {path!r}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{what}: {path!r} is not a .keras model file: it is not a zip archive (truncated, "
+            "empty or another format)."
+        )
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as e:  # Keras raises many kinds for a truncated or foreign archive
+        raise ValueError(
+            f"{what}: {path!r} is not a loadable .keras model ({type(e).__name__}: {e})."
+        ) from None

@@ -55,6 +55,7 @@ import keras
 import numpy as np
 
 from keras_topomap import checks
+from keras_topomap._files import load_keras_model
 
 __all__ = [
     "DEFAULT_PHONEMES",
@@ -141,16 +142,6 @@ class TrainingTimeLimit(keras.callbacks.Callback):
 def _stage(index, text, verbose):
     if verbose:
         print(f"\n[{index}/{_STAGES}] {text}", flush=True)
-
-
-def _load_model(path):
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--model: no such file. Received: {str(path)!r}")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as e:  # Keras raises many kinds for a file that is not a model
-        raise ValueError(f"--model: {str(path)!r} is not a loadable .keras model ({e}).") from e
 
 
 def _feature_settings(model_path):
@@ -386,7 +377,7 @@ def run_demo(
         out=str(out / "training"), tensorboard=False, n_permutations=n_permutations,
         verbose=verbose, pad_to_multiple=_PAD, **overrides,
     )
-    loaded = _load_model(model) if model is not None else None
+    loaded = load_keras_model(model, "--model") if model is not None else None
     if loaded is not None and not overrides:
         n_features = int(loaded.input_shape[-1])
         train_config = train_lib.TrainConfig(**{**train_config.to_dict(), "n_mels": n_features})

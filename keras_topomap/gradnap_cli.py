@@ -41,6 +41,7 @@ import warnings
 import numpy as np
 
 from keras_topomap import checks
+from keras_topomap._files import load_keras_model
 
 __all__ = ["build_parser", "build_merge_parser", "main", "merge_main", "parse_shard",
            "shard_utterances", "merge_shard_files"]
@@ -123,16 +124,6 @@ def _feature_config(args, model_path):
     return FeatureConfig(kind=args.features, n_mels=args.n_mels), "command-line options"
 
 
-def _load_model(path):
-    import keras
-
-    import keras_topomap  # noqa: F401  (registers the package's serializable objects)
-
-    if not os.path.isfile(path):
-        raise ValueError(f"--model: no such file. Received: {path!r}")
-    return keras.saving.load_model(path, compile=False)
-
-
 def build_parser():
     p = argparse.ArgumentParser(
         prog="keras-topomap gradnap",
@@ -188,7 +179,7 @@ def run_shard(args):
     index, count = parse_shard(args.shard)
     checks.positive_int(args.batch_size, "--batch-size")
     checks.positive_int(args.max_utterances, "--max-utterances", allow_none=True)
-    model = _load_model(args.model)
+    model = load_keras_model(args.model, "--model")
     layers = args.layers or list(topographic_layers(model))
     if not layers:
         raise ValueError(

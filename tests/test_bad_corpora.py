@@ -5,7 +5,9 @@ from the command line, in one ``error:`` line naming it; none may be silently ac
 """
 
 import json
+import re
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -138,6 +140,18 @@ def test_malformed_tts_corpus_names_file_and_line(tts_root, line, message):
         datasets.load_tts_corpus("train", root=root)
 
 
+def test_repeated_ids_and_untrainable_transcripts_name_file_and_line(tts_root):
+    root, records = tts_root
+    _rewrite(root, [records[0], {**records[1], "id": records[0]["id"]}])
+    with pytest.raises(CorpusError, match=r"Repeated utterance id 'kal_0001' in "
+                       r".*utterances\.jsonl, line 2: line 1 already lists it"):
+        datasets.split_ids("all", root=root)
+    _rewrite(root, [records[0], {**records[1], "transcript": "caf\u00e9 time"}])
+    with pytest.raises(CorpusError, match=r"utterances\.jsonl, line 2 \(kal_0002\) has a "
+                       r"character outside a-z.*'\u00e9' at position 3"):
+        datasets.load_tts_corpus("train", root=root)
+
+
 def test_malformed_splits_and_cli_one_line(tts_root, tmp_path, capsys):
     root, records = tts_root
     (root / "splits.json").write_text('{"train": ["kal_0001"')
@@ -190,3 +204,84 @@ def test_truncated_or_foreign_feature_cache_is_rebuilt(tts_root, tmp_path, monke
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match=r"Inconsistent feature file .*bad\.npz"):
         datasets.FeatureSet.load(tmp_path / "bad.npz")
+
+
+# ----------------------------------------------------------------------- every command line
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    from keras_topomap import models
+
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    models.wav2letter("tiny", n_features=40).save(path)
+    return path
+
+
+_DAMAGES = {
+    "truncated line": ("utterances.jsonl", lambda rec: '{"id": ', r"utterances\.jsonl, line 2"),
+    "missing field": ("utterances.jsonl", lambda rec: json.dumps({**rec, "phones": None}),
+                      r"utterances\.jsonl, line 2: 'phones' must be a JSON list"),
+    "repeated id": ("utterances.jsonl", lambda rec: json.dumps({**rec, "id": "kal_0001"}),
+                    r"Repeated utterance id 'kal_0001' in .*utterances\.jsonl, line 2"),
+    "broken splits": ("splits.json", None, r"Cannot read .*splits\.json: Expecting"),
+}
+
+
+@pytest.mark.parametrize("command", ["train", "demo", "gradnap"])
+@pytest.mark.parametrize("damage", list(_DAMAGES))
+def test_every_command_reports_a_malformed_corpus_in_one_line(
+    tts_root, tmp_path, tiny_model_file, capsys, command, damage
+):
+    from keras_topomap import cli
+
+    root, records = tts_root
+    name, make_line, message = _DAMAGES[damage]
+    if name == "splits.json":
+        (root / "splits.json").write_text('{"train": ["kal_0001"')
+    else:
+        _rewrite(root, records, make_line(records[1]))
+    spec, out = f"tts:{root}", str(tmp_path / "out")
+    argv = {
+        "train": ["train", "--data", spec, "--config", "tiny", "--epochs", "1", "--out", out,
+                  "--max-train", "2", "--verbose", "0", "--no-tensorboard"],
+        "demo": ["demo", "--data", spec, "--model", str(tiny_model_file), "--out", out,
+                 "--verbose", "0"],
+        "gradnap": ["gradnap", "--data", spec, "--model", str(tiny_model_file), "--out", out,
+                    "--verbose", "0"],
+    }[command]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"keras-topomap {command}: error: "), err
+    assert re.search(message, err[0]), err[0]
+    assert "Traceback" not in captured.err + captured.out
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"", r"not a \.keras model file: it is not a zip archive"),
+        ("half", r"not a \.keras model file: it is not a zip archive"),
+        ("foreign zip", r"is not a loadable \.keras model \(KeyError: .*config\.json"),
+    ],
+)
+def test_gradnap_and_demo_name_a_bad_model_file(tmp_path, tiny_model_file, capsys, payload,
+                                                message):
+    from keras_topomap import cli
+
+    path = tmp_path / "model.keras"
+    if payload == "half":
+        whole = tiny_model_file.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    elif payload == "foreign zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "not a model")
+    else:
+        path.write_bytes(payload)
+    for command in ("gradnap", "demo"):
+        assert cli.main([command, "--model", str(path), "--out", str(tmp_path / command),
+                         "--verbose", "0"]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"keras-topomap {command}: error: --model: '{path}'"), line
+        assert re.search(message, line), line

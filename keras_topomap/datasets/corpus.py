@@ -37,6 +37,7 @@ import numpy as np
 from keras_topomap import checks
 from keras_topomap.bundled_data import bundled_data_dir
 from keras_topomap.datasets import phones as phones_lib
+from keras_topomap.datasets.features import text_to_labels
 
 __all__ = [
     "CorpusError",
@@ -360,6 +361,7 @@ def _read_records(root):
     """The records of ``utterances.jsonl``, each with its line number under ``"_line"``."""
     path = root / "utterances.jsonl"
     records = []
+    first_line = {}  # id -> the line that first listed it
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -398,6 +400,13 @@ def _read_records(root):
                     f"[start, end, symbol, word or null]. Received: {phone!r}",
                     reason="malformed file",
                 )
+        if rec["id"] in first_line:
+            raise CorpusError(
+                f"Repeated utterance id {rec['id']!r} in {where}: line {first_line[rec['id']]} "
+                "already lists it. Utterance ids must be unique.",
+                reason="malformed file",
+            )
+        first_line[rec["id"]] = line_no
         rec["_line"] = line_no
         records.append(rec)
     return records
@@ -440,6 +449,10 @@ def _load_all(root_str):
         segments = tuple(PhoneSegment(float(s), float(e), p, w) for s, e, p, w in rec["phones"])
         check_alignment(segments, audio.shape[0] / sample_rate, source, tolerance=0.1)
         check_transcript(rec["transcript"], source)
+        try:  # the corpus format holds transcripts ready for training (a-z, space, ')
+            text_to_labels(rec["transcript"], source)
+        except ValueError as e:
+            raise CorpusError(str(e), reason="bad transcript") from None
         utterances[rec["id"]] = Utterance(
             id=rec["id"],
             audio=audio,
