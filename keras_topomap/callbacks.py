@@ -40,13 +40,14 @@ import time
 import keras
 import numpy as np
 
+from keras_topomap import _keras_internals as internals
 from keras_topomap import checks, probe_groups
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 from keras_topomap.group_sums import GroupSums
 from keras_topomap.map_writers import EpochMaps, MapWriters
 from keras_topomap.metrics import topography_score
-from keras_topomap.regularizers import _walk_layers, topographic_layers
+from keras_topomap.regularizers import topographic_layers
 
 __all__ = ["TopoMapCallback"]
 
@@ -302,7 +303,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         of any length still fits; a model that cannot be built that way is built for the
         probe's exact shape.
         """
-        if not isinstance(model, keras.Sequential) or model._functional is not None:
+        if not internals.is_unbuilt_sequential(model):
             return
         leaves = keras.tree.flatten(self._batches[0])
         if len(leaves) != 1 or np.ndim(leaves[0]) < 2:
@@ -313,7 +314,7 @@ class TopoMapCallback(keras.callbacks.Callback):
                 model.build(input_shape)
             except Exception:  # try the next shape; _build_extractor explains a failure
                 continue
-            if model._functional is not None:
+            if not internals.is_unbuilt_sequential(model):
                 return
 
     def _resolve_layers(self, model):
@@ -321,7 +322,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         regularized = topographic_layers(model)
         by_name = {
             layer.name: layer
-            for layer in _walk_layers(model)
+            for layer in internals.all_sublayers(model)
             if layer is not model and not isinstance(layer, keras.layers.InputLayer)
         }
         names = self.layers if self.layers is not None else list(regularized)
@@ -375,7 +376,7 @@ class TopoMapCallback(keras.callbacks.Callback):
                 )
                 outputs.append(readout(layers[0].output))
             # A Sequential model's graph lives in its inner functional model.
-            graph = getattr(model, "_functional", None) or model
+            graph = internals.graph(model)
             return keras.Model(graph.input, outputs, name=f"{model.name}_topomap_probe")
         except Exception as e:  # Keras raises several types for graphs it cannot cut
             raise ValueError(

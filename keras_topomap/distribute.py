@@ -49,6 +49,7 @@ import os
 import keras
 import numpy as np
 
+from keras_topomap import _keras_internals as internals
 from keras_topomap import checks
 from keras_topomap.datasets.batches import SpeechBatches
 
@@ -286,7 +287,7 @@ class DistributionContext:
             return optimizer
         import tensorflow as tf
 
-        clip_shares = optimizer._clip_gradients
+        clip_shares = internals.gradient_clipping(optimizer)
 
         def clip_global(grads):
             replica = tf.distribute.get_replica_context()
@@ -298,7 +299,7 @@ class DistributionContext:
             share = 1.0 / replica.num_replicas_in_sync
             return [None if g is None else g * share for g in clip_shares(total)]
 
-        optimizer._clip_gradients = clip_global
+        internals.replace_gradient_clipping(optimizer, clip_global)
         optimizer._keras_topomap_sums_before_clipping = True
         return optimizer
 
@@ -317,8 +318,9 @@ class DistributionContext:
           hands its scalar metrics over as 1-element vectors, whose mean along axis 0 over all
           replicas is the replicas' mean (a scalar again).
 
-        A no-op for every other strategy and backend. Call it on a model built (or loaded) in
-        :meth:`scope`, after ``compile``.
+        A no-op for every other strategy and backend, and on Keras versions not known to need
+        it (``keras_topomap._keras_internals.KERAS_20585_VERSIONS``: those it was checked on).
+        Call it on a model built (or loaded) in :meth:`scope`, after ``compile``.
 
         Args:
             model: the compiled Keras model.
@@ -327,6 +329,8 @@ class DistributionContext:
             the same model.
         """
         if self.strategy is None or self.num_workers == 1:
+            return model
+        if not internals.needs_multi_worker_fit_workaround():
             return model
         import tensorflow as tf
 
@@ -356,9 +360,9 @@ class DistributionContext:
                     )
                     break
             with self.strategy.scope():
-                model._symbolic_build(data_batch=data_batch)
+                internals.symbolic_build(model, data_batch)
 
-        model._maybe_symbolic_build = build_from_local_batch
+        internals.replace_symbolic_build(model, build_from_local_batch)
         return model
 
     def training_data(self, feature_set, batch_size, seed=0, **kwargs):

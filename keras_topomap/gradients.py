@@ -61,6 +61,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops, tree
 
+from keras_topomap import _keras_internals as internals
 from keras_topomap import checks
 from keras_topomap._arrays import to_numpy
 
@@ -89,42 +90,18 @@ class GradientResult(NamedTuple):
 # Model flattening
 
 
-def _is_graph_model(layer):
-    if not isinstance(layer, keras.Model):
-        return False
-    graph = getattr(layer, "_functional", None) or layer
-    return getattr(graph, "_nodes_by_depth", None) is not None and bool(
-        getattr(graph, "inputs", None)
-    )
-
-
-def _all_layers(model):
-    """Every non-model layer reachable in ``model``'s graph (nested models inlined), in order."""
-    found = []
-    graph = getattr(model, "_functional", None) or model
-    for op in getattr(graph, "operations", getattr(model, "layers", [])):
-        if isinstance(op, keras.layers.InputLayer):
-            continue
-        if isinstance(op, keras.Model):
-            found.append(op)
-            found.extend(_all_layers(op))
-        else:
-            found.append(op)
-    return found
-
-
 def find_layer(model, name):
     """The layer called ``name`` anywhere in ``model`` (nested models searched).
 
     Raises:
         ValueError: naming the available layers when there is none.
     """
-    for layer in _all_layers(model):
+    for layer in internals.graph_layers(model):
         if layer.name == name:
             return layer
     raise ValueError(
         f"Layer '{name}' is not in model '{model.name}'. Available layers: "
-        f"{[layer.name for layer in _all_layers(model)]}"
+        f"{[layer.name for layer in internals.graph_layers(model)]}"
     )
 
 
@@ -147,7 +124,7 @@ def flatten_model(model, layers, probes=False, include_output=True, layer_overri
         ``keras.Model`` with inputs ``[x, probe_1, ...]`` (or ``x``) and outputs
         ``[activation_1, ..., output]``.
     """
-    if not _is_graph_model(model):
+    if not internals.is_graph_model(model):
         raise ValueError(
             "Gradients need a Functional or Sequential model built on keras.Input (so its graph "
             f"is known). Received: {type(model).__name__} '{getattr(model, 'name', model)}'"
@@ -157,13 +134,13 @@ def flatten_model(model, layers, probes=False, include_output=True, layer_overri
         find_layer(model, name)  # clear error for unknown names
     if len(set(layers)) != len(layers):
         raise ValueError(f"Layer names must be unique. Received: layers={layers}")
-    graph = getattr(model, "_functional", None) or model
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+    graph_inputs, graph_outputs = internals.graph_inputs(model), internals.graph_outputs(model)
+    if len(graph_inputs) != 1 or len(graph_outputs) != 1:
         raise ValueError(
-            f"Model '{model.name}' has {len(graph.inputs)} inputs and {len(graph.outputs)} "
+            f"Model '{model.name}' has {len(graph_inputs)} inputs and {len(graph_outputs)} "
             "outputs; the gradient adapter handles models with one input and one output."
         )
-    source = graph.inputs[0]
+    source = graph_inputs[0]
     x = keras.Input(shape=source.shape[1:], batch_size=source.shape[0], dtype=source.dtype,
                     name="x")
     taps, probe_inputs = {}, []
@@ -188,7 +165,7 @@ def flatten_model(model, layers, probes=False, include_output=True, layer_overri
         probe_inputs.append(probe)
         return keras.layers.Add(name=f"{layer.name}_probe")([value, probe])
 
-    (out,) = _replay(model, [x], tap, layer_override)
+    (out,) = internals.replay(model, [x], tap, layer_override)
     missing = [name for name in layers if name not in taps]
     if missing:
         raise ValueError(
@@ -202,31 +179,6 @@ def flatten_model(model, layers, probes=False, include_output=True, layer_overri
         probe_inputs = [probe_inputs[i] for i in order]
     inputs = [x, *probe_inputs] if probes else x
     return keras.Model(inputs, outputs, name=f"{model.name}_taps")
-
-
-def _replay(model, inputs, tap, layer_override=None):
-    """Re-applies ``model``'s layers to new symbolic ``inputs``; ``tap(layer, out)`` may replace
-    a layer's output, ``layer_override(layer)`` the layer called."""
-    graph = getattr(model, "_functional", None) or model
-    values = {id(t): v for t, v in zip(graph.inputs, inputs)}
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            if node.is_input or not node.operation:
-                continue
-            if any(id(t) not in values for t in node.input_tensors):
-                continue
-            op = node.operation
-            args, kwargs = node.arguments.fill_in(values)
-            if _is_graph_model(op):
-                outs = _replay(op, tree.flatten((args, kwargs)), tap, layer_override)
-                outs = outs[0] if len(outs) == 1 else outs
-            else:
-                replacement = layer_override(op) if layer_override is not None else None
-                outs = (replacement or op)(*args, **kwargs)
-            outs = tap(op, outs)
-            for ref, new in zip(node.outputs, tree.flatten(outs)):
-                values[id(ref)] = new
-    return [values[id(t)] for t in graph.outputs]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,7 +513,7 @@ class ActivationGradients:
                 key = (id(v), id(distribution))
                 if key not in placed or placed[key][0] is not v.value:
                     layout = distribution.get_variable_layout(v)
-                    placed[key] = (v.value, _jax_distribute(v.value, layout))
+                    placed[key] = (v.value, internals.jax_distribute_tensor(v.value, layout))
                 values.append(placed[key][1])
             return values
 
@@ -1050,12 +1002,6 @@ def _map_plan(fn, plan, values):
     if isinstance(plan, tuple) and hasattr(plan, "_fields"):
         return type(values)(*mapped)
     return type(plan)(mapped)
-
-
-def _jax_distribute(value, layout):
-    from keras.src.backend.jax.distribution_lib import distribute_tensor
-
-    return distribute_tensor(value, layout)
 
 
 def _jax_distribute_batch(distribution, arrays):

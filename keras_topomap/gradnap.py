@@ -69,6 +69,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_topomap import _keras_internals as internals
 from keras_topomap import checks, sample_groups
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
@@ -778,8 +779,7 @@ def _inspect_model(model, names, grids, target):
                 f"Layer '{name}' has no TopographicRegularizer, so its grid is unknown. Pass "
                 f"grids={{'{name}': (H, W)}} with H * W = {n_filters[name]}."
             )
-    graph = getattr(model, "_functional", None) or model
-    output_layer = graph.outputs[0]._keras_history.operation.name
+    output_layer = internals.producing_layer(internals.graph_outputs(model)[0]).name
     if target in ("prediction", "ctc_loss") and output_layer not in timing and not frame_problem:
         frame_problem = (
             f"target={target!r} with frame labels needs an output with a time axis (batch, "

@@ -19,21 +19,19 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_topomap import _keras_internals as internals
+
 __all__ = ["MaskedConv1D", "attach_mask", "attached_mask", "strided_mask"]
 
 
 def attach_mask(x, mask):
     """Sets ``mask`` as the Keras mask of tensor ``x`` (None removes it)."""
-    from keras.src.backend import set_keras_mask  # not exported by keras 3's public API
-
-    set_keras_mask(x, mask)
+    internals.set_keras_mask(x, mask)  # not exported by keras 3's public API
 
 
 def attached_mask(x):
     """The Keras mask attached to tensor ``x`` (None if there is none)."""
-    from keras.src.backend import get_keras_mask  # not exported by keras 3's public API
-
-    return get_keras_mask(x)
+    return internals.get_keras_mask(x)  # not exported by keras 3's public API
 
 
 def strided_mask(mask, stride):

@@ -73,6 +73,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_topomap import _keras_internals as internals
 from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
@@ -342,10 +343,8 @@ class OptimalInputs:
 
     def _chain(self):
         """Layers from the input to ``layer`` if that path is a plain chain, else None."""
-        from keras_topomap.receptive_field import _model_steps
-
         try:
-            mode, steps, input_ids, _ = _model_steps(self.model)
+            mode, steps, input_ids, _ = internals.graph_steps(self.model)
         except ValueError:
             return None
         if mode == "chain":  # an unbuilt Sequential
@@ -416,7 +415,7 @@ class OptimalInputs:
         self._check_params()
         model_layer = find_layer(self.model, self.layer)
         out_shape = tuple(model_layer.output.shape)
-        in_shape = tuple((getattr(self.model, "_functional", None) or self.model).inputs[0].shape)
+        in_shape = tuple(internals.graph_inputs(self.model)[0].shape)
         if len(out_shape) < 2 or out_shape[-1] is None:
             raise ValueError(
                 f"Layer '{self.layer}' must output (batch, ..., units) with a known number of "

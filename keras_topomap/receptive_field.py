@@ -179,10 +179,10 @@ def _layer_kind(layer, pointwise):
     """Classifies a layer: 'conv', 'pool', 'pad', 'crop', 'pointwise', 'merge', 'global',
     'model', 'input' or None (unknown)."""
     import keras
-    from keras.src.layers.convolutional.base_conv import BaseConv
-    from keras.src.layers.merging.base_merge import Merge
-    from keras.src.layers.pooling.base_pooling import BasePooling
 
+    from keras_topomap._keras_internals import layer_base_classes
+
+    BaseConv, BasePooling, Merge = layer_base_classes()
     if layer.name in pointwise or type(layer).__name__ in pointwise:
         return "pointwise"
     if isinstance(layer, keras.layers.InputLayer):
@@ -334,35 +334,12 @@ def _apply(layer, kind, states):
     return _State(*_compose(state[:3], k_eff, s, pad_left), out)
 
 
-def _model_steps(model):
-    """(layer, input tensor ids, output tensor ids) in topological order, plus the model's input
-    and output tensor ids, for Functional and Sequential models."""
-    if type(model).__name__ == "Sequential" and getattr(model, "_functional", None) is None:
-        return "chain", list(model.layers), None, None  # unbuilt Sequential: a plain chain
-    graph = getattr(model, "_functional", None) or model
-    by_depth = getattr(graph, "_nodes_by_depth", None)
-    if by_depth is None or not getattr(graph, "inputs", None):
-        raise ValueError(
-            f"Expected a Functional or Sequential Keras model built on keras.Input. "
-            f"Received: {type(model).__name__} '{getattr(model, 'name', model)}'"
-        )
-    steps = []
-    # Decreasing depth is input -> output order (how Keras itself runs a Functional graph).
-    for depth in sorted(by_depth, reverse=True):
-        for node in by_depth[depth]:
-            if node.is_input:
-                continue
-            steps.append(
-                (node.operation, [id(t) for t in node.input_tensors],
-                 [id(t) for t in node.output_tensors])
-            )
-    return "graph", steps, [id(t) for t in graph.inputs], [id(t) for t in graph.outputs]
-
-
 def _walk(model, start, pointwise, result):
     """Propagates timing ``start`` through ``model``; fills ``result`` and returns the output's
     timing."""
-    mode, steps, input_ids, output_ids = _model_steps(model)
+    from keras_topomap._keras_internals import graph_steps
+
+    mode, steps, input_ids, output_ids = graph_steps(model)
     if mode == "chain":
         state = start
         for layer in steps:

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_topomap import _keras_internals as internals
 from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 
@@ -446,7 +447,7 @@ def topographic_layers(model):
     from keras_topomap.activity import TopographicActivityRegularizer
 
     found = {}
-    for layer in _walk_layers(model):
+    for layer in internals.all_sublayers(model):
         kernel = getattr(layer, "kernel", None)
         # Depthwise convolutions name it depthwise_regularizer (and are refused below).
         weight_reg = getattr(layer, "kernel_regularizer", None) or getattr(
@@ -483,10 +484,3 @@ def topographic_layers(model):
             "kernel": kernel,
         }
     return found
-
-
-def _walk_layers(model):
-    layers = getattr(model, "_flatten_layers", None)
-    if layers is None:
-        return [model]
-    return list(model._flatten_layers(include_self=True, recursive=True))

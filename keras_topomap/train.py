@@ -68,6 +68,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_topomap import _keras_internals as internals
 from keras_topomap import checks, ctc, summaries
 from keras_topomap import distribute as distribute_lib
 from keras_topomap import models as models_lib
@@ -642,7 +643,7 @@ def _rng_variables(model):
     # keep it; without it a resumed run would draw different dropout masks. Keyed by layer name:
     # the order of model.variables can change when a model is loaded.
     found = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in internals.all_sublayers(model, include_self=False):
         states = [v for v in layer.variables if v.path.endswith("seed_generator_state")]
         if states:
             found[layer.name] = states
