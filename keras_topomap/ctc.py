@@ -41,6 +41,7 @@ import numpy as np
 from keras import ops
 
 from keras_topomap import checks
+from keras_topomap.datasets.batches import unpack_ctc_targets
 
 __all__ = [
     "CTCLoss",
@@ -79,13 +80,30 @@ def output_lengths(input_lengths, stride=2):
 def required_frames(labels, label_lengths=None):
     """Fewest output frames CTC needs per label sequence: length + adjacent repeats.
 
+    A sequence is feasible (CTC can align it) when ``required_frames <= output frames``; this
+    is the one place that counts it, for data checks and inside :class:`CTCLoss` alike.
+
     Args:
-        labels: ``(batch, L)`` int labels, zero-padded (NumPy), or one 1D sequence.
+        labels: ``(batch, L)`` int labels, zero-padded (NumPy or a backend tensor), or one 1D
+            sequence (NumPy).
         label_lengths: ``(batch,)`` lengths; ``None`` counts the non-zero labels.
 
     Returns:
-        ``(batch,)`` int64 array (an int for one sequence).
+        ``(batch,)`` int64 array (an int for one sequence); an int32 tensor for tensors.
+
+    Example:
+
+    >>> required_frames([3, 3, 5])
+    4
     """
+    if not isinstance(labels, (list, tuple, np.ndarray)):  # a backend tensor, inside a loss
+        if label_lengths is None:
+            label_lengths = ops.sum(ops.cast(ops.not_equal(labels, 0), "int32"), axis=1)
+        label_lengths = ops.cast(label_lengths, "int32")
+        position = ops.arange(ops.shape(labels)[1] - 1, dtype="int32")
+        inside = ops.less(ops.expand_dims(position + 1, 0), ops.expand_dims(label_lengths, 1))
+        same = ops.equal(labels[:, 1:], labels[:, :-1])
+        return label_lengths + ops.sum(ops.cast(ops.logical_and(same, inside), "int32"), axis=1)
     labels = np.asarray(labels)
     single = labels.ndim == 1
     labels = np.atleast_2d(labels)
@@ -179,8 +197,7 @@ def describe_bad_targets(packed, classes, blank_index=0):
     >>> describe_bad_targets(np.array([[8, 5, 12, 12, 15, 0, 0]]), classes=29)
     'sample 0: the blank (0) occurs inside its 5 labels'
     """
-    packed = np.asarray(packed)
-    frames, lengths, labels = packed[:, 0], packed[:, 1], packed[:, 2:]
+    frames, lengths, labels = unpack_ctc_targets(np.asarray(packed))
     width = labels.shape[1]
     inside = np.arange(width)[None, :] < lengths[:, None]
     problems = []
@@ -227,7 +244,7 @@ def _check_packed_values(packed, classes, blank_index):
         import tensorflow as tf
 
         if not tf.executing_eagerly():
-            frames, lengths, labels = packed[:, 0], packed[:, 1], packed[:, 2:]
+            frames, lengths, labels = unpack_ctc_targets(packed)
             width = ops.shape(labels)[1]
             inside = ops.expand_dims(ops.arange(width), 0) < ops.expand_dims(lengths, 1)
             ok = ops.all(frames >= 0) & ops.all((lengths >= 0) & (lengths <= width))
@@ -238,30 +255,12 @@ def _check_packed_values(packed, classes, blank_index):
     check(ops.convert_to_numpy(packed))
 
 
-def _unpack(y_true, stride):
-    packed = ops.cast(y_true, "int32")
-    frames = packed[:, 0]
-    label_lengths = packed[:, 1]
-    labels = packed[:, 2:]
-    return output_lengths(frames, stride), label_lengths, labels
-
-
-def _feasible(labels, label_lengths, out_lengths):
-    """Backend-tensor version of ``required_frames(...) <= out_lengths``."""
-    n = ops.shape(labels)[1]
-    same = ops.equal(labels[:, 1:], labels[:, :-1])
-    position = ops.arange(n - 1, dtype="int32")
-    inside = ops.less(ops.expand_dims(position + 1, 0), ops.expand_dims(label_lengths, 1))
-    repeats = ops.sum(ops.cast(ops.logical_and(same, inside), "int32"), axis=1)
-    return ops.less_equal(label_lengths + repeats, out_lengths)
-
-
 def count_infeasible(y_true, stride=2):
     """How many samples of a packed target batch cannot be aligned (they add 0 to the loss)."""
     stride = checks.positive_int(stride, "stride")
-    packed = np.asarray(y_true, dtype=np.int64)
-    need = required_frames(packed[:, 2:], packed[:, 1])
-    return int(np.sum(need > output_lengths(packed[:, 0], stride)))
+    frames, label_lengths, labels = unpack_ctc_targets(np.asarray(y_true))
+    need = required_frames(labels, label_lengths)
+    return int(np.sum(need > output_lengths(frames, stride)))
 
 
 @keras.saving.register_keras_serializable(package="keras_topomap")
@@ -299,9 +298,9 @@ class CTCLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         _check_packed_shape(y_true, y_pred)
         _check_packed_values(ops.cast(y_true, "int32"), int(y_pred.shape[-1]), self.blank_index)
-        out_lengths, label_lengths, labels = _unpack(y_true, self.stride)
-        out_lengths = ops.minimum(out_lengths, ops.shape(y_pred)[1])
-        feasible = _feasible(labels, label_lengths, out_lengths)
+        frames, label_lengths, labels = unpack_ctc_targets(y_true)
+        out_lengths = ops.minimum(output_lengths(frames, self.stride), ops.shape(y_pred)[1])
+        feasible = ops.less_equal(required_frames(labels, label_lengths), out_lengths)
         # An empty target is always feasible: the masked samples stay finite, then weigh 0.
         safe_lengths = ops.where(feasible, label_lengths, ops.zeros_like(label_lengths))
         losses = ops.ctc_loss(

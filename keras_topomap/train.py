@@ -434,7 +434,7 @@ def evaluate(model, batches, stride=None, strategy="greedy", predict=None, strat
         ``n_utterances``, ``decoding`` (the strategy of the top-level rates), and ``examples``
         (the first 5 ``(reference, hypothesis)`` pairs).
     """
-    from keras_topomap.datasets import labels_to_text
+    from keras_topomap.datasets import labels_to_text, unpack_ctc_targets
 
     strategies = tuple(strategies) if strategies else (strategy,)
     stride = models_lib.total_stride(model) if stride is None else stride
@@ -445,12 +445,13 @@ def evaluate(model, batches, stride=None, strategy="greedy", predict=None, strat
         features, packed = batches[index]
         logits = model.predict_on_batch(features) if predict is None else predict(model, features)
         total_loss += float(keras.ops.convert_to_numpy(loss_fn(packed, logits)))
-        lengths = ctc.output_lengths(packed[:, 0], stride)
+        frames, label_lengths, labels = unpack_ctc_targets(np.asarray(packed))
+        lengths = ctc.output_lengths(frames, stride)
         for name in strategies:
             hypotheses[name] += ctc.decode_texts(
                 logits, lengths, strategy=name, beam_width=beam_width
             )
-        references += [labels_to_text(row[2 : 2 + n]) for row, n in zip(packed, packed[:, 1])]
+        references += [labels_to_text(row[:n]) for row, n in zip(labels, label_lengths)]
     first, *others = strategies
     result = {
         **ctc.error_rates(references, hypotheses[first]),
@@ -870,6 +871,7 @@ def layer_activity(model, batches, grids, n_permutations=20, seed=0):
         ``{layer_name: {"falloff", "falloff_z", "falloff_null_mean", "falls", "dead_share",
         "n_live", "frames", "curve": {"distance", "mean", "sem", "null_mean"}}}``.
     """
+    from keras_topomap.datasets import unpack_ctc_targets
     from keras_topomap.metrics import ActivityStatistics, correlation_by_distance
     from keras_topomap.receptive_field import receptive_fields
 
@@ -881,7 +883,7 @@ def layer_activity(model, batches, grids, n_permutations=20, seed=0):
         features, targets = batches[index]
         outputs = probe.predict_on_batch(features)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        lengths = np.asarray(targets)[:, 0]
+        lengths = unpack_ctc_targets(np.asarray(targets))[0].astype(np.int64)
         for name, out in zip(names, outputs):
             out = keras.ops.convert_to_numpy(out)
             frames = -(-lengths // timings[name].stride)

@@ -29,6 +29,16 @@ def test_required_frames_counts_repeats():
     np.testing.assert_array_equal(ctc.required_frames(labels, [3, 2, 1]), [5, 2, 1])
 
 
+@pytest.mark.backend
+def test_required_frames_on_tensors_matches_numpy():
+    labels = np.array([[1, 1, 1, 0], [1, 2, 0, 0], [3, 3, 0, 0]], "int32")
+    for lengths in ([3, 2, 1], None):
+        tensor_lengths = None if lengths is None else ops.convert_to_tensor(lengths, "int32")
+        need = ctc.required_frames(ops.convert_to_tensor(labels), tensor_lengths)
+        np.testing.assert_array_equal(ops.convert_to_numpy(need),
+                                      ctc.required_frames(labels, lengths))
+
+
 def test_check_ctc_lengths_names_the_utterance():
     ctc.check_ctc_lengths([12, 13], [[1, 2, 3, 4, 5, 6], [1, 1, 2, 2, 3]], stride=2)  # fits
     with pytest.raises(ValueError, match=r"utt-b: 9 frames -> 5 output frames, needs 6"):

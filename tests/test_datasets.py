@@ -417,6 +417,8 @@ def test_unpack_ctc_targets_and_fit_on_every_backend():
     assert keras.ops.convert_to_numpy(f).tolist() == [7, 3]
     assert keras.ops.convert_to_numpy(n).tolist() == [2, 1]
     assert keras.ops.convert_to_numpy(lab).tolist() == [[4, 5], [6, 0]]
+    f, n, lab = unpack_ctc_targets(packed)  # numpy in, numpy out
+    assert isinstance(lab, np.ndarray) and lab.dtype == np.int32 and f.tolist() == [7, 3]
     ds = SpeechBatches(_toy_set(n=12), batch_size=4, mode="frames", seed=1)
     model = keras.Sequential([keras.Input((None, 3)), keras.layers.Dense(len(PHONES_39))])
     model.compile(

@@ -137,7 +137,8 @@ def pack_ctc_targets(feature_lengths, labels, label_lengths=None):
 def unpack_ctc_targets(packed):
     """Split packed targets back into ``(feature_lengths, label_lengths, labels)`` (int32).
 
-    Works on numpy arrays and on backend tensors inside a loss (uses ``keras.ops``).
+    The one place that reads the layout of :func:`pack_ctc_targets`. NumPy arrays give NumPy
+    arrays; backend tensors (inside a loss or a compiled step) give tensors (``keras.ops``).
 
     Example:
 
@@ -145,7 +146,10 @@ def unpack_ctc_targets(packed):
     >>> int(f[0]), int(n[0]), np.asarray(lab).tolist()
     (50, 2, [[3, 1]])
     """
-    packed = keras.ops.cast(packed, "int32")
+    if isinstance(packed, (list, tuple, np.ndarray)):
+        packed = np.asarray(packed).astype(np.int32)
+    else:
+        packed = keras.ops.cast(packed, "int32")
     return packed[:, 0], packed[:, 1], packed[:, 2:]
 
 
