@@ -74,6 +74,8 @@ from keras_topomap import checks, sample_groups
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 from keras_topomap._files import replace_atomically, write_json_atomically
+from keras_topomap.ctc import required_frames
+from keras_topomap.datasets.batches import unpack_ctc_targets
 from keras_topomap.gradients import ActivationGradients, find_layer
 from keras_topomap.group_sums import BASELINES as _BASELINES
 from keras_topomap.group_sums import GroupSums
@@ -990,8 +992,8 @@ def _parse_batch(batch, index, target, group_names):
                     "feature length, column 1 label length, then labels). Received: shape="
                     f"{packed.shape}"
                 )
-            lengths = packed[:, 0]
-            ctc = (packed[:, 2:], packed[:, 1])
+            lengths, label_lengths, labels_ = unpack_ctc_targets(packed)
+            ctc = (labels_, label_lengths)
     else:
         raise ValueError(
             f"Batch {index}: expected (x, frame_labels), (x, frame_labels, packed_ctc_targets)"
@@ -1078,10 +1080,7 @@ def _batches(data, batch_size):
 
 
 def _check_ctc(padded, out_lengths, n_real, index):
-    labels, lengths = padded.ctc_labels, padded.ctc_label_lengths
-    repeats = ((labels[:, 1:] == labels[:, :-1]) &
-               (np.arange(1, labels.shape[1])[None, :] < lengths[:, None])).sum(axis=1)
-    needed = lengths + repeats
+    needed = required_frames(padded.ctc_labels, padded.ctc_label_lengths)
     bad = np.nonzero(needed[:n_real] > out_lengths[:n_real])[0]
     if bad.size:
         i = int(bad[0])
