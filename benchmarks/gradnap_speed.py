@@ -60,28 +60,28 @@ def build(config, n_features=40, n_classes=29):
 def direct_conv_grad():
     """GradNAPs built inside compute every Conv1D input gradient directly (flipped kernel), none
     by FFT (as with ``ActivationGradients(..., fft_conv_grad=False)``)."""
-    from keras_topomap import gradients
+    from keras_topomap import fast_conv
 
-    original = gradients._fast_conv_override
-    gradients._fast_conv_override = lambda *args: original(None)
+    original = fast_conv.fast_conv_override
+    fast_conv.fast_conv_override = lambda *args: original(None)
     try:
         yield
     finally:
-        gradients._fast_conv_override = original
+        fast_conv.fast_conv_override = original
 
 
 @contextlib.contextmanager
 def backend_conv_grad():
     """GradNAPs built inside use the backends' own Conv1D input gradients (as with
     ``ActivationGradients(..., fast_conv_grad=False)``, which GradNAP does not expose)."""
-    from keras_topomap import gradients
+    from keras_topomap import fast_conv
 
-    original = gradients._fast_conv_override
-    gradients._fast_conv_override = lambda *args: None
+    original = fast_conv.fast_conv_override
+    fast_conv.fast_conv_override = lambda *args: None
     try:
         yield
     finally:
-        gradients._fast_conv_override = original
+        fast_conv.fast_conv_override = original
 
 
 def _timed(fn):

@@ -206,16 +206,16 @@ def test_fft_conv_gradient_path_matches_autodiff(backend, frames):
 def test_kernel_caches_follow_weight_changes_only(backend, monkeypatch):
     """The flipped kernels and kernel spectra are recomputed when a kernel's values change,
     not when Keras merely swaps in an equal array (as ``predict`` does on JAX)."""
-    from keras_topomap import gradients
+    from keras_topomap import fast_conv
 
     model, names = _wide_conv_model()
     calls = {"spectrum": 0, "flip": 0}
-    for fn, key in ((gradients._kernel_spectrum, "spectrum"), (gradients._flip_kernel, "flip")):
+    for fn, key in ((fast_conv._kernel_spectrum, "spectrum"), (fast_conv._flip_kernel, "flip")):
         def counted(*args, _fn=fn, _key=key):
             calls[_key] += 1
             return _fn(*args)
 
-        monkeypatch.setattr(gradients, fn.__name__, counted)
+        monkeypatch.setattr(fast_conv, fn.__name__, counted)
 
     def target(output, activations):
         return ops.sum(output[..., 0])
@@ -262,6 +262,6 @@ def test_dispatch_fetch_and_fft_argument_errors():
 
 
 def test_fft_size():
-    from keras_topomap.gradients import _fft_size
+    from keras_topomap.fast_conv import fft_size
 
-    assert [_fft_size(k) for k in (2, 7, 16, 17, 32)] == [8, 32, 64, 128, 128]
+    assert [fft_size(k) for k in (2, 7, 16, 17, 32)] == [8, 32, 64, 128, 128]
