@@ -44,18 +44,21 @@ Example (Python):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 
 from keras_topomap import checks
 from keras_topomap._files import load_keras_model
+from keras_topomap.datasets.phones import PHONES_39
 
 __all__ = [
     "DEFAULT_PHONEMES",
@@ -354,12 +357,6 @@ def run_demo(
     Raises:
         ValueError: for bad options (unknown phoneme, config, data spec, model file, layer).
     """
-    from keras_topomap import report
-    from keras_topomap import train as train_lib
-    from keras_topomap.datasets import PHONES_39, SpeechBatches
-    from keras_topomap.gradnap import GradNAP
-    from keras_topomap.regularizers import topographic_layers
-
     wanted = parse_phonemes([*DEFAULT_PHONEMES, *phonemes])
     checks.choice(target, "target", ("prediction", "ctc_loss"))
     out = Path(out)
@@ -367,15 +364,98 @@ def run_demo(
     seconds = {}
     started = time.perf_counter()
 
-    # ---- 1. data
-    _stage(1, f"Loading data ({data})", verbose)
+    with _timed(seconds, "data"):
+        _stage(1, f"Loading data ({data})", verbose)
+        train_config, loaded, sets = _load_data(
+            out, data, model, config=config, seed=seed, strength=strength, epochs=epochs,
+            max_train=max_train, max_eval=max_eval, n_permutations=n_permutations,
+            verbose=verbose,
+        )
+    with _timed(seconds, "training"):
+        trained = _train_or_load(out, train_config, sets, loaded, config, minutes, model,
+                                 verbose)
+    net = trained.net
+    grids, fig_layer = _figure_layer(net, layer)
+    names = list(grids)
+    test_set = sets[2]
+    with _timed(seconds, "gradnap"):
+        _stage(3, f"GradNAP of {len(PHONES_39)} phonemes on {len(names)} layers "
+                  f"({len(test_set)} test utterances)", verbose)
+        gradnap, target, shown, skipped = _phoneme_gradnap(net, names, test_set, target,
+                                                           fig_layer, wanted, out, verbose)
+    with _timed(seconds, "optimal_inputs"):
+        _stage(4, f"Optimal inputs of the most responsive {fig_layer} region of "
+                  f"{', '.join('/' + p.upper() + '/' for p in shown)}", verbose)
+        feature_config = train_config.feature_config()
+        inputs = _optimal_inputs(net, gradnap, fig_layer, shown, steps=steps, seed=seed, l2=l2,
+                                 verbose=verbose)
+        wavs = _write_wavs(out, inputs, shown, grids[fig_layer], feature_config, all_wavs,
+                           seed, verbose)
+    with _timed(seconds, "figures"):
+        _stage(5, "Drawing the figures", verbose)
+        files, animations = _draw_figures(out, net, gradnap, grids, fig_layer, shown, inputs,
+                                          feature_config, trained, verbose)
+    with _timed(seconds, "metrics"):
+        _stage(6, "Metrics and index.html", verbose)
+        metrics = _demo_metrics(
+            out, net, gradnap, grids, test_set, files, n_permutations=n_permutations,
+            seed=seed, settings={
+                "figure_layer": fig_layer,
+                "phonemes": shown,
+                "phonemes_without_frames": skipped,
+                "regions": {p: {"center": list(r.center), "filters": [int(f) for f in r.filters],
+                                "value": r.value} for p, r in zip(shown, inputs.regions)},
+                "gradnap_target": target,
+                "analysed_weights": trained.analysed,
+                "n_test_utterances": len(test_set),
+                "model": str(model) if model is not None else str(trained.run["model_path"]),
+                "config": config if model is None else None,
+                "data": data,
+                "backend": keras.backend.backend(),
+            }, training=trained.run,
+        )
+        table = metrics_table(metrics)
+    seconds["total"] = time.perf_counter() - started
+    index = _write_report(out, metrics, table, seconds, files, wavs, animations, trained.history)
+    if verbose:
+        _print_summary(metrics, table, seconds, out, index)
+    return {
+        "index": str(index),
+        "figure1": str(out / "figure1.png"),
+        "figure1a": str(out / "figure1a.png"),
+        "figure1b": str(out / "figure1b.png"),
+        "dendrogram": str(out / "dendrogram.png"),
+        "animation": str(out / "maps.gif") if "animation" in files else None,
+        "metrics": str(out / "metrics.json"),
+        "wavs": {p: {k: str(out / v) for k, v in f.items()} for p, f in wavs.items()},
+        "files": files,
+        "seconds": seconds,
+        "metrics_data": metrics,
+    }
+
+
+@contextlib.contextmanager
+def _timed(seconds, key):
+    """Adds the wall-clock seconds of the block to ``seconds[key]``."""
     tick = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = time.perf_counter() - tick
+
+
+# ---- 1. data
+
+
+def _load_data(out, data, model, verbose, **settings):
+    """The run's :class:`~keras_topomap.train.TrainConfig`, the ``--model`` (None: train one)
+    and the ``(train, validation, test)`` feature sets, checked for phone alignments."""
+    from keras_topomap import train as train_lib
+
     overrides = _feature_settings(model) if model is not None else {}
     train_config = train_lib.TrainConfig(
-        config=config, data=data, seed=seed, strength=strength, epochs=epochs,
-        max_minutes=None, max_train=max_train, max_eval=max_eval,
-        out=str(out / "training"), tensorboard=False, n_permutations=n_permutations,
-        verbose=verbose, pad_to_multiple=_PAD, **overrides,
+        data=data, max_minutes=None, out=str(out / "training"), tensorboard=False,
+        verbose=verbose, pad_to_multiple=_PAD, **settings, **overrides,
     )
     loaded = load_keras_model(model, "--model") if model is not None else None
     if loaded is not None and not overrides:
@@ -392,47 +472,58 @@ def run_demo(
     if verbose:
         print(f"training {len(train_set)}, validation {len(val_set)}, test {len(test_set)} "
               "utterances")
-    seconds["data"] = time.perf_counter() - tick
+    return train_config, loaded, (train_set, val_set, test_set)
 
-    # ---- 2. training with the map animation
-    tick = time.perf_counter()
-    topomap_dir = out / "topomaps"
-    history = []
-    score_history = (None, None)
-    training = None
-    analysed = "as saved"
-    if loaded is None:
-        from keras_topomap.callbacks import TopoMapCallback
 
-        _stage(2, f"Training the {config} topographic recognizer for up to {minutes:g} min",
-               verbose)
-        run_dir = out / "training"
-        if (run_dir / "state.json").exists():
-            if verbose:
-                print(f"replacing the previous demo training run in {run_dir}")
-            shutil.rmtree(run_dir)
-        if topomap_dir.exists():
-            shutil.rmtree(topomap_dir)
-        probe = SpeechBatches(val_set, batch_size=16, mode="all", shuffle=False)[0]
-        callback = TopoMapCallback(
-            probe["features"], groups=probe["frame_labels"], group_names=PHONES_39,
-            probe_lengths=probe["feature_lengths"], out_dir=topomap_dir,
-            fps=3,
-        )
-        limit = TrainingTimeLimit(60.0 * float(minutes))
-        training = train_lib.train(train_config, data=(train_set, val_set, test_set),
-                                   callbacks=[callback, limit])
-        if limit.stopped:
-            training["stopped_by"] = "time budget"
-        history = training["history"]
-        # train() restores the epoch of the best validation CER (ties: lower validation loss)
-        net = keras.saving.load_model(training["model_path"], compile=False)
-        analysed = f"best validation epoch ({training['best_epoch']})"
-        score_history = (callback.scores_, callback.epochs_)
-    else:
+# ---- 2. training with the map animation
+
+
+class _Trained(NamedTuple):
+    net: Any  # the model analysed
+    run: Any  # train()'s result (None for a given model)
+    history: list  # per-epoch logs (empty for a given model)
+    scores: tuple  # (TopoMapCallback.scores_, .epochs_) or (None, None)
+    analysed: str  # which weights are analysed
+
+
+def _train_or_load(out, train_config, sets, loaded, config, minutes, model, verbose):
+    """Trains the recognizer for ``minutes`` while a TopoMapCallback records the maps, or
+    takes the loaded ``--model``."""
+    if loaded is not None:
         _stage(2, f"Using the trained model {model} (no training)", verbose)
-        net = loaded
-    seconds["training"] = time.perf_counter() - tick
+        return _Trained(loaded, None, [], (None, None), "as saved")
+    from keras_topomap import train as train_lib
+    from keras_topomap.callbacks import TopoMapCallback
+    from keras_topomap.datasets import SpeechBatches
+
+    _stage(2, f"Training the {config} topographic recognizer for up to {minutes:g} min",
+           verbose)
+    run_dir, topomap_dir = out / "training", out / "topomaps"
+    if (run_dir / "state.json").exists():
+        if verbose:
+            print(f"replacing the previous demo training run in {run_dir}")
+        shutil.rmtree(run_dir)
+    if topomap_dir.exists():
+        shutil.rmtree(topomap_dir)
+    probe = SpeechBatches(sets[1], batch_size=16, mode="all", shuffle=False)[0]
+    callback = TopoMapCallback(
+        probe["features"], groups=probe["frame_labels"], group_names=PHONES_39,
+        probe_lengths=probe["feature_lengths"], out_dir=topomap_dir, fps=3,
+    )
+    limit = TrainingTimeLimit(60.0 * float(minutes))
+    training = train_lib.train(train_config, data=sets, callbacks=[callback, limit])
+    if limit.stopped:
+        training["stopped_by"] = "time budget"
+    # train() restores the epoch of the best validation CER (ties: lower validation loss)
+    net = keras.saving.load_model(training["model_path"], compile=False)
+    return _Trained(net, training, training["history"], (callback.scores_, callback.epochs_),
+                    f"best validation epoch ({training['best_epoch']})")
+
+
+def _figure_layer(net, layer):
+    """``({name: grid}, figure layer)``: the model's topographic layers and the one of
+    Figure 1B (``layer``, else ``conv_2``, else the second)."""
+    from keras_topomap.regularizers import topographic_layers
 
     grids = {name: info["grid"] for name, info in topographic_layers(net).items()}
     if not grids:
@@ -444,13 +535,21 @@ def run_demo(
     fig_layer = layer or ("conv_2" if "conv_2" in grids else names[min(1, len(names) - 1)])
     if fig_layer not in grids:
         raise ValueError(f"--layer must be a topographic layer {names}. Received: {fig_layer!r}")
+    return grids, fig_layer
 
-    # ---- 3. GradNAP of every phoneme on every topographic layer
-    _stage(3, f"GradNAP of {len(PHONES_39)} phonemes on {len(names)} layers "
-              f"({len(test_set)} test utterances)", verbose)
-    tick = time.perf_counter()
+
+# ---- 3. GradNAP of every phoneme on every topographic layer
+
+
+def _phoneme_gradnap(net, names, test_set, target, fig_layer, wanted, out, verbose):
+    """GradNAP of every phoneme over the test set, saved to ``out/gradnap``; returns it, the
+    target used and the ``wanted`` phonemes with and without test frames."""
+    from keras_topomap.datasets import SpeechBatches
+    from keras_topomap.gradnap import GradNAP
+
     batches = SpeechBatches(test_set, batch_size=8, mode="all", shuffle=False,
                             pad_to_multiple=_PAD)
+
     def fit_gradnap(target):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -477,37 +576,51 @@ def run_demo(
     skipped = [p for p in wanted if p in absent]
     if not shown:
         raise ValueError(f"None of the phonemes {wanted} occurs in the test data.")
-    seconds["gradnap"] = time.perf_counter() - tick
+    return gradnap, target, shown, skipped
 
-    # ---- 4. optimal inputs of the most responsive regions, and their sound
-    _stage(4, f"Optimal inputs of the most responsive {fig_layer} region of "
-              f"{', '.join('/' + p.upper() + '/' for p in shown)}", verbose)
-    tick = time.perf_counter()
+
+# ---- 4. optimal inputs of the most responsive regions, and their sound
+
+
+class _Inputs(NamedTuple):
+    regions: list  # per phoneme: its most responsive Region of the figure layer
+    singles: list  # per phoneme: one optimal input per filter of the region
+    joints: list  # per phoneme: the joint optimal input of the region
+
+
+def _optimal_inputs(net, gradnap, fig_layer, shown, steps, seed, l2, verbose):
+    """Single-filter and joint optimal inputs of each phoneme's most responsive region."""
     from keras_topomap.optimal_inputs import OptimalInputs, optimal_inputs
-    from keras_topomap.sonify import write_wav
 
-    feature_config = train_config.feature_config()
-    regions, singles, joints, wavs = [], [], [], {}
-    wav_dir = out / "wav"
-    wav_dir.mkdir(exist_ok=True)
+    found = _Inputs([], [], [])
     for phoneme in shown:
         region = gradnap.most_responsive_region(fig_layer, phoneme)
         single = OptimalInputs(net, fig_layer, region=region, steps=steps, seed=seed, l2=l2,
                                progress=bool(verbose)).fit()
         joint = optimal_inputs(net, fig_layer, region=region, joint=True, steps=steps, seed=seed,
                                l2=l2, progress=bool(verbose))
-        regions.append(region)
-        singles.append(single.inputs_)
-        joints.append(joint[0])
-    # Inverting features (NNLS + Griffin-Lim) takes seconds per input: the joint input and the
-    # region centre's filter by default, every filter of the region with all_wavs.
-    sounds = []
-    for phoneme, region, single, joint in zip(shown, regions, singles, joints):
-        centre = region.center[0] * grids[fig_layer][1] + region.center[1]
-        filters = [int(f) for f in region.filters]
+        found.regions.append(region)
+        found.singles.append(single.inputs_)
+        found.joints.append(joint[0])
+    return found
+
+
+def _write_wavs(out, inputs, shown, grid, feature_config, all_wavs, seed, verbose):
+    """The sound of the optimal inputs under ``out/wav``; returns ``{phoneme: {"joint" or
+    filter: relative path}}``.
+
+    Inverting features (NNLS + Griffin-Lim) takes seconds per input: the joint input and the
+    region centre's filter by default, every filter of the region with ``all_wavs``.
+    """
+    from keras_topomap.sonify import write_wav
+
+    (out / "wav").mkdir(exist_ok=True)
+    wavs, sounds = {}, []
+    for phoneme, region, single, joint in zip(shown, *inputs):
+        centre = region.center[0] * grid[1] + region.center[1]
         wavs[phoneme] = {"joint": f"wav/{phoneme}_joint.wav"}
         sounds.append((out / wavs[phoneme]["joint"], joint))
-        for position, f in enumerate(filters):
+        for position, f in enumerate(int(f) for f in region.filters):
             if all_wavs or f == centre:
                 wavs[phoneme][f] = f"wav/{phoneme}_filter{f}.wav"
                 sounds.append((out / wavs[phoneme][f], single[position]))
@@ -516,18 +629,23 @@ def run_demo(
         write_wav(path, features, feature_config, seed=seed)
         if bar is not None:
             bar.add(1)
-    seconds["optimal_inputs"] = time.perf_counter() - tick
+    return wavs
 
-    # ---- 5. figures
-    _stage(5, "Drawing the figures", verbose)
-    tick = time.perf_counter()
+
+# ---- 5. figures
+
+
+def _draw_figures(out, net, gradnap, grids, fig_layer, shown, inputs, feature_config, trained,
+                  verbose):
+    """Every figure of the demo; returns ``({name: file name}, GIF animations of the maps)``."""
     from keras_topomap import visualization as vis
 
+    names = list(grids)
     first = names[0]
     kernel = net.get_layer(first).kernel
     figure_names = ["figure1a", "figure1b", "figure1", "dendrogram", "gradnap_eeg",
                     *[f"optimal_inputs_{p}" for p in shown], *[f"gradnap_{n}" for n in names]]
-    if history:
+    if trained.history:
         figure_names.append("training")
     bar = keras.utils.Progbar(len(figure_names), unit_name="figure") if verbose else None
     files = {}
@@ -537,6 +655,7 @@ def run_demo(
         if bar is not None:
             bar.add(1)
 
+    regions, singles, joints = inputs
     # the first layer reads the features: its filter tiles get frame and mel-band axes
     on_input = len(kernel.shape) == 3 and int(kernel.shape[1]) == feature_config.n_features
     figure1a = {"layer": first, "feature_config": feature_config if on_input else None}
@@ -564,27 +683,44 @@ def run_demo(
                                       f"responsive {fig_layer} region")
         done(f"optimal_inputs_{phoneme}", _save(fig, out / f"optimal_inputs_{phoneme}.png"))
     for name in names:
-        groups = np.nonzero(gradnap.counts_[name] > 0)[0]
-        hh, ww = grids[name]
-        fig = vis.new_figure(figsize=(min(13.0, 1.1 * 8 * ww / hh + 1.5),
-                                      1.1 * -(-len(groups) // 8) * 1.15 + 0.6))
-        vis.plot_grid_mosaic(fig.add_subplot(), gradnap.maps(name, smooth=True)[groups],
-                             raw=gradnap.maps(name)[groups],
-                             titles=[f"/{PHONES_39[g].upper()}/" for g in groups], ncols=8,
-                             label="GradNAP (smoothed)")
-        fig.suptitle(f"GradNAP of every phoneme on {name} ({hh}x{ww}), smoothed", fontsize=9)
-        done(f"gradnap_{name}", _save(fig, out / f"gradnap_{name}.png", dpi=90))
-    if history:
-        done("training", _plot_history(history, out / "training.png", *score_history))
+        done(f"gradnap_{name}", _save(_phoneme_mosaic(vis, gradnap, name, grids[name]),
+                                      out / f"gradnap_{name}.png", dpi=90))
+    if trained.history:
+        done("training", _plot_history(trained.history, out / "training.png", *trained.scores))
+    topomap_dir = out / "topomaps"
     animations = sorted(p.name for p in topomap_dir.glob("*.gif")) if topomap_dir.is_dir() else []
     if f"{fig_layer}.gif" in animations:
         shutil.copyfile(topomap_dir / f"{fig_layer}.gif", out / "maps.gif")
         files["animation"] = "maps.gif"
-    seconds["figures"] = time.perf_counter() - tick
+    return files, animations
 
-    # ---- 6. metrics and the report
-    _stage(6, "Metrics and index.html", verbose)
-    tick = time.perf_counter()
+
+def _phoneme_mosaic(vis, gradnap, name, grid):
+    """The smoothed GradNAP maps of every phoneme with frames on layer ``name``."""
+    groups = np.nonzero(gradnap.counts_[name] > 0)[0]
+    hh, ww = grid
+    fig = vis.new_figure(figsize=(min(13.0, 1.1 * 8 * ww / hh + 1.5),
+                                  1.1 * -(-len(groups) // 8) * 1.15 + 0.6))
+    vis.plot_grid_mosaic(fig.add_subplot(), gradnap.maps(name, smooth=True)[groups],
+                         raw=gradnap.maps(name)[groups],
+                         titles=[f"/{PHONES_39[g].upper()}/" for g in groups], ncols=8,
+                         label="GradNAP (smoothed)")
+    fig.suptitle(f"GradNAP of every phoneme on {name} ({hh}x{ww}), smoothed", fontsize=9)
+    return fig
+
+
+# ---- 6. metrics and the report
+
+
+def _demo_metrics(out, net, gradnap, grids, test_set, files, n_permutations, seed, settings,
+                  training):
+    """``metrics.json``'s content: kernel topography, activity, GradNAP map metrics, the run's
+    ``settings``, the recognizer's results (when trained) and the per-layer verdicts; draws the
+    activity correlation figure into ``files``."""
+    from keras_topomap import train as train_lib
+    from keras_topomap import visualization as vis
+    from keras_topomap.datasets import SpeechBatches
+
     topography = train_lib.layer_topography(net, grids, n_permutations, seed)
     activity = train_lib.layer_activity(
         net, SpeechBatches(test_set, batch_size=16, shuffle=False, pad_to_multiple=_PAD),
@@ -597,18 +733,7 @@ def run_demo(
         "topography": topography,
         "activity": activity,
         "gradnap": gradnap_metrics(gradnap, seed=seed),
-        "figure_layer": fig_layer,
-        "phonemes": shown,
-        "phonemes_without_frames": skipped,
-        "regions": {p: {"center": list(r.center), "filters": [int(f) for f in r.filters],
-                        "value": r.value} for p, r in zip(shown, regions)},
-        "gradnap_target": target,
-        "analysed_weights": analysed,
-        "n_test_utterances": len(test_set),
-        "model": str(model) if model is not None else str(training["model_path"]),
-        "config": config if model is None else None,
-        "data": data,
-        "backend": keras.backend.backend(),
+        **settings,
     }
     if training is not None:
         metrics["recognizer"] = {
@@ -619,41 +744,34 @@ def run_demo(
             {f"test_{k}": training["test"][k] for k in ("cer", "wer", "loss")}
         )
     metrics["verdicts"] = layer_verdicts(metrics)
-    table = metrics_table(metrics)
-    seconds["metrics"] = time.perf_counter() - tick
-    seconds["total"] = time.perf_counter() - started
+    return metrics
+
+
+def _write_report(out, metrics, table, seconds, files, wavs, animations, history):
+    """``metrics.json``, ``metrics.md`` and ``index.html``; returns the index path."""
+    from keras_topomap import report
+
     metrics["seconds"] = seconds
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     (out / "metrics.md").write_text(table + "\n")
-    index = report.write_index(
+    return report.write_index(
         out, metrics=metrics, table=table, files=files, wavs=wavs,
         animations=[f"topomaps/{a}" for a in animations], history=history,
     )
-    if verbose:
-        print("\n" + table)
-        print("\nIs each layer topographic? (each raw map against permuted layouts)")
-        for line in metrics["verdicts"].values():
-            print(f"  {line}")
-        if training is not None:
-            rec = metrics["recognizer"]
-            print(f"\nrecognizer: test CER {rec['test_cer']:.3f}, WER {rec['test_wer']:.3f} after "
-                  f"{rec['epochs_done']} epochs ({rec['training_seconds'] / 60:.1f} min, stopped "
-                  f"by {rec['stopped_by']})")
-        print(f"\nDone in {seconds['total'] / 60:.1f} min. Results: {out.resolve()}\n"
-              f"Open {index.resolve()} in a browser.")
-    return {
-        "index": str(index),
-        "figure1": str(out / "figure1.png"),
-        "figure1a": str(out / "figure1a.png"),
-        "figure1b": str(out / "figure1b.png"),
-        "dendrogram": str(out / "dendrogram.png"),
-        "animation": str(out / "maps.gif") if "animation" in files else None,
-        "metrics": str(out / "metrics.json"),
-        "wavs": {p: {k: str(out / v) for k, v in f.items()} for p, f in wavs.items()},
-        "files": files,
-        "seconds": seconds,
-        "metrics_data": metrics,
-    }
+
+
+def _print_summary(metrics, table, seconds, out, index):
+    print("\n" + table)
+    print("\nIs each layer topographic? (each raw map against permuted layouts)")
+    for line in metrics["verdicts"].values():
+        print(f"  {line}")
+    if "recognizer" in metrics:
+        rec = metrics["recognizer"]
+        print(f"\nrecognizer: test CER {rec['test_cer']:.3f}, WER {rec['test_wer']:.3f} after "
+              f"{rec['epochs_done']} epochs ({rec['training_seconds'] / 60:.1f} min, stopped "
+              f"by {rec['stopped_by']})")
+    print(f"\nDone in {seconds['total'] / 60:.1f} min. Results: {out.resolve()}\n"
+          f"Open {index.resolve()} in a browser.")
 
 
 def _json_default(value):
