@@ -22,9 +22,8 @@ One run does what the paper did, at laptop scale, and writes everything to ``--o
    localisation of the GradNAP maps) and ``index.html`` showing all of it
    (:mod:`keras_topomap.report`).
 
-On two quiet CPU cores (JAX) the default run takes about 8 minutes: early stopping ends training
-after 43 epochs (7 minutes, test CER 0.52), the analysis takes 20 seconds. On busy cores the
-10-minute limit (``--minutes``) cuts training short; the rest still runs.
+Training stops at the time limit (``--minutes``, default 10) at the latest; on busy cores it cuts
+training short and the rest still runs. Run times are in ``docs/benchmarks.md``.
 ``--synthetic`` runs the older synthetic demo (:mod:`keras_topomap.synthetic_demo`) instead.
 
 Example (command line)::

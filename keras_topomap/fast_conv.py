@@ -92,8 +92,8 @@ def fft_size(kernel_size):
 
     Each block of ``n_fft`` gradient frames yields ``n_fft - kernel_size + 1`` input frames;
     longer blocks waste fewer frames on overlap, but the kernel spectrum grows with ``n_fft``.
-    4x the width was fastest for the paper stack's 32-wide layer (34 ms against 41 ms for 2x
-    and 42 ms for 8x, on 8 x 150 frames).
+    4x the width was the fastest of 2x, 4x and 8x on the paper stack's 32-wide layer
+    (``docs/benchmarks.md``).
     """
     return 1 << max(1, math.ceil(math.log2(4 * kernel_size)))
 
@@ -169,16 +169,13 @@ def _conv1d_fft_vjp(kernel_size, pad_left, pad_right, n_fft):
     return f
 
 
-_SPECTRUM = {}
-
-
 def _kernel_spectrum(kernel, n_fft):
     """Real and imaginary parts of ``rfft(kernel.swapaxes(1, 2), n_fft, axis=0)``, float32
     ``(n_fft // 2 + 1, out_channels, in_channels)`` each, computed outside the step.
 
     As two matmuls with the DFT's cosine and sine tables (kernel_size taps, zero-padded to
-    ``n_fft``): 3x faster than XLA's CPU FFT along the leading axis of a large kernel (95 ms
-    against 320 ms for the paper stack's 32 x 256 x 2048 kernel, 2 cores).
+    ``n_fft``): faster than XLA's CPU FFT along the leading axis of a large kernel
+    (``docs/benchmarks.md``).
     """
     import numpy as np
 
@@ -239,7 +236,7 @@ _FLIP = {}
 
 def _flip_kernel(kernel):
     """``kernel[::-1].swapaxes(1, 2)`` as a contiguous array (computed outside the step: inside
-    a jit XLA keeps the transposed view, and its CPU convolution on that layout is ~2x slower)."""
+    a jit XLA keeps the transposed view, and its CPU convolution on that layout is slower)."""
     import jax
     import jax.numpy as jnp
 
@@ -378,12 +375,11 @@ class FastGradConv1D(keras.layers.Layer):
         """Recomputes the flipped kernel (JAX) or the kernel spectrum (JAX, TensorFlow) if the
         conv's kernel changed since.
 
-        Keras replaces weight arrays with equal new ones after ``fit``/``predict``/``evaluate``
-        on JAX (and deletes the old ones), and TensorFlow variables change in place, so the
-        kernel is compared with what it was (a few ms for the paper stack's largest kernel)
-        and only a real change pays for the recomputation (35 ms to flip that kernel, about
-        100 ms for its spectrum). The flipped kernel is compared flipped back; the FFT path
-        keeps a copy of the kernel for this. (TensorFlow's flipped kernels are made inside the
+        Keras replaces weight arrays with equal new ones after ``fit``/``predict``/``evaluate`` on
+        JAX (and deletes the old ones), and TensorFlow variables change in place, so the kernel is
+        compared with what it was (cheaper than recomputing) and only a real change pays for the
+        recomputation (``docs/benchmarks.md``). The flipped kernel is compared flipped back; the FFT
+        path keeps a copy of the kernel for this. (TensorFlow's flipped kernels are made inside the
         step; PyTorch's are cached per tensor version.)
         """
         if self._backend not in ("jax", "tensorflow") or (

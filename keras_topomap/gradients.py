@@ -220,31 +220,26 @@ class ActivationGradients:
             Arguments whose first axis is the batch of ``x`` are split over the replicas, other
             arguments are passed to each replica whole.
         fast_conv_grad: compute the input gradient of every stride-1 ``Conv1D`` as a
-            *forward* convolution of the output gradient with the flipped kernel (reversed in
-            time, input and output channels swapped, laid out contiguously). The backends' own
-            rules are slower on CPU: XLA convolves with a transposed *view* of the kernel (about
-            2x the forward convolution), TensorFlow's ``Conv2DBackpropInput`` took 2.5-3x the
-            forward convolution on the paper stack's 256->2048 x 32 layer, PyTorch's up to 2x.
-            JAX: a ``jax.custom_vjp`` with the flipped kernel kept as a weight (refreshed when
-            the kernel changes); TensorFlow: a ``tf.custom_gradient`` that flips inside the
-            compiled step; PyTorch: an ``autograd.Function`` with a cached flipped kernel. The
-            forward pass is the layer's own. Same values, fewer seconds, one extra copy of those
-            kernels in memory; the weights are constants of this path (the adapter never asks
-            for weight gradients).
+            *forward* convolution of the output gradient with the flipped kernel (reversed in time,
+            input and output channels swapped, laid out contiguously). The backends' own rules are
+            slower on CPU (XLA convolves with a transposed *view* of the kernel; figures in
+            ``docs/benchmarks.md``). Kernels in :mod:`keras_topomap.fast_conv`. JAX: a
+            ``jax.custom_vjp`` with the flipped kernel kept as a weight (refreshed when the kernel
+            changes); TensorFlow: a ``tf.custom_gradient`` that flips inside the compiled step;
+            PyTorch: an ``autograd.Function`` with a cached flipped kernel. The forward pass is the
+            layer's own. Same values, fewer seconds, one extra copy of those kernels in memory; the
+            weights are constants of this path (the adapter never asks for weight gradients).
         fft_conv_grad: on JAX and TensorFlow, compute the input gradient of wide stride-1
-            ``Conv1D`` layers
-            (see ``fft_min_kernel``) by FFT, overlap-save: the output gradient is cut into
-            overlapping blocks, each block's spectrum is multiplied by the kernel's spectrum
-            (precomputed once and kept as a weight, refreshed like the flipped kernel) and
+            ``Conv1D`` layers (see ``fft_min_kernel``) by FFT, overlap-save: the output gradient is
+            cut into overlapping blocks, each block's spectrum is multiplied by the kernel's
+            spectrum (precomputed once and kept as a weight, refreshed like the flipped kernel) and
             transformed back. That costs ``O(log n_fft)`` per output value instead of
-            ``O(kernel_size)``: on the paper stack's 2048-filter x 32 layer the input gradient
-            takes 34 ms per batch of 8 x 150 frames instead of 90 ms on JAX, 29 ms instead of
-            111 ms on TensorFlow (2 CPU cores), at a relative error of about 1e-6. The kernel
-            spectrum takes about ``n_fft / kernel_size`` (here 4) times the kernel's memory,
-            plus one copy of the kernel to notice weight changes. ``"auto"`` (default): only
-            on the CPU, where the direct convolution is the bottleneck (GPU convolution
-            libraries pick FFT or Winograd algorithms themselves); True: on any device; False:
-            never. Needs ``fast_conv_grad``; ignored on PyTorch.
+            ``O(kernel_size)``, at a relative error of about 1e-6 (speed in ``docs/benchmarks.md``).
+            The kernel spectrum takes about ``n_fft / kernel_size`` (here 4) times the kernel's
+            memory, plus one copy of the kernel to notice weight changes. ``"auto"`` (default): only
+            on the CPU, where the direct convolution is the bottleneck (GPU convolution libraries
+            pick FFT or Winograd algorithms themselves); True: on any device; False: never. Needs
+            ``fast_conv_grad``; ignored on PyTorch.
         fft_min_kernel: the smallest kernel width that takes the FFT path (narrower kernels
             are cheaper directly).
 

@@ -172,7 +172,11 @@ class Utterance:
 
     @property
     def folded_phones(self):
-        """The phone symbols folded to the 39-class set, in order (``None`` for ignored ones)."""
+        """The phone symbols folded to the 39-class set, in order (``None`` for ignored ones).
+        Deprecated (nothing uses it): ``[p.folded for p in utterance.phones]``."""
+        from keras_topomap import _deprecation
+
+        _deprecation.warn("Utterance.folded_phones", "[p.folded for p in utterance.phones]")
         return [s.folded for s in self.phones]
 
     def __repr__(self):

@@ -158,7 +158,10 @@ class FeatureConfig:
 
     @property
     def frame_rate(self):
-        """Frames per second."""
+        """Frames per second. Deprecated (nothing uses it): ``sample_rate / hop_length``."""
+        from keras_topomap import _deprecation
+
+        _deprecation.warn("FeatureConfig.frame_rate", "sample_rate / hop_length")
         return self.sample_rate / self.hop_length
 
     def to_dict(self):
@@ -375,7 +378,7 @@ def _single_threaded_blas():
     """Limit BLAS to one thread while extracting features.
 
     The per-utterance matrices are small; multi-threaded OpenBLAS spends its time synchronising
-    (measured 4-10x slower per utterance on 2 busy cores).
+    (several times slower per utterance on busy cores; ``docs/benchmarks.md``).
     """
     controller = _blas_controller()
     if controller is None:
