@@ -13,7 +13,7 @@ import json
 import os
 
 __all__ = ["replace_atomically", "write_text_atomically", "write_json_atomically",
-           "savez_atomically", "load_keras_model"]
+           "savez_atomically", "load_keras_model", "file_stem"]
 
 
 @contextlib.contextmanager
@@ -37,6 +37,16 @@ def replace_atomically(path):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def file_stem(path, extensions=(".npz", ".json")):
+    """``path`` without its ``.npz`` or ``.json`` ending: the stem of a saved pair of files
+    (``"out/gn.json"`` -> ``"out/gn"``)."""
+    path = os.fspath(path)
+    for ext in extensions:
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
 
 
 def write_text_atomically(path, text):

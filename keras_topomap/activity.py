@@ -100,10 +100,10 @@ def topographic_activity_penalty(
     if mask is not None:
         weights = ops.reshape(ops.cast(mask, "float32"), (-1, 1))
     z = _standardize(flat, weights, epsilon)
-    shifts, pair_weights, _, n_centres = reg_lib._constants(tuple(grid), int(size), bool(wrap))
+    shifts, pair_weights, _, n_centers = grid_lib.flat_shift_weights(grid, size, wrap)
     # sum_c sum_j alpha_cj r_cj = 1/2 sum_c <z_c, sum_i beta_ic z_{c+s_i}> (alpha symmetrised)
-    neighbours = reg_lib._neighbour_sum(z, shifts, ops.convert_to_tensor(pair_weights))
-    local = n_centres - 0.5 * ops.sum(z * neighbours)
+    neighbors = reg_lib.neighbor_sum(z, shifts, ops.convert_to_tensor(pair_weights))
+    local = n_centers - 0.5 * ops.sum(z * neighbors)
     if not global_term:
         return local, ops.zeros((), "float32")
     return local, reg_lib.distance_target_penalty(z, grid, wrap, max_global_channels)

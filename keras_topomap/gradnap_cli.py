@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 
 from keras_topomap import checks
-from keras_topomap._files import load_keras_model
+from keras_topomap._files import file_stem, load_keras_model
 
 __all__ = ["build_parser", "build_merge_parser", "main", "merge_main", "parse_shard",
            "shard_utterances", "merge_shard_files"]
@@ -356,9 +356,7 @@ def merge_shard_files(paths, allow_missing=False):
 
 def _check_out_is_not_an_input(out, paths):
     """Refuses an ``--out`` that would overwrite one of the shard files being merged."""
-    from keras_topomap.gradnap import _stem
-
-    stem = _stem(out)
+    stem = file_stem(out)
     targets = {os.path.realpath(stem + ext) for ext in (".npz", ".json")}
     for path in _shard_files(paths):
         inputs = {os.path.realpath(path), os.path.realpath(path[: -len(".json")] + ".npz")}

@@ -42,6 +42,7 @@ __all__ = [
     "neighbor_weights",
     "pair_weights",
     "neighbor_pairs",
+    "flat_shift_weights",
     "distances",
     "to_grid",
     "from_grid",
@@ -286,6 +287,67 @@ def pair_weights(grid, size=3, wrap=False):
     size = validate_neighborhood(size, grid)
     offsets, beta = _pair_weights(grid, size, bool(wrap))
     return offsets.copy(), beta.copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _flat_shift_weights(grid, size, wrap):
+    """The cached, read-only arrays of :func:`flat_shift_weights`."""
+    h, w = grid
+    n_filters = h * w
+    offsets, alpha = _neighbor_weights(grid, size, wrap)
+    n_centres = float(np.count_nonzero(alpha.sum(axis=0) > 0))
+    centres = np.arange(n_filters)
+    rows, cols = np.divmod(centres, w)
+    forward = {}  # flat shift -> (F,) weight alpha(c -> c + s) summed over the offsets giving s
+    for k, (dy, dx) in enumerate(offsets):  # once per (grid, size, wrap)
+        nr, nc = rows + dy, cols + dx
+        if wrap:
+            nr, nc = nr % h, nc % w
+        inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
+        shift = (nr * w + nc - centres) % n_filters
+        for s in np.unique(shift[inside]):
+            hit = inside & (shift == s)
+            forward.setdefault(int(s), np.zeros(n_filters))[hit] += alpha[k][hit.reshape(h, w)]
+    shifts = sorted(set(forward) | {(n_filters - s) % n_filters for s in forward})
+    zero = np.zeros(n_filters)
+    weights = np.stack(
+        [
+            # alpha(c -> c+s) + alpha(c+s -> c); the reverse pair is shift F-s from centre c+s.
+            forward.get(s, zero) + np.roll(forward.get((n_filters - s) % n_filters, zero), -s)
+            for s in shifts
+        ]
+    ).astype(np.float32)
+    gather = ((centres[None] + np.array(shifts)[:, None]) % n_filters).astype(np.int32)
+    for array in (weights, gather):
+        array.flags.writeable = False
+    return tuple(shifts), weights, gather, n_centres
+
+
+def flat_shift_weights(grid, neighborhood=3, wrap=False):
+    """The neighbour weights as flat shifts of the row-major filter order, for tensor code.
+
+    The regularizers' neighbour sums (:mod:`keras_topomap.regularizers`,
+    :mod:`keras_topomap.activity`) run on the flat filter axis with a circular index: neighbour
+    ``j`` of centre ``c`` is ``c + s (mod F)`` for a *flat shift* ``s``. On a torus that is exact
+    (a vertical wrap is a flat shift by a multiple of ``W``; a horizontal wrap is one more flat
+    shift); without wrap, pairs that leave the grid simply get weight 0. Computed once per grid,
+    never per step.
+
+    Args:
+        grid: ``(H, W)``.
+        neighborhood: odd side of the neighbourhood block.
+        wrap: whether the grid is a torus.
+
+    Returns:
+        ``(shifts, weights, gather, n_centers)``: the distinct flat shifts (tuple of ints in
+        ``[1, F)``); ``weights[i, c] = alpha(c -> c+s_i) + alpha(c+s_i -> c)``, float32 ``(S, F)``,
+        so that ``v_c = sum_i weights[i, c] * u_{c+s_i}``; ``gather[i, c] = (c + s_i) mod F``
+        (int32); and the number of centres with at least one neighbour. The arrays are shared
+        and read-only.
+    """
+    grid = validate_grid(grid)
+    neighborhood = validate_neighborhood(neighborhood, grid)
+    return _flat_shift_weights(grid, neighborhood, bool(wrap))
 
 
 @functools.lru_cache(maxsize=64)

@@ -293,7 +293,7 @@ class MapWriters:
             for image, values, lims in zip(entry["images"], panels, [limits, smoothed_limits]):
                 image.set_data(values)
                 image.set_clim(*lims)
-                vis._clear_marks(image.axes)
+                vis.clear_marks(image.axes)
                 vis.mark_verdict(image.axes, verdict, fontsize=8)
         fig = entry["figure"]
         fig.suptitle(suptitle, fontsize=10)

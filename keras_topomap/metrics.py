@@ -36,6 +36,7 @@ __all__ = [
     "connected_regions",
     "correlation_by_distance",
     "dead_unit_share",
+    "is_constant_map",
     "localization",
     "morans_i",
     "morans_i_test",
@@ -105,7 +106,7 @@ def _grid_score(u, grid, neighborhood, wrap):
     stays at the kernel's size (no per-pair gathers) even for the paper's 2048-filter layers.
     """
     h, w = grid
-    offsets, beta = grid_lib._pair_weights(grid, neighborhood, wrap)
+    offsets, beta = grid_lib.pair_weights(grid, neighborhood, wrap)
     u3 = u.reshape(u.shape[0], h, w)
     total = 0.0
     for k in range(len(offsets) // 2):  # offsets k and K-1-k name the same unordered pairs
@@ -213,6 +214,15 @@ def _is_constant(m):
     a pattern.
     """
     return float(np.ptp(m)) <= 1e-12 * float(np.abs(m).max())
+
+
+def is_constant_map(grid_map):
+    """Whether an ``(H, W)`` map is constant up to float rounding (its Moran's I is undefined).
+
+    Raises:
+        ValueError: for anything but one finite ``(H, W)`` map.
+    """
+    return _is_constant(_check_map(grid_map))
 
 
 def morans_i(grid_map, neighborhood=3, wrap=False):
@@ -622,7 +632,7 @@ def correlation_by_distance(correlations, grid=None, wrap=False, n_permutations=
         )
     first, second = np.triu_indices(len(live), k=1)
     first, second = live[first], live[second]
-    bins = np.rint(grid_lib._distances(grid, bool(wrap))[first, second]).astype(int)
+    bins = np.rint(grid_lib.distances(grid, wrap)[first, second]).astype(int)
     n_bins = int(bins.max()) + 1
 
     def curve(order):  # order[i]: which channel sits at grid cell i

@@ -376,12 +376,12 @@ class OptimalInputs:
         ``crop = (left, right)`` cuts the window down to the target frame's receptive field, so
         the cone model computes exactly one frame of ``layer``.
         """
-        from keras_topomap.receptive_field import _layer_kind
+        from keras_topomap.receptive_field import layer_kind
 
         chain = self._chain()
         if chain is None:
             return None, None
-        kinds = [_layer_kind(layer, set()) for layer in chain]
+        kinds = [layer_kind(layer) for layer in chain]
         if any(kind not in ("conv", "pool", "pointwise") for kind in kinds):
             return None, None
         x_in = keras.Input(shape=(None, n_features), name="window")

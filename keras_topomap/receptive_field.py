@@ -61,6 +61,7 @@ __all__ = [
     "layer_frame_centers",
     "input_frames_to_layer",
     "check_frame_labels",
+    "layer_kind",
 ]
 
 
@@ -175,9 +176,15 @@ _INPUT = LayerTiming(1, 1, 0.0)
 # Per-layer rules
 
 
-def _layer_kind(layer, pointwise):
-    """Classifies a layer: 'conv', 'pool', 'pad', 'crop', 'pointwise', 'merge', 'global',
-    'model', 'input' or None (unknown)."""
+def layer_kind(layer, pointwise=()):
+    """How a layer moves frames in time: ``"conv"``, ``"pool"``, ``"pad"``, ``"crop"``,
+    ``"pointwise"``, ``"merge"``, ``"global"``, ``"model"``, ``"input"`` or None (unknown).
+
+    Args:
+        layer: a Keras layer.
+        pointwise: names or class names of layers to treat as pointwise (as for
+            :func:`receptive_fields`).
+    """
     import keras
 
     from keras_topomap._keras_internals import layer_base_classes
@@ -367,7 +374,7 @@ def _walk(model, start, pointwise, result):
 
 
 def _step(layer, states, pointwise, result):
-    kind = _layer_kind(layer, pointwise)
+    kind = layer_kind(layer, pointwise)
     if kind == "input":
         return states[0] if states else None
     if kind == "model":

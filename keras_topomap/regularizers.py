@@ -40,6 +40,7 @@ __all__ = [
     "MAX_GLOBAL_CHANNELS",
     "TopographicRegularizer",
     "distance_target_penalty",
+    "neighbor_sum",
     "topographic_layers",
     "topographic_penalty",
 ]
@@ -54,54 +55,11 @@ _REDUCTIONS = ("sum", "mean")
 _SLAB_ELEMENTS = 1 << 22
 
 
-@functools.lru_cache(maxsize=64)
-def _constants(grid, size, wrap):
-    """Per-grid constants, computed once (never per step).
-
-    Filters are handled in the flat, row-major order of the kernel's last axis, with a circular
-    flat index: neighbour ``j`` of centre ``c`` is ``c + s (mod F)`` for a *flat shift* ``s``. On
-    a torus that is exact (a vertical wrap is a flat shift by a multiple of ``W``; a horizontal
-    wrap is one more flat shift); without wrap, pairs that leave the grid simply get weight 0.
-
-    Returns:
-        ``(shifts, weights, gather, n_centres)``: the distinct flat shifts (tuple of ints in
-        ``[1, F)``); ``weights[i, c] = alpha(c -> c+s_i) + alpha(c+s_i -> c)``, float32 ``(S, F)``,
-        so that ``v_c = sum_i weights[i, c] * u_{c+s_i}``; ``gather[i, c] = (c + s_i) mod F``
-        (int32); and the number of centres with at least one neighbour.
-    """
-    h, w = grid
-    n_filters = h * w
-    offsets, alpha = grid_lib._neighbor_weights(grid, size, wrap)
-    n_centres = float(np.count_nonzero(alpha.sum(axis=0) > 0))
-    centres = np.arange(n_filters)
-    rows, cols = np.divmod(centres, w)
-    forward = {}  # flat shift -> (F,) weight alpha(c -> c + s) summed over the offsets giving s
-    for k, (dy, dx) in enumerate(offsets):  # once per (grid, size, wrap)
-        nr, nc = rows + dy, cols + dx
-        if wrap:
-            nr, nc = nr % h, nc % w
-        inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
-        shift = (nr * w + nc - centres) % n_filters
-        for s in np.unique(shift[inside]):
-            hit = inside & (shift == s)
-            forward.setdefault(int(s), np.zeros(n_filters))[hit] += alpha[k][hit.reshape(h, w)]
-    shifts = sorted(set(forward) | {(n_filters - s) % n_filters for s in forward})
-    zero = np.zeros(n_filters)
-    weights = np.stack(
-        [
-            # alpha(c -> c+s) + alpha(c+s -> c); the reverse pair is shift F-s from centre c+s.
-            forward.get(s, zero) + np.roll(forward.get((n_filters - s) % n_filters, zero), -s)
-            for s in shifts
-        ]
-    ).astype(np.float32)
-    gather = ((centres[None] + np.array(shifts)[:, None]) % n_filters).astype(np.int32)
-    for array in (weights, gather):
-        array.flags.writeable = False
-    return tuple(shifts), weights, gather, n_centres
-
-
-def _neighbour_sum(slab, shifts, coefficients):
+def neighbor_sum(slab, shifts, coefficients):
     """``t[:, c] = sum_i coefficients[i, c] * slab[:, (c + s_i) mod F]`` for a ``(rows, F)`` slab.
+
+    The neighbour sum both regularizers are built on (``keras.ops``; the shifts and weights come
+    from :func:`keras_topomap.grid.flat_shift_weights`).
 
     One circular padding (a concatenation) and ``len(shifts)`` slices of it: XLA computes the sum
     in one fused pass over the padded copy, and torch slices are views. Of the formulations tried
@@ -136,7 +94,7 @@ def topographic_penalty(kernel, grid, size=3, wrap=False, epsilon=1e-7):
     Returns:
         float32 scalar tensor.
     """
-    shifts, weights_np, gather_np, n_centres = _constants(tuple(grid), int(size), bool(wrap))
+    shifts, weights_np, gather_np, n_centres = grid_lib.flat_shift_weights(grid, size, wrap)
     shape = tuple(kernel.shape)
     n_filters = shape[-1]
     depth = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
@@ -156,7 +114,7 @@ def topographic_penalty(kernel, grid, size=3, wrap=False, epsilon=1e-7):
         coefficients = ops.convert_to_tensor(weights_np) * ops.take(
             inv_norm, ops.convert_to_tensor(gather_np)
         )
-        v_parts = [_neighbour_sum(slab, shifts, coefficients) for slab in slabs]
+        v_parts = [neighbor_sum(slab, shifts, coefficients) for slab in slabs]
         v = ops.concatenate(v_parts, axis=0) if len(v_parts) > 1 else v_parts[0]
         kv = ops.sum(k2 * v, axis=0)
         uv = inv_norm * kv  # <u_c, v_c> = sum_j beta_cj cos(c, j)
@@ -193,7 +151,7 @@ def _global_constants(grid, wrap, max_channels):
     n_filters = grid[0] * grid[1]
     step = -(-n_filters // max_channels)
     anchors = np.arange(0, n_filters, step)
-    d = grid_lib._distances(grid, wrap)[anchors]
+    d = grid_lib.distances(grid, wrap)[anchors]
     off_diagonal = d > 0
     target = np.where(off_diagonal, 1.0 / np.where(off_diagonal, d, 1.0), 0.0)
     arrays = (anchors.astype(np.int32), target.astype(np.float32), off_diagonal.astype(np.float32))

@@ -96,10 +96,9 @@ def map_verdict(grid_map, threshold=TOPOGRAPHY_THRESHOLD, n_permutations=199, se
     Returns:
         :class:`MapVerdict`.
     """
-    from keras_topomap.metrics import _check_map, _is_constant, morans_i_test
+    from keras_topomap.metrics import is_constant_map, morans_i_test
 
-    grid_map = _check_map(grid_map)
-    if _is_constant(grid_map):
+    if is_constant_map(grid_map):
         return MapVerdict(None, float(threshold))
     test = morans_i_test(grid_map, n_permutations=n_permutations, seed=seed,
                          neighborhood=neighborhood)
@@ -154,7 +153,8 @@ def mark_verdict(ax, verdict, tile=None, fontsize=6):
     return artists
 
 
-def _clear_marks(ax):
+def clear_marks(ax):
+    """Removes what :func:`mark_verdict` drew on ``ax`` (to draw a new verdict there)."""
     for artist in [*ax.texts, *ax.patches]:
         if artist.get_gid() == "topography-mark":
             artist.remove()
@@ -394,7 +394,7 @@ def plot_grid_mosaic(
         image = ax.images[0]
         image.set_data(mosaic)
         image.set_clim(vmin, vmax)
-        _clear_marks(ax)
+        clear_marks(ax)
         for text, title in zip(ax.texts, titles or ()):
             text.set_text(title)
         _mark_tiles(ax, verdicts, top, left, h, w, fontsize)
@@ -425,7 +425,7 @@ def _mark_tiles(ax, verdicts, top, left, h, w, fontsize):
 
 def _gradnap_groups(gradnap, layer, groups):
     """Group indices to plot: the given names/indices, else every group with frames."""
-    gradnap._check_layer(layer)
+    gradnap.maps(layer)  # refuses an unfitted GradNAP and a layer it does not profile
     if groups is None:
         indices = [int(i) for i in np.nonzero(gradnap.counts_[layer] > 0)[0]]
     else:
@@ -623,7 +623,7 @@ def plot_gradnap_time(gradnap, layer, group, size=3, offsets=None, panel_size=1.
     Returns:
         matplotlib Figure.
     """
-    gradnap._check_layer(layer)
+    gradnap.maps(layer)  # refuses an unfitted GradNAP and a layer it does not profile
     if layer not in gradnap.time_profiles_:
         raise ValueError("Time-resolved profiles need GradNAP(window=w). Received: window=None")
     index = gradnap.group_index(group)

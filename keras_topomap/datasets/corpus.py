@@ -327,7 +327,8 @@ def tts_corpus_dir():
     return bundled_data_dir("tts_corpus")
 
 
-def _corpus_root(root):
+def corpus_root(root):
+    """The folder of a TTS corpus (``None``: the bundled one), checked to hold one."""
     root = tts_corpus_dir() if root is None else Path(root)
     if not (root / "utterances.jsonl").is_file():
         raise FileNotFoundError(
@@ -351,7 +352,7 @@ def _read_json(path):
 
 def tts_corpus_info(root=None):
     """The corpus manifest (voices, counts, seed, sentence source) as a dict."""
-    return _read_json(_corpus_root(root) / "manifest.json")
+    return _read_json(corpus_root(root) / "manifest.json")
 
 
 # Fields of one utterances.jsonl record and their JSON types.
@@ -502,7 +503,7 @@ def clear_tts_corpus_cache():
 def split_ids(split="train", root=None):
     """Utterance ids of a split, in :func:`load_tts_corpus` order, without decoding any audio."""
     checks.choice(split, "split", SPLITS)
-    root = _corpus_root(root)
+    root = corpus_root(root)
     if split == "all":
         return [rec["id"] for rec in _read_records(root)]
     splits = _read_splits(root)
@@ -545,7 +546,7 @@ def load_tts_corpus(split="train", root=None):
     ['cmu_us_slt_arctic_hts', 'kal_diphone', 'ked_diphone']
     """
     checks.choice(split, "split", SPLITS)
-    root = _corpus_root(root)
+    root = corpus_root(root)
     utterances, splits = _load_all(str(root.resolve()))
     if split not in splits:
         raise CorpusError(

@@ -544,10 +544,11 @@ def load_corpus_features(split="train", config=None, root=None, cache=True, prog
     Returns:
         a :class:`FeatureSet` in the order of ``load_tts_corpus(split)``.
     """
-    from keras_topomap.datasets.corpus import _corpus_root, load_tts_corpus, split_ids
+    from keras_topomap.datasets.corpus import corpus_root as checked_root
+    from keras_topomap.datasets.corpus import load_tts_corpus, split_ids
 
     config = _check_config(config)
-    corpus_root = _corpus_root(root)
+    corpus_root = checked_root(root)
     wanted = split_ids(split, root=corpus_root)  # no audio decoding on a cache hit
     if not cache:
         return FeatureSet.from_utterances(
