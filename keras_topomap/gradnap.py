@@ -73,7 +73,7 @@ from keras_topomap import _keras_internals as internals
 from keras_topomap import checks, sample_groups
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
-from keras_topomap._files import replace_atomically, write_json_atomically
+from keras_topomap._files import file_stem, replace_atomically, write_json_atomically
 from keras_topomap.ctc import required_frames
 from keras_topomap.datasets.batches import unpack_ctc_targets
 from keras_topomap.gradients import ActivationGradients, find_layer
@@ -634,7 +634,7 @@ class GradNAP:
         Returns:
             The path of the ``.npz`` file.
         """
-        stem = _stem(path)
+        stem = file_stem(path)
         directory = os.path.dirname(stem)
         if directory:
             os.makedirs(directory, exist_ok=True)
@@ -659,7 +659,7 @@ class GradNAP:
     def load(cls, path, model=None):
         """Reads what :meth:`save` wrote. With ``model`` (the same architecture) the result can
         continue fitting; without, everything but fitting works."""
-        stem = _stem(path)
+        stem = file_stem(path)
         for ext in (".npz", ".json"):
             if not os.path.exists(stem + ext):
                 raise ValueError(f"GradNAP.load: missing file {stem + ext!r}.")
@@ -1215,14 +1215,6 @@ def _weights_digest(model):
         digest.update(f"{weight.path}:{value.dtype}:{value.shape};".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
-
-
-def _stem(path):
-    path = os.fspath(path)
-    for ext in (".npz", ".json"):
-        if path.endswith(ext):
-            return path[: -len(ext)]
-    return path
 
 
 def _n_positional(fn):
