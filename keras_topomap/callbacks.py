@@ -91,7 +91,11 @@ class TopoMapCallback(keras.callbacks.Callback):
       at train end ``<layer>.gif``, the epoch PNGs as an animation. With groups, also
       ``<layer>/groups_epoch_NNN.png`` (all group maps of a layer tiled in one image) for the
       last logged epoch -- or, with ``group_pngs=True``, for every logged epoch, plus
-      ``<layer>_groups.gif``.
+      ``<layer>_groups.gif``. ``<layer>`` is the name with characters outside
+      ``[A-Za-z0-9._-]`` percent-escaped (:func:`keras_topomap.map_writers.layer_file_names`:
+      ``"a b"`` -> ``a%20b``, so no two layers share a file); every file is written to a
+      temporary file and renamed into place (never half-written); files of an earlier run in
+      ``out_dir`` that this run did not replace are named in a warning at train end.
 
     Colour scales: a layer's PNGs, GIF frames and TensorBoard images (raw maps; TensorBoard
     images carry the verdict in a strip under the map) share one scale across
@@ -293,7 +297,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         # log_dir / out_dir may be re-pointed after construction (train() sends a non-chief
         # worker's outputs to a scratch folder): the writers follow the attributes.
         self._writers.log_dir, self._writers.out_dir = self.log_dir, self.out_dir
-        self._writers.open()
+        self._writers.open(self.layers_)
 
     def _ensure_graph(self, model):
         """Builds a Sequential model defined without ``keras.Input`` from the probe's shape.

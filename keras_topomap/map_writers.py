@@ -11,24 +11,40 @@ The callback computes an epoch's maps and hands them over as plain numpy arrays 
 
 Both are written in one background thread, at most one epoch in flight, so that the next epoch
 trains meanwhile; an error there is raised at the next epoch or at train end.
+
+File names: a layer's folder and GIFs are named by :func:`layer_file_names`, which keeps
+letters, digits and ``._-`` and percent-escapes every other character (``"a b"`` ->
+``a%20b``, ``"a_b"`` stays ``a_b``), so two layers never share a folder or a GIF; where two
+names would still meet (names differing only in case, on a case-insensitive file system, or a
+layer ``x_groups`` beside the group GIF of ``x``) the later layer's name gets ``~`` and 6 hex
+digits of a hash. :func:`layer_name_from_file` reverses the mapping. Every PNG, GIF and the
+``.npz`` is written to a hidden temporary file and renamed into place, so a reader (or a
+crash) never finds half a file. Files in ``out_dir`` left by an earlier run that this run did
+not write again are named in one warning at train end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
 import time
+import urllib.parse
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from keras_topomap import summaries
 from keras_topomap import visualization as vis
+from keras_topomap._files import replace_atomically, savez_atomically
 from keras_topomap.visualization import new_figure, plot_grid_maps, plot_grid_mosaic
 
-__all__ = ["EpochMaps", "MapWriters", "annotate_image"]
+__all__ = ["EpochMaps", "MapWriters", "annotate_image", "layer_file_names",
+           "layer_name_from_file"]
 
 
 class EpochMaps(NamedTuple):
@@ -96,19 +112,26 @@ class MapWriters:
         self._writer = None
         self._executor = self._pending = None
         self._figures = {}
+        self._stems = {}
+        self._found = set()
         self.reset()
 
     def reset(self):
-        """Forgets the GIF frames and the previous maps (a new history starts)."""
+        """Forgets the GIF frames, the previous maps and the files written (a new history
+        starts)."""
         self._gif_frames = {}
         self._previous = {}
+        self._written = set()
 
     def _verdict(self, grid_map):
         return vis.map_verdict(grid_map, threshold=self.threshold,
                                n_permutations=self.n_permutations)
 
-    def open(self):
-        """Opens the TensorBoard writer (train begin)."""
+    def open(self, layers=()):
+        """Train begin: names the files of ``layers`` (:func:`layer_file_names`), notes the map
+        files ``out_dir`` already holds, and opens the TensorBoard writer."""
+        self._stems = layer_file_names(layers)
+        self._found = set(_map_files(self.out_dir)) - self._written
         self._writer = None
         if self.log_dir is None:
             return
@@ -155,6 +178,7 @@ class MapWriters:
                 if last.group_maps and not self.group_pngs:
                     self._write_group_pngs(last)
                 self._write_gifs()
+                self._warn_stale()
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
@@ -218,11 +242,8 @@ class MapWriters:
                 )
                 if self.group_pngs and name in maps.group_maps:
                     self._render_groups(maps, name, frame=True)
-            path = os.path.join(self.out_dir, "topomaps.npz")
-            # Write beside, then rename: a crash mid-write never leaves a broken history.
-            tmp = path + ".tmp.npz"
-            np.savez(tmp, **history)
-            os.replace(tmp, path)
+            # Written beside, then renamed: a crash mid-write never leaves a broken history.
+            savez_atomically(self._out_path("topomaps.npz"), history)
 
         return job
 
@@ -251,10 +272,46 @@ class MapWriters:
             path=self._png_path(name, "groups_epoch", number), frame=frame,
         )
 
+    def _stem(self, name):
+        if name not in self._stems:  # writers used without open(layers)
+            self._stems = layer_file_names([*self._stems, name])
+        return self._stems[name]
+
+    def _out_path(self, relative):
+        """``out_dir / relative``, remembered as written by this run."""
+        self._written.add(relative)
+        return os.path.join(self.out_dir, relative)
+
     def _png_path(self, name, stem, number):
-        folder = os.path.join(self.out_dir, safe_name(name))
-        os.makedirs(folder, exist_ok=True)
-        return os.path.join(folder, f"{stem}_{number:03d}.png")
+        folder = self._stem(name)
+        os.makedirs(os.path.join(self.out_dir, folder), exist_ok=True)
+        return self._out_path(f"{folder}/{stem}_{number:03d}.png")
+
+    def _warn_stale(self):
+        """Warns about map files of an earlier run in ``out_dir`` that this run did not write
+        again (a longer run's later epochs, layers not watched now), which would otherwise sit
+        beside this run's as if they belonged to it. A layer's PNGs numbered before the first
+        one this run wrote are left unmentioned: they may be the earlier part of a resumed
+        run."""
+        first = {}
+        for relative in self._written:
+            folder, number = _png_number(relative)
+            if number is not None:
+                first[folder] = min(first.get(folder, number), number)
+        stale = []
+        for relative in sorted(self._found - self._written):
+            folder, number = _png_number(relative)
+            if number is not None and folder in first and number < first[folder]:
+                continue
+            stale.append(relative)
+        if stale:
+            shown = ", ".join(stale[:6]) + (", ..." if len(stale) > 6 else "")
+            warnings.warn(
+                f"TopoMapCallback: out_dir {self.out_dir} holds {len(stale)} map files of an "
+                f"earlier run that this run did not write: {shown}. They are not this run's "
+                "maps; use a new out_dir (or empty this one) to keep runs apart.",
+                stacklevel=3,
+            )
 
     def _render(self, key, maps, titles, limits, suptitle, path, frame=True, smoothed=None,
                 smoothed_limits=None):
@@ -299,8 +356,8 @@ class MapWriters:
         fig.suptitle(suptitle, fontsize=10)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80)
-        with open(path, "wb") as f:
-            f.write(buffer.getvalue())
+        with replace_atomically(path) as tmp:
+            Path(tmp).write_bytes(buffer.getvalue())
         if frame:
             from PIL import Image
 
@@ -327,10 +384,10 @@ class MapWriters:
         duration = max(int(round(1000 / self.fps)), 20)
         for (kind, name), frames in self._gif_frames.items():
             suffix = "_groups" if kind == "groups" else ""
-            path = os.path.join(self.out_dir, f"{safe_name(name)}{suffix}.gif")
-            frames[0].save(
-                path, save_all=True, append_images=frames[1:], duration=duration, loop=0
-            )
+            path = self._out_path(f"{self._stem(name)}{suffix}.gif")
+            with replace_atomically(path) as tmp:
+                frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+                               duration=duration, loop=0)
 
 
 def colorize(grid_map, cmap, lo, hi, image_size):
@@ -373,6 +430,91 @@ def nonempty(lo, hi):
     return lo - pad, hi + pad
 
 
-def safe_name(name):
-    """A layer name as a file name (characters other than letters, digits, ``_.-`` -> ``_``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+_KEPT = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+
+
+def _escape(name):
+    """Percent-escapes (UTF-8) every character of ``name`` outside ``[A-Za-z0-9._-]``, and a
+    leading ``.`` (no hidden files, no ``.`` or ``..`` folder)."""
+    escaped = urllib.parse.quote(str(name), safe=_KEPT)
+    if escaped.startswith("."):
+        escaped = "%2E" + escaped[1:]
+    return escaped
+
+
+def layer_file_names(names):
+    """``{layer name: file stem}`` for the folders and GIFs of ``names``, all different.
+
+    A stem is the name with every character outside ``[A-Za-z0-9._-]`` (and a leading ``.``)
+    percent-escaped: ``"conv_1"`` -> ``conv_1``, ``"a b"`` -> ``a%20b``. A stem whose folder
+    or GIFs (``<stem>.gif``, ``<stem>_groups.gif``) would meet an earlier layer's, compared
+    without case (as a case-insensitive file system does), gets ``~`` and 6 hex digits of the
+    name's SHA-256 appended (neither ``~`` nor ``%`` survives escaping, so no other name can
+    produce it). :func:`layer_name_from_file` reverses it.
+
+    Args:
+        names: the layer names, in the order the callback watches them (an earlier layer
+            keeps its plain stem).
+
+    Returns:
+        dict ``{name: stem}``.
+
+    Example:
+
+    >>> layer_file_names(["a b", "a_b", "A_B"])
+    {'a b': 'a%20b', 'a_b': 'a_b', 'A_B': 'A_B~6c1908'}
+    """
+    stems, taken = {}, set()
+    for name in names:
+        name = str(name)
+        stem = _escape(name)
+        claims = {stem.lower(), f"{stem}.gif".lower(), f"{stem}_groups.gif".lower()}
+        if claims & taken:
+            stem += "~" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:6]
+            claims = {stem.lower(), f"{stem}.gif".lower(), f"{stem}_groups.gif".lower()}
+        taken |= claims
+        stems[name] = stem
+    return stems
+
+
+def layer_name_from_file(stem):
+    """The layer name of a file stem made by :func:`layer_file_names` (folder name, or GIF
+    name without ``.gif`` / ``_groups.gif``).
+
+    Args:
+        stem: the file stem.
+
+    Example:
+
+    >>> layer_name_from_file("a%20b"), layer_name_from_file("A_B~6c1908")
+    ('a b', 'A_B')
+    """
+    return urllib.parse.unquote(re.sub(r"~[0-9a-f]{6}$", "", str(stem)))
+
+
+_PNG = re.compile(r"^([^/]+)/(?:groups_)?epoch_(\d+)\.png$")
+
+
+def _png_number(relative):
+    """``(folder, epoch number)`` of an epoch PNG's relative path, else ``(None, None)``."""
+    match = _PNG.match(relative)
+    return (match.group(1), int(match.group(2))) if match else (None, None)
+
+
+def _map_files(out_dir):
+    """Relative paths of the map files in ``out_dir`` (what these writers write: GIFs,
+    ``topomaps.npz``, epoch PNGs in layer folders; hidden temporary files left out)."""
+    if out_dir is None or not os.path.isdir(out_dir):
+        return []
+    found = []
+    for entry in os.scandir(out_dir):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and (entry.name.endswith(".gif") or entry.name == "topomaps.npz"):
+            found.append(entry.name)
+        elif entry.is_dir():
+            found.extend(
+                f"{entry.name}/{inner.name}" for inner in os.scandir(entry.path)
+                if _PNG.match(f"{entry.name}/{inner.name}") and inner.is_file()
+            )
+    return found

@@ -2,9 +2,10 @@
 
 :func:`crash_before_write` counts every file write made through the functions the package
 writes with (``os.replace``, ``Path.write_text`` / ``write_bytes``, ``Model.save``,
-``numpy.savez``, matplotlib's ``savefig``) and raises :class:`Crash` instead of performing the
-``n``-th one. Running a save once per ``n`` (until no crash happens) reaches every point between
-its writes, which is what a ``kill -9`` at a random moment can do, but deterministically.
+``numpy.savez``, matplotlib's ``savefig``, PIL's ``Image.save``) and raises :class:`Crash`
+instead of performing the ``n``-th one. Running a save once per ``n`` (until no crash happens)
+reaches every point between its writes, which is what a ``kill -9`` at a random moment can do,
+but deterministically.
 
 Example::
 
@@ -55,19 +56,22 @@ _WRITERS = [
 
 
 @contextlib.contextmanager
-def crash_before_write(n=None, match=None):
+def crash_before_write(n=None, match=None, partial=False):
     """Raise :class:`Crash` instead of the ``n``-th write whose target contains ``match``.
 
     Args:
         n: 1-based count of the write to stop at; ``None`` only records the writes.
         match: count only writes whose target path contains this string (``None``: all).
+        partial: a stopped ``write_bytes`` / ``write_text`` first writes the first half of its
+            data to its target (a kill in the middle of the write), then raises.
 
     Yields:
         the list of ``(function name, target)`` of the writes made (and the one stopped).
     """
     import matplotlib.figure
+    import PIL.Image
 
-    writers = [*_WRITERS, (matplotlib.figure.Figure, "savefig")]
+    writers = [*_WRITERS, (matplotlib.figure.Figure, "savefig"), (PIL.Image.Image, "save")]
     writes = []
     originals = [(owner, name, getattr(owner, name)) for owner, name in writers]
 
@@ -77,6 +81,9 @@ def crash_before_write(n=None, match=None):
             if match is None or match in target:
                 writes.append((name, target))
                 if n is not None and len(writes) == n:
+                    if partial and name in ("write_bytes", "write_text"):
+                        data = args[1] if len(args) > 1 else kwargs["data"]
+                        original(args[0], data[: len(data) // 2], *args[2:], **kwargs)
                     raise Crash(f"simulated kill before write {n}: {name} -> {target}")
             return original(*args, **kwargs)
 
