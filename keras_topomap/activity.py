@@ -59,13 +59,13 @@ def _standardize(flat, weights, epsilon):
     if weights is None:
         count = ops.cast(ops.shape(flat)[0], "float32")
         mean = ops.mean(flat, axis=0)
-        centred = flat - mean
+        centered = flat - mean
     else:
         count = ops.maximum(ops.sum(weights), 1.0)
         mean = ops.sum(flat * weights, axis=0) / count
-        centred = (flat - mean) * weights
-    variance = ops.sum(ops.square(centred), axis=0) / count
-    return centred * ops.rsqrt((variance + epsilon) * count)
+        centered = (flat - mean) * weights
+    variance = ops.sum(ops.square(centered), axis=0) / count
+    return centered * ops.rsqrt((variance + epsilon) * count)
 
 
 def topographic_activity_penalty(

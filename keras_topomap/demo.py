@@ -405,7 +405,7 @@ def run_demo(
                 "regions": {p: {"center": list(r.center), "filters": [int(f) for f in r.filters],
                                 "value": r.value} for p, r in zip(shown, inputs.regions)},
                 "gradnap_target": target,
-                "analysed_weights": trained.analysed,
+                "analysed_weights": trained.analyzed,
                 "n_test_utterances": len(test_set),
                 "model": str(model) if model is not None else str(trained.run["model_path"]),
                 "config": config if model is None else None,
@@ -482,7 +482,7 @@ class _Trained(NamedTuple):
     run: Any  # train()'s result (None for a given model)
     history: list  # per-epoch logs (empty for a given model)
     scores: tuple  # (TopoMapCallback.scores_, .epochs_) or (None, None)
-    analysed: str  # which weights are analysed
+    analyzed: str  # which weights are analysed
 
 
 def _train_or_load(out, train_config, sets, loaded, config, minutes, model, verbose):
@@ -616,11 +616,11 @@ def _write_wavs(out, inputs, shown, grid, feature_config, all_wavs, seed, verbos
     (out / "wav").mkdir(exist_ok=True)
     wavs, sounds = {}, []
     for phoneme, region, single, joint in zip(shown, *inputs):
-        centre = region.center[0] * grid[1] + region.center[1]
+        center = region.center[0] * grid[1] + region.center[1]
         wavs[phoneme] = {"joint": f"wav/{phoneme}_joint.wav"}
         sounds.append((out / wavs[phoneme]["joint"], joint))
         for position, f in enumerate(int(f) for f in region.filters):
-            if all_wavs or f == centre:
+            if all_wavs or f == center:
                 wavs[phoneme][f] = f"wav/{phoneme}_filter{f}.wav"
                 sounds.append((out / wavs[phoneme][f], single[position]))
     bar = keras.utils.Progbar(len(sounds), unit_name="wav") if verbose else None

@@ -295,16 +295,16 @@ def _flat_shift_weights(grid, size, wrap):
     h, w = grid
     n_filters = h * w
     offsets, alpha = _neighbor_weights(grid, size, wrap)
-    n_centres = float(np.count_nonzero(alpha.sum(axis=0) > 0))
-    centres = np.arange(n_filters)
-    rows, cols = np.divmod(centres, w)
+    n_centers = float(np.count_nonzero(alpha.sum(axis=0) > 0))
+    centers = np.arange(n_filters)
+    rows, cols = np.divmod(centers, w)
     forward = {}  # flat shift -> (F,) weight alpha(c -> c + s) summed over the offsets giving s
     for k, (dy, dx) in enumerate(offsets):  # once per (grid, size, wrap)
         nr, nc = rows + dy, cols + dx
         if wrap:
             nr, nc = nr % h, nc % w
         inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
-        shift = (nr * w + nc - centres) % n_filters
+        shift = (nr * w + nc - centers) % n_filters
         for s in np.unique(shift[inside]):
             hit = inside & (shift == s)
             forward.setdefault(int(s), np.zeros(n_filters))[hit] += alpha[k][hit.reshape(h, w)]
@@ -317,10 +317,10 @@ def _flat_shift_weights(grid, size, wrap):
             for s in shifts
         ]
     ).astype(np.float32)
-    gather = ((centres[None] + np.array(shifts)[:, None]) % n_filters).astype(np.int32)
+    gather = ((centers[None] + np.array(shifts)[:, None]) % n_filters).astype(np.int32)
     for array in (weights, gather):
         array.flags.writeable = False
-    return tuple(shifts), weights, gather, n_centres
+    return tuple(shifts), weights, gather, n_centers
 
 
 def flat_shift_weights(grid, neighborhood=3, wrap=False):

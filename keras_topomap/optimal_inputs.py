@@ -432,7 +432,7 @@ class OptimalInputs:
         # Restarts are extra rows of the same batch; the best start of each target is kept.
         restarts = self._restarts
         starts_weights = np.repeat(weights, restarts, axis=0)
-        x = self._optimise(step, starts_weights, shape)
+        x = self._optimize(step, starts_weights, shape)
         achieved = np.sum(self.layer_response(x) * starts_weights, axis=1)
         first = np.arange(len(weights)) * restarts
         best = first + np.argmax(achieved.reshape(-1, restarts), axis=1)
@@ -469,9 +469,9 @@ class OptimalInputs:
                 f"Model '{self.model.name}' takes exactly {in_shape[1]} frames; length is {length}."
             )
         lt, starts, inside = self._timing(length)
-        centres = lt.centers()
+        centers = lt.centers()
         candidates = np.flatnonzero(inside)
-        center = int(candidates[np.argmin(np.abs(centres[candidates] - (length - 1) / 2))])
+        center = int(candidates[np.argmin(np.abs(centers[candidates] - (length - 1) / 2))])
         self._taps = flatten_model(self.model, [self.layer], include_output=False)
         self.inputs_shape_ = (length, n_features)
         self._position = (center,)
@@ -584,7 +584,7 @@ class OptimalInputs:
         scale = max(float(np.abs(full).max()), 1e-6)
         return np.allclose(part, full, rtol=1e-3, atol=1e-4 * scale)
 
-    def _optimise(self, step, weights, shape):
+    def _optimize(self, step, weights, shape):
         n = weights.shape[0]
         rng = np.random.default_rng(self.seed)
         x = (self.init_scale * rng.standard_normal((n, *shape))).astype(np.float32)
@@ -663,7 +663,7 @@ def _objective(model, layer, position, activation):
     """
     index = (slice(None), *position)
 
-    def centre(output, activations):
+    def center(output, activations):
         values = output if layer is None else activations[layer]
         return values[index]
 
@@ -674,11 +674,11 @@ def _objective(model, layer, position, activation):
         return act + _LEAK * pre, act
 
     def target(output, activations, weights):
-        value, _ = surrogate(centre(output, activations))
+        value, _ = surrogate(center(output, activations))
         return ops.sum(value * weights)
 
     def reduce(result, weights):
-        value, _ = surrogate(centre(result.output, result.activations))
+        value, _ = surrogate(center(result.output, result.activations))
         return result.input_gradient, ops.sum(value * weights, axis=1)
 
     fn = ActivationGradients(

@@ -94,7 +94,7 @@ def topographic_penalty(kernel, grid, size=3, wrap=False, epsilon=1e-7):
     Returns:
         float32 scalar tensor.
     """
-    shifts, weights_np, gather_np, n_centres = grid_lib.flat_shift_weights(grid, size, wrap)
+    shifts, weights_np, gather_np, n_centers = grid_lib.flat_shift_weights(grid, size, wrap)
     shape = tuple(kernel.shape)
     n_filters = shape[-1]
     depth = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
@@ -118,7 +118,7 @@ def topographic_penalty(kernel, grid, size=3, wrap=False, epsilon=1e-7):
         v = ops.concatenate(v_parts, axis=0) if len(v_parts) > 1 else v_parts[0]
         kv = ops.sum(k2 * v, axis=0)
         uv = inv_norm * kv  # <u_c, v_c> = sum_j beta_cj cos(c, j)
-        value = n_centres - 0.5 * ops.sum(uv)
+        value = n_centers - 0.5 * ops.sum(uv)
 
         def grad(*args, upstream=None):
             if upstream is None:

@@ -1035,12 +1035,12 @@ def permuted_neighborhoods(kernel, grid=None, n=2, size=3, n_permutations=50, se
     picked = np.zeros((int(n_permutations), n))
     for i in range(int(n_permutations)):  # figure-time only; each is one vectorised pass
         similarity = local_similarity(units[:, rng.permutation(units.shape[1])], (h, w), size)
-        centres = centers if centers is not None else pick_neighborhoods(similarity, n, size)
-        picked[i, :len(centres)] = [similarity[tuple(c)] for c in centres]
+        centers = centers if centers is not None else pick_neighborhoods(similarity, n, size)
+        picked[i, :len(centers)] = [similarity[tuple(c)] for c in centers]
     return picked.mean(axis=0), picked.std(axis=0, ddof=1)
 
 
-def _normalised_filters(images):
+def _normalized_filters(images):
     limit = np.abs(images).reshape(len(images), -1).max(axis=1)
     limit = np.where(limit > 0, limit, 1.0).reshape((-1,) + (1,) * (images.ndim - 1))
     return images / limit
@@ -1086,13 +1086,13 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
 
     from keras_topomap import grid as grid_lib
 
-    images = _normalised_filters(filter_images(kernel))
+    images = _normalized_filters(filter_images(kernel))
     n_filters, ih, iw = images.shape[:3]
     # Conv2D filters keep image orientation (row 0 at the top) and RGB kernels their colour
     # (0 is mid-grey, +1 a channel's full intensity); Conv1D patches put the lowest input
     # feature at the bottom.
     image_like = np.ndim(kernel) == 4
-    colour = images.ndim == 4
+    color = images.ndim == 4
     x_label, y_label = input_axis_labels(feature_config)
     if feature_config is not None and not image_like and ih != feature_config.n_features:
         raise ValueError(
@@ -1100,7 +1100,7 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
             f"feature_config gives {feature_config.n_features} (pass feature_config only for a "
             f"layer on the model's input). Received: kernel shape={tuple(np.shape(kernel))}"
         )
-    if colour:
+    if color:
         images = np.clip(0.5 + 0.5 * images, 0.0, 1.0)
     h, w = grid_lib.resolve_grid(grid, n_filters, what="plot_filter_neighborhoods grid")
     similarity = local_similarity(kernel, (h, w), size)
@@ -1125,14 +1125,14 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
     if overview:
         gap = max(1, ih // 8)
         mosaic = np.full((h * (ih + gap) - gap, w * (iw + gap) - gap, *images.shape[3:]),
-                         1.0 if colour else np.nan)  # gaps: white in colour, blank otherwise
+                         1.0 if color else np.nan)  # gaps: white in colour, blank otherwise
         rows, cols = np.divmod(np.arange(n_filters), w)
         tile_rows = (rows[:, None] * (ih + gap) + np.arange(ih))[:, :, None]
         tile_cols = (cols[:, None] * (iw + gap) + np.arange(iw))[:, None, :]
         mosaic[tile_rows, tile_cols] = images if image_like else images[:, ::-1, :]
         ax = parts[0].add_subplot()
         shown = ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
-        image = None if colour else shown
+        image = None if color else shown
         ax.set_axis_off()
         for k, (row, col) in enumerate(centers):
             top, left = max(row - r, 0), max(col - r, 0)
@@ -1166,7 +1166,7 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
                 shown = ax.imshow(images[rr * w + cc], cmap=cmap, vmin=-1, vmax=1,
                                   origin="upper" if image_like else "lower", aspect="equal",
                                   interpolation="nearest")
-                image = None if colour else shown
+                image = None if color else shown
                 if dr == size - 1 and dc == 0:  # one labelled tile: what the axes are
                     ax.set_xticks([0, iw - 1])
                     ax.set_yticks([0, ih - 1])
@@ -1183,7 +1183,7 @@ def plot_filter_neighborhoods(kernel, grid=None, centers=None, size=3, n=2, fig=
         cbar = fig.colorbar(image, ax=parts[-1].axes, shrink=0.7, ticks=[-1, 0, 1])
         cbar.set_label("weight / max |weight|", fontsize=7)
         cbar.ax.tick_params(labelsize=6)
-    elif colour:
+    elif color:
         fig.supxlabel("RGB weight / max |weight| (mid-grey = 0)", fontsize=7)
     return fig
 

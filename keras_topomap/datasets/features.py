@@ -285,12 +285,12 @@ def frame_labels(utterance, n_frames=None, config=None):
         ],
         dtype=np.int32,
     )
-    centres = np.arange(n_frames) * (config.hop_length / config.sample_rate)
+    centers = np.arange(n_frames) * (config.hop_length / config.sample_rate)
     # The segment covering a centre is the first one that ends after it (segments are in order).
-    seg = np.searchsorted(ends, centres, side="right")
+    seg = np.searchsorted(ends, centers, side="right")
     inside = seg < len(ends)
     seg = np.minimum(seg, len(ends) - 1)
-    inside &= starts[seg] <= centres
+    inside &= starts[seg] <= centers
     labels[inside] = ids[seg[inside]]
     return labels
 

@@ -117,7 +117,7 @@ _BROAD = {p: group for group, members in BROAD_CLASSES.items() for p in members}
 _STRESS = re.compile(r"(?<=[a-z])[012]$")
 
 
-def _normalise(phone):
+def _normalize(phone):
     if not isinstance(phone, str):
         raise TypeError(f"A phone symbol must be a string. Received: {phone!r}")
     return _STRESS.sub("", phone.strip().lower())
@@ -127,7 +127,7 @@ def is_known_phone(phone):
     """Whether :func:`fold_phone` accepts ``phone`` (a class, a folded or an ignored symbol)."""
     if not isinstance(phone, str):
         return False
-    p = _normalise(phone)
+    p = _normalize(phone)
     return p in _INDEX or p in FOLDING or p in IGNORED
 
 
@@ -150,7 +150,7 @@ def fold_phone(phone, source=None):
     >>> fold_phone("axr"), fold_phone("EH0"), fold_phone("q") is None
     ('er', 'eh', True)
     """
-    p = _normalise(phone)
+    p = _normalize(phone)
     if p in _INDEX:
         return p
     if p in FOLDING:
