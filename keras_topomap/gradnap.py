@@ -1014,9 +1014,9 @@ def _parse_batch(batch, index, target, group_names):
         )
     if lengths is None:
         # Without explicit lengths an utterance ends at its last labelled frame.
-        labelled = labels >= 0
-        last = x.shape[1] - np.argmax(labelled[:, ::-1], axis=1)
-        lengths = np.where(labelled.any(axis=1), last, 0)
+        labeled = labels >= 0
+        last = x.shape[1] - np.argmax(labeled[:, ::-1], axis=1)
+        lengths = np.where(labeled.any(axis=1), last, 0)
     lengths = np.asarray(lengths).astype(np.int64).reshape(-1)
     if lengths.shape[0] != x.shape[0] or (lengths.size and (lengths.min() < 0 or
                                                              lengths.max() > x.shape[1])):

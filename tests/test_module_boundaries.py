@@ -31,3 +31,17 @@ def test_no_module_reads_a_private_attribute_of_another_module():
     for name, text in _sources().items():
         found += [f"{name}: {m}" for m in re.findall(rf"\b(?:{modules})\._[a-z]\w*", text)]
     assert not found
+
+
+def test_identifiers_are_spelled_american():
+    import io
+    import tokenize
+
+    british = re.compile(r"neighbour|centre|colour|normalis|optimis|analys(e|ed|ing)\b|labell(?!eft)|"
+                         r"standardis|summaris|visualis|serialis|regularis|localis|symmetris")
+    found = []
+    for name, text in _sources().items():
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type == tokenize.NAME and british.search(token.string):
+                found.append(f"{name}:{token.start[0]}: {token.string}")
+    assert not found
