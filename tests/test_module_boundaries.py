@@ -37,8 +37,9 @@ def test_identifiers_are_spelled_american():
     import io
     import tokenize
 
-    british = re.compile(r"neighbour|centre|colour|normalis|optimis|analys(e|ed|ing)\b|labell(?!eft)|"
-                         r"standardis|summaris|visualis|serialis|regularis|localis|symmetris")
+    british = re.compile(r"neighbour|centre|colour|normalis|optimis|analys(e|ed|ing)\b|"
+                         r"labell(?!eft)|standardis|summaris|visualis|serialis|regularis|"
+                         r"localis|symmetris")
     found = []
     for name, text in _sources().items():
         for token in tokenize.generate_tokens(io.StringIO(text).readline):
