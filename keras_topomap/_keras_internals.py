@@ -18,7 +18,8 @@ import keras
 from keras import tree
 
 #: Every private Keras symbol used below: ``(where, name)``. ``where`` is a ``keras.src``
-#: module (the name is imported from it) or a kind of object (the name is an attribute of it).
+#: module (the name is imported from it) or a kind of object (the name is an attribute of it;
+#: "on TensorFlow": only the TensorFlow backend's trainer has it, and only it is patched).
 PRIVATE_SYMBOLS = (
     ("keras.src.backend", "set_keras_mask"),
     ("keras.src.backend", "get_keras_mask"),
@@ -31,7 +32,7 @@ PRIVATE_SYMBOLS = (
     ("KerasTensor", "_keras_history"),
     ("Layer", "_flatten_layers"),
     ("Model", "_symbolic_build"),
-    ("Model", "_maybe_symbolic_build"),
+    ("Model on TensorFlow", "_maybe_symbolic_build"),
     ("Optimizer", "_clip_gradients"),
 )
 
