@@ -33,7 +33,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_topomap import checks
+from keras_topomap import _deprecation, checks
 from keras_topomap import grid as grid_lib
 from keras_topomap import regularizers as reg_lib
 from keras_topomap.masking import attached_mask
@@ -71,36 +71,41 @@ def _standardize(flat, weights, epsilon):
 def topographic_activity_penalty(
     activity,
     grid,
-    size=3,
+    neighborhood=3,
     wrap=False,
     mask=None,
     epsilon=1e-6,
     global_term=True,
     max_global_channels=reg_lib.MAX_GLOBAL_CHANNELS,
+    *,
+    size=None,
 ):
     """Unscaled local and global terms of a layer's activity (see the module docstring).
 
     Args:
         activity: tensor ``(batch, ..., F)``.
         grid: ``(H, W)`` with ``H * W == F`` (validated).
-        size: odd neighbourhood side.
+        neighborhood: odd neighbourhood side.
         wrap: whether the grid is a torus.
         mask: optional boolean or 0/1 tensor of shape ``activity.shape[:-1]``; samples where it
             is 0 are left out.
         epsilon: added to each channel's variance (a constant channel stays finite).
         global_term: compute the global term (otherwise it is returned as 0).
         max_global_channels: anchor channels of the global term for wide layers.
+        size: deprecated name of ``neighborhood``.
 
     Returns:
         ``(local, global)``, float32 scalar tensors.
     """
+    neighborhood = _deprecation.renamed_argument("topographic_activity_penalty", "size",
+                                                 "neighborhood", size, neighborhood)
     n_filters = grid[0] * grid[1]
     flat = ops.reshape(ops.cast(activity, "float32"), (-1, n_filters))
     weights = None
     if mask is not None:
         weights = ops.reshape(ops.cast(mask, "float32"), (-1, 1))
     z = _standardize(flat, weights, epsilon)
-    shifts, pair_weights, _, n_centers = grid_lib.flat_shift_weights(grid, size, wrap)
+    shifts, pair_weights, _, n_centers = grid_lib.flat_shift_weights(grid, neighborhood, wrap)
     # sum_c sum_j alpha_cj r_cj = 1/2 sum_c <z_c, sum_i beta_ic z_{c+s_i}> (alpha symmetrised)
     neighbors = reg_lib.neighbor_sum(z, shifts, ops.convert_to_tensor(pair_weights))
     local = n_centers - 0.5 * ops.sum(z * neighbors)

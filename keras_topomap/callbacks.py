@@ -40,8 +40,8 @@ import time
 import keras
 import numpy as np
 
+from keras_topomap import _deprecation, checks, probe_groups
 from keras_topomap import _keras_internals as internals
-from keras_topomap import checks, probe_groups
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 from keras_topomap.group_sums import GroupSums
@@ -115,7 +115,9 @@ class TopoMapCallback(keras.callbacks.Callback):
         log_dir: TensorBoard log directory (may be the same as ``keras.callbacks.TensorBoard``
             's; the summaries go to its top level).
         out_dir: directory for PNGs, the ``.npz`` history and the GIFs; created if missing.
-        smooth: odd side of the smoothing window (1 = no smoothing).
+        smooth: smooth the maps for display (True) or not (False); the tests run on the raw
+            maps either way. An odd int is the deprecated spelling of ``smooth=True,
+            size=n`` (1: ``smooth=False``).
         groups: labels of the probe, ``-1`` for "no label": frame labels, int
             ``(batch, T_in)``, or per-sample labels, int ``(batch,)`` (e.g. an image's class;
             each sample's activation is averaged over a layer's positions first, see
@@ -148,6 +150,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         threshold: every drawn map (PNG, GIF frame, TensorBoard image) is tested on its raw
             values against permuted layouts (:func:`keras_topomap.metrics.morans_i_test`) and
             shows Moran's I and z; below ``z = threshold`` it is marked "not topographic".
+        size: odd side of the smoothing window (``smooth=True``).
         background: write the TensorBoard summaries and the ``out_dir`` files in a background
             thread, so the next epoch trains meanwhile (at most one epoch in flight; an error
             there is raised at the next logged epoch or at train end). ``False`` writes them
@@ -192,7 +195,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         layers=None,
         log_dir=None,
         out_dir=None,
-        smooth=3,
+        smooth=True,
         groups=None,
         group_names=None,
         every=1,
@@ -208,9 +211,10 @@ class TopoMapCallback(keras.callbacks.Callback):
         group_pngs=False,
         show_smoothed=False,
         threshold=3.0,
+        size=3,
     ):
         super().__init__()
-        self.smooth = checks.odd_int(smooth, "smooth")
+        self.smooth, self.size = _smoothing(smooth, size)
         self.every = checks.positive_int(every, "every")
         self.image_size = checks.positive_int(image_size, "image_size")
         self.fps = checks.positive_number(fps, "fps")
@@ -480,7 +484,7 @@ class TopoMapCallback(keras.callbacks.Callback):
             lo, hi = self._raw_range.get(name, (np.inf, -np.inf))
             raw_limits[name] = self._raw_range[name] = (min(lo, float(raw.min())),
                                                         max(hi, float(raw.max())))
-            maps[name] = grid_lib.smooth(raw, self.smooth)
+            maps[name] = grid_lib.smooth(raw, self.size if self.smooth else 1)
             self._maps.setdefault(name, []).append(maps[name])
             lo, hi = self._range.get(name, (np.inf, -np.inf))
             limits[name] = (min(lo, float(maps[name].min())), max(hi, float(maps[name].max())))
@@ -491,7 +495,7 @@ class TopoMapCallback(keras.callbacks.Callback):
                 raw_group_maps[name] = raw_groups
                 raw_group_limits[name] = self._raw_group_range[name] = max(
                     self._raw_group_range.get(name, 0.0), float(np.abs(raw_groups).max()))
-                group_maps[name] = grid_lib.smooth(raw_groups, self.smooth)
+                group_maps[name] = grid_lib.smooth(raw_groups, self.size if self.smooth else 1)
                 self._group_maps.setdefault(name, []).append(group_maps[name])
                 group_limits[name] = max(self._group_range.get(name, 0.0),
                                          float(np.abs(group_maps[name]).max()))
@@ -661,6 +665,19 @@ def _check_probe_shapes(model, batches):
                 f"The probe does not fit model '{model.name}': its input has shape "
                 f"{expected} (None = any size). Received: probe batch {i} of shape {shape}"
             )
+
+
+def _smoothing(smooth, size):
+    """``(smooth, size)`` of TopoMapCallback: a flag and an odd window side; an int ``smooth``
+    (the window side, as it used to be) still works, with a DeprecationWarning."""
+    if isinstance(smooth, (bool, np.bool_)):
+        return bool(smooth), checks.odd_int(size, "size")
+    if not checks.is_integer(smooth):
+        raise ValueError(f"smooth must be True or False. Received: smooth={smooth!r}")
+    side = checks.odd_int(smooth, "smooth")
+    _deprecation.warn(f"TopoMapCallback(smooth={side})",
+                      f"smooth={side > 1}" + (f", size={side}" if side > 1 else ""))
+    return side > 1, side if side > 1 else checks.odd_int(size, "size")
 
 
 def _layer_names(layers):

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from keras_topomap import checks
+from keras_topomap import _deprecation, checks
 
 __all__ = [
     "MAX_ASPECT",
@@ -119,17 +119,20 @@ def _suggest_grid(n_filters):
         return None
 
 
-def validate_neighborhood(size, grid=None, what="neighborhood"):
-    """Checks an ``n x n`` neighbourhood size: an odd integer >= 3, no larger than the grid."""
-    size = checks.odd_int(size, what, minimum=3)
+def validate_neighborhood(neighborhood=None, grid=None, what="neighborhood", *, size=None):
+    """Checks an ``n x n`` neighbourhood (or block) side: an odd integer >= 3, no larger than
+    the grid. (``size=`` is the deprecated name of ``neighborhood``.)"""
+    neighborhood = _deprecation.renamed_argument("validate_neighborhood", "size", "neighborhood",
+                                                 size, neighborhood)
+    n = checks.odd_int(neighborhood, what, minimum=3)
     if grid is not None:
         h, w = grid
-        if size > h or size > w:
+        if n > h or n > w:
             raise ValueError(
-                f"{what} {size}x{size} is larger than the {h}x{w} grid. Use a neighborhood no "
-                f"larger than {min(h, w)} or a squarer grid. Received: {what}={size}, grid={grid}"
+                f"{what} {n}x{n} is larger than the {h}x{w} grid. Use a neighborhood no "
+                f"larger than {min(h, w)} or a squarer grid. Received: {what}={n}, grid={grid}"
             )
-    return size
+    return n
 
 
 def infer_grid(n_filters):
@@ -207,13 +210,15 @@ def _offsets(size):
     return offsets
 
 
-def neighbor_offsets(size=3):
-    """The ``(dy, dx)`` offsets of an ``size x size`` neighbourhood without its centre.
+def neighbor_offsets(neighborhood=3, *, size=None):
+    """The ``(dy, dx)`` offsets of an ``n x n`` neighbourhood without its centre
+    (``n = neighborhood``; ``size=`` is its deprecated name).
 
-    Returns an int array of shape ``(size**2 - 1, 2)``, rows in row-major order of the block.
+    Returns an int array of shape ``(n**2 - 1, 2)``, rows in row-major order of the block.
     """
-    validate_neighborhood(size)
-    return _offsets(int(size)).copy()
+    neighborhood = _deprecation.renamed_argument("neighbor_offsets", "size", "neighborhood",
+                                                 size, neighborhood)
+    return _offsets(validate_neighborhood(neighborhood)).copy()
 
 
 @functools.lru_cache(maxsize=64)
@@ -234,20 +239,25 @@ def _neighbor_weights(grid, size, wrap):
     return offsets, alpha
 
 
-def neighbor_weights(grid, size=3, wrap=False):
+def neighbor_weights(grid, neighborhood=3, wrap=False, *, size=None):
     """Reciprocal-distance neighbour weights, normalised per neighbourhood.
 
     ``alpha[k, r, c]`` is the weight of the neighbour at ``(r, c) + offsets[k]`` in the
     neighbourhood centred on ``(r, c)``: ``(1 / d) / sum(1 / d)`` over the neighbours that exist
     (in-grid ones without wrap; all of them on the torus with wrap). Missing neighbours weigh 0.
 
+    ``neighborhood`` is the odd side of the neighbourhood block (``size=`` is its deprecated
+    name).
+
     Returns:
         ``(offsets, alpha)``: offsets ``(K, 2)`` ints and alpha ``(K, H, W)`` float64, with
-        ``K = size**2 - 1``.
+        ``K = neighborhood**2 - 1``.
     """
+    neighborhood = _deprecation.renamed_argument("neighbor_weights", "size", "neighborhood", size,
+                                                 neighborhood)
     grid = validate_grid(grid)
-    size = validate_neighborhood(size, grid)
-    offsets, alpha = _neighbor_weights(grid, size, bool(wrap))
+    neighborhood = validate_neighborhood(neighborhood, grid)
+    offsets, alpha = _neighbor_weights(grid, neighborhood, bool(wrap))
     return offsets.copy(), alpha.copy()
 
 
@@ -272,7 +282,7 @@ def _pair_weights(grid, size, wrap):
     return offsets, beta
 
 
-def pair_weights(grid, size=3, wrap=False):
+def pair_weights(grid, neighborhood=3, wrap=False, *, size=None):
     """Symmetrised neighbour weights ``beta = alpha + alpha^T``, one map per offset.
 
     ``beta[k, r, c]`` is the total weight of the pair {(r, c), (r, c) + offsets[k]} over both
@@ -280,12 +290,17 @@ def pair_weights(grid, size=3, wrap=False):
     ``sum_c sum_j alpha_cj cos(c, j) == 1/2 * sum_c sum_k beta[k, c] cos(c, c + offsets[k])``,
     and ``beta`` gives the gradient of that sum directly.
 
+    ``neighborhood`` is the odd side of the neighbourhood block (``size=`` is its deprecated
+    name).
+
     Returns:
         ``(offsets, beta)`` with the shapes of :func:`neighbor_weights`.
     """
+    neighborhood = _deprecation.renamed_argument("pair_weights", "size", "neighborhood", size,
+                                                 neighborhood)
     grid = validate_grid(grid)
-    size = validate_neighborhood(size, grid)
-    offsets, beta = _pair_weights(grid, size, bool(wrap))
+    neighborhood = validate_neighborhood(neighborhood, grid)
+    offsets, beta = _pair_weights(grid, neighborhood, bool(wrap))
     return offsets.copy(), beta.copy()
 
 
@@ -371,17 +386,22 @@ def _neighbor_pairs(grid, size, wrap):
     return first, second, weight
 
 
-def neighbor_pairs(grid, size=3, wrap=False):
+def neighbor_pairs(grid, neighborhood=3, wrap=False, *, size=None):
     """Every unordered neighbour pair of the grid once, with its symmetrised weight.
+
+    ``neighborhood`` is the odd side of the neighbourhood block (``size=`` is its deprecated
+    name).
 
     Returns:
         ``(first, second, weight)``: filter indices of each pair and ``alpha_ab + alpha_ba``, so
         that ``sum_c sum_j alpha_cj s(c, j) == sum(weight * s(first, second))`` for any
         symmetric pair score ``s``.
     """
+    neighborhood = _deprecation.renamed_argument("neighbor_pairs", "size", "neighborhood", size,
+                                                 neighborhood)
     grid = validate_grid(grid)
-    size = validate_neighborhood(size, grid)
-    return tuple(a.copy() for a in _neighbor_pairs(grid, size, bool(wrap)))
+    neighborhood = validate_neighborhood(neighborhood, grid)
+    return tuple(a.copy() for a in _neighbor_pairs(grid, neighborhood, bool(wrap)))
 
 
 @functools.lru_cache(maxsize=64)

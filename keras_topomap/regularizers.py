@@ -32,8 +32,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_topomap import _deprecation, checks
 from keras_topomap import _keras_internals as internals
-from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 
 __all__ = [
@@ -77,7 +77,7 @@ def neighbor_sum(slab, shifts, coefficients):
     return total
 
 
-def topographic_penalty(kernel, grid, size=3, wrap=False, epsilon=1e-7):
+def topographic_penalty(kernel, grid, neighborhood=3, wrap=False, epsilon=1e-7, *, size=None):
     """Unscaled topographic penalty ``sum_c sum_j alpha_cj (1 - cos(w_c, w_j))`` of a kernel.
 
     A pure, differentiable function of ``kernel`` (any shape ``(..., F)``) with a hand-written
@@ -87,14 +87,17 @@ def topographic_penalty(kernel, grid, size=3, wrap=False, epsilon=1e-7):
     Args:
         kernel: tensor whose last axis is the filter axis.
         grid: ``(H, W)`` with ``H * W == F`` (already validated).
-        size: odd neighbourhood side.
+        neighborhood: odd neighbourhood side.
         wrap: whether the grid is a torus.
         epsilon: added to squared filter norms, so an all-zero filter is finite.
+        size: deprecated name of ``neighborhood``.
 
     Returns:
         float32 scalar tensor.
     """
-    shifts, weights_np, gather_np, n_centers = grid_lib.flat_shift_weights(grid, size, wrap)
+    neighborhood = _deprecation.renamed_argument("topographic_penalty", "size", "neighborhood",
+                                                 size, neighborhood)
+    shifts, weights_np, gather_np, n_centers = grid_lib.flat_shift_weights(grid, neighborhood, wrap)
     shape = tuple(kernel.shape)
     n_filters = shape[-1]
     depth = int(np.prod(shape[:-1])) if len(shape) > 1 else 1

@@ -41,7 +41,7 @@ def test_fit_logs_maps_files_and_events(tmp_path):
     x, y = regression_data()
     probe = x[:4]
     callback = TopoMapCallback(
-        probe, log_dir=tmp_path / "logs", out_dir=tmp_path / "maps", smooth=3
+        probe, log_dir=tmp_path / "logs", out_dir=tmp_path / "maps", smooth=True
     )
     history = model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[callback])
 
@@ -194,7 +194,7 @@ def test_dataset_probe_equals_one_batch():
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)  # build and move the weights
     results = []
     for probe, groups in ((Probe(), [labels[:4], labels[4:]]), (x[:8], labels)):
-        callback = TopoMapCallback(probe, groups=groups, smooth=1)
+        callback = TopoMapCallback(probe, groups=groups, smooth=False)
         callback.set_model(model)
         callback.set_params({"epochs": 1})
         callback.on_train_begin()
@@ -235,7 +235,7 @@ def test_every_unregularized_layer_and_layer_objects():
     x, y = regression_data()
     callback = TopoMapCallback(
         (x[:4], y[:4]), layers=[model.get_layer("c2"), "out"], grids={"c2": (4, 3), "out": (3, 1)},
-        every=2, smooth=1,
+        every=2, smooth=False,
     )
     extractors = []
     spy = keras.callbacks.LambdaCallback(
@@ -338,8 +338,8 @@ def test_unwritable_out_dir_at_construction(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"smooth": 2}, "smooth must be an odd integer >= 1"),
-        ({"smooth": True}, "smooth must be an odd integer"),
+        ({"smooth": "yes"}, "smooth must be True or False"),
+        ({"size": 2}, "size must be an odd integer >= 1"),
         ({"every": 0}, "every must be an integer >= 1"),
         ({"fps": float("nan")}, "fps must be a finite number > 0"),
         ({"groups": np.zeros((4, T_IN - 1), int)}, r"probe batch 0: frame labels must have shape"),
@@ -381,7 +381,7 @@ def test_group_without_frames_in_one_layer_gets_zero_there():
     x = np.random.default_rng(0).normal(size=(2, 8, 3)).astype("float32")
     labels = np.tile([0, 2, 1, 2, 0, 2, 1, 2], (2, 1))  # group 2 on odd frames only
     callback = TopoMapCallback(x, layers=["a", "b"], grids={"a": (2, 2), "b": (2, 2)},
-                               groups=labels, smooth=1)
+                               groups=labels, smooth=False)
     callback.set_model(model)
     callback.set_params({"epochs": 1})
     with pytest.warns(UserWarning, match=r"'group_2': \['b'\]"):

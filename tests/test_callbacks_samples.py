@@ -39,7 +39,7 @@ def test_class_maps_of_an_image_classifier_in_closed_form():
     labels[3] = -1  # no group: left out of the class maps, kept in the overall map
     callback = run_once(TopoMapCallback(iter((x[:4], x[4:])), layers=list(GRIDS), grids=GRIDS,
                                         groups=[labels[:4], labels[4:]],
-                                        group_names=["zero", "one", "two"], smooth=1),
+                                        group_names=["zero", "one", "two"], smooth=False),
                         image_classifier())
     assert callback.group_names_ == ["zero", "one", "two"]
     means = hand_image_adjusted(CLASSES, SCALES, "none")  # activations averaged per sample
@@ -57,7 +57,7 @@ def test_per_sample_groups_on_sequence_layers_with_lengths():
     model = two_conv_model()
     x = regression_data(4)[0]
     labels, lengths = np.array([0, 1, 1, 0]), np.array([20, 9, 14, 5])
-    callback = run_once(TopoMapCallback(x, groups=labels, probe_lengths=lengths, smooth=1),
+    callback = run_once(TopoMapCallback(x, groups=labels, probe_lengths=lengths, smooth=False),
                         model)
     for name, grid in (("c1", (4, 4)), ("c2", (4, 3))):
         acts = layer_outputs(model, name, x)
