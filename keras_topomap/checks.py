@@ -48,6 +48,13 @@ def _fail(name, expected, value, owner):
     raise ValueError(f"{prefix}{name} must be {expected}. Received: {name}={value!r}")
 
 
+def _expected(kind, bounds, allow_none):
+    """What a check expected: ``kind``, then its ``(sign, bound)`` pairs that are set, joined
+    with "and", then "or None" (e.g. ``"a finite number >= 0 and < 1 or None"``)."""
+    limits = " and ".join(f"{sign} {bound}" for sign, bound in bounds if bound is not None)
+    return " ".join(part for part in (kind, limits, "or None" if allow_none else "") if part)
+
+
 def is_integer(value):
     """Whether ``value`` counts as an integer here: ``int`` or a NumPy integer, not ``bool``."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -77,16 +84,12 @@ def integer(value, name, *, minimum=None, maximum=None, odd=False, allow_none=Fa
         and (not odd or value % 2 == 1)
     )
     if not ok:
-        expected = "an odd integer" if odd else "an integer"
+        kind = "an odd integer" if odd else "an integer"
         if minimum is not None and maximum is not None:
-            expected += f" in [{minimum}, {maximum}]"
-        elif minimum is not None:
-            expected += f" >= {minimum}"
-        elif maximum is not None:
-            expected += f" <= {maximum}"
-        if allow_none:
-            expected += " or None"
-        _fail(name, expected, value, owner)
+            kind, bounds = f"{kind} in [{minimum}, {maximum}]", ()
+        else:
+            bounds = ((">=", minimum), ("<=", maximum))
+        _fail(name, _expected(kind, bounds, allow_none), value, owner)
     return int(value)
 
 
@@ -134,13 +137,8 @@ def number(value, name, *, minimum=None, maximum=None, above=None, below=None, a
         and (below is None or value < below)
     )
     if not ok:
-        bounds = [f"{sign} {bound}" for sign, bound in
-                  ((">=", minimum), (">", above), ("<=", maximum), ("<", below))
-                  if bound is not None]
-        expected = " ".join(["a finite number", " and ".join(bounds)]).strip()
-        if allow_none:
-            expected += " or None"
-        _fail(name, expected, value, owner)
+        bounds = ((">=", minimum), (">", above), ("<=", maximum), ("<", below))
+        _fail(name, _expected("a finite number", bounds, allow_none), value, owner)
     return float(value)
 
 

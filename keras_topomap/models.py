@@ -305,34 +305,21 @@ def wav2letter(
         seed = random.randrange(2**31 - 64)
     dropout_seeds = iter(range(int(seed), int(seed) + 64))
 
-    def regularizer(layer_name):
-        if not topographic:
-            return None
-        return TopographicRegularizer(
-            grid=grids[layer_name],
-            strength=strength,
-            neighborhood=neighborhood,
-            global_strength=global_strength,
-        )
-
-    def activity_regularizer(layer_name):
-        if not with_activity:
-            return None
-        return TopographicActivityRegularizer(
-            grid=grids[layer_name],
-            strength=activity_strength,
-            neighborhood=neighborhood,
-            global_strength=activity_global_strength,
-        )
+    def regularizers(layer_name):
+        """The layer's kernel and activity regularizers (None where that constraint is off)."""
+        common = {"grid": grids[layer_name], "neighborhood": neighborhood}
+        weight = (TopographicRegularizer(strength=strength, global_strength=global_strength,
+                                         **common) if topographic else None)
+        activity = (TopographicActivityRegularizer(strength=activity_strength,
+                                                   global_strength=activity_global_strength,
+                                                   **common) if with_activity else None)
+        return {"kernel_regularizer": weight, "activity_regularizer": activity}
 
     conv_class = MaskedConv1D if mask_padding else keras.layers.Conv1D
 
     def conv(x, layer_name, filters, width, stride=1):
-        options = {
-            "strides": stride, "padding": "same", "activation": activation,
-            "kernel_regularizer": regularizer(layer_name),
-            "activity_regularizer": activity_regularizer(layer_name), "name": layer_name,
-        }
+        options = {"strides": stride, "padding": "same", "activation": activation,
+                   "name": layer_name, **regularizers(layer_name)}
         if norm is None:
             x = conv_class(filters, width, **options)(x)
         else:

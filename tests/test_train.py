@@ -16,6 +16,7 @@ from keras_topomap.datasets import (
     labels_to_text,
     load_tts_corpus,
     text_to_labels,
+    unpack_ctc_targets,
 )
 from tests.faults import Crash, crash_before_write
 
@@ -57,10 +58,11 @@ def overfit():
     keras.utils.set_random_seed(0)
     utterances = sorted(load_tts_corpus("train"), key=lambda u: u.duration)[:4]
     x, packed = SpeechBatches(utterances, batch_size=4, shuffle=False)[0]
-    references = [labels_to_text(row[2 : 2 + n]) for row, n in zip(packed, packed[:, 1])]
+    frames, label_lengths, labels = unpack_ctc_targets(packed)
+    references = [labels_to_text(row[:n]) for row, n in zip(labels, label_lengths)]
     model = models.wav2letter("tiny", n_features=x.shape[-1])
     model.compile(keras.optimizers.Adam(1e-2), loss=ctc.CTCLoss(stride=2))
-    lengths = ctc.output_lengths(packed[:, 0], 2)
+    lengths = ctc.output_lengths(frames, 2)
     history = []
     for _ in range(12):  # at most 300 steps; usually done well before
         model.fit(x, packed, epochs=25, batch_size=4, verbose=0, shuffle=False)
@@ -83,7 +85,7 @@ def test_save_load_gives_same_transcriptions(overfit, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)  # no custom_objects: everything is registered
     assert isinstance(loaded.loss, ctc.CTCLoss)
-    lengths = ctc.output_lengths(packed[:, 0], 2)
+    lengths = ctc.output_lengths(unpack_ctc_targets(packed)[0], 2)
     before = ctc.decode_texts(model.predict_on_batch(x), lengths)
     after = ctc.decode_texts(loaded.predict_on_batch(x), lengths)
     assert after == before
