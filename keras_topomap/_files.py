@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 
 __all__ = ["replace_atomically", "write_text_atomically", "write_json_atomically",
-           "savez_atomically", "load_keras_model", "file_stem"]
+           "savez_atomically", "json_ready", "load_keras_model", "file_stem"]
 
 
 @contextlib.contextmanager
@@ -58,8 +59,46 @@ def write_text_atomically(path, text):
 
 
 def write_json_atomically(path, payload, **kwargs):
-    """Writes ``payload`` as JSON (``json.dumps`` keyword arguments pass through) atomically."""
-    write_text_atomically(path, json.dumps(payload, **kwargs))
+    """Writes ``payload`` as JSON (``json.dumps`` keyword arguments pass through) atomically.
+
+    Standard JSON only: a NaN or infinite float raises a ``ValueError`` naming the file
+    (``allow_nan=False``) instead of writing ``NaN`` / ``Infinity``, which most JSON readers
+    refuse. Pass the payload through :func:`json_ready` to write them as ``null``.
+    """
+    kwargs.setdefault("allow_nan", False)
+    try:
+        text = json.dumps(payload, **kwargs)
+    except ValueError as e:
+        raise ValueError(
+            f"Cannot write {os.fspath(path)}: {e} (JSON has no NaN or Infinity)."
+        ) from None
+    write_text_atomically(path, text)
+
+
+def json_ready(value):
+    """``value`` with NumPy scalars and arrays as Python numbers and lists, tuples as lists,
+    and every NaN or infinite float as ``None`` (JSON ``null``).
+
+    Example:
+
+    >>> json_ready({"z": float("inf"), "scores": np.array([0.5, np.nan])})
+    {'z': None, 'scores': [0.5, None]}
+    """
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def savez_atomically(path, arrays):

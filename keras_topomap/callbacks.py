@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -170,6 +171,11 @@ class TopoMapCallback(keras.callbacks.Callback):
             their names.
         log_seconds_: wall seconds ``on_epoch_end`` took on each logged epoch (what the
             training loop waited for).
+        stop_reason_: None, or why the callback stopped training: at a logged epoch where a
+            watched layer's probe activations or kernel held NaN or inf (training diverged),
+            it warns (``RuntimeWarning``, naming the layer, the epoch and the probe batch),
+            sets ``model.stop_training`` and keeps nothing of that epoch, so every map, file
+            and GIF holds the finite epochs before it.
         background_seconds_: CPU seconds spent writing each logged epoch's TensorBoard
             summaries and files (in the writer thread, with ``background``).
 
@@ -275,6 +281,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         self.group_names_ = []
         self.log_seconds_ = []
         self.background_seconds_ = []
+        self.stop_reason_ = None
         self._last_maps = None
         self._writers.reset()
 
@@ -464,15 +471,25 @@ class TopoMapCallback(keras.callbacks.Callback):
         if (epoch + 1) % self.every and (last is None or epoch + 1 != last):
             return
         start = time.perf_counter()
-        self._last_maps = self._epoch_maps(epoch, logs)
+        maps = self._epoch_maps(epoch, logs)
+        if maps is None:  # not finite: training stops, nothing of this epoch is kept
+            return
+        self._last_maps = maps
         self._writers.write(self._last_maps, _history_arrays(self),
                             self.background_seconds_.append)
         self.log_seconds_.append(time.perf_counter() - start)
 
     def _epoch_maps(self, epoch, logs):
         """Runs the probe, appends this epoch's maps, scores and penalties to the history and
-        the scores to ``logs``; returns the epoch's maps as :class:`EpochMaps`."""
+        the scores to ``logs``; returns the epoch's maps as :class:`EpochMaps`, or None (after
+        stopping training with a warning) when an activation or kernel is not finite."""
         means, group_means, penalties = self._probe_means()
+        problem = self._non_finite(epoch, means, group_means)
+        if problem is not None:
+            self.stop_reason_ = problem
+            warnings.warn(problem, RuntimeWarning, stacklevel=3)
+            self.model.stop_training = True
+            return None
         self._epochs.append(int(epoch))
         maps, limits, group_maps, group_limits, scores, layer_penalties = ({} for _ in range(6))
         raw_maps, raw_limits, raw_group_maps, raw_group_limits = ({} for _ in range(4))
@@ -509,10 +526,42 @@ class TopoMapCallback(keras.callbacks.Callback):
                          list(self.group_names_), scores, layer_penalties, raw_maps, raw_limits,
                          raw_group_maps, raw_group_limits)
 
+    def _non_finite(self, epoch, means, group_means):
+        """The message for the first watched layer whose probe activations or kernel hold NaN
+        or inf at this epoch (naming the layer, the epoch and the probe batch), else None."""
+        for j, name in enumerate(self.layers_):
+            kernel = getattr(self._layer_objects[name], "kernel", None)
+            kernel_bad = kernel is not None and not np.all(np.isfinite(to_numpy(kernel)))
+            bad = ~np.isfinite(means[j])
+            if group_means is not None:
+                bad |= ~np.all(np.isfinite(group_means[j]), axis=0)
+            if not bad.any() and not kernel_bad:
+                continue
+            where = ""
+            if bad.any():
+                batch = self._bad_batches.get(j, 0)
+                shape = tuple(_leading_shape(self._batches[batch], batch))
+                where = (f": {int(bad.sum())} of {bad.size} filters give NaN or infinite "
+                         f"activations on probe batch {batch} (of {len(self._batches)}, "
+                         f"leading shape {shape})")
+            if kernel_bad:
+                where += ("; " if where else ": ") + "its kernel holds NaN or infinite values"
+            logged = (f"the maps of the {len(self._epochs)} epochs logged before are kept"
+                      if self._epochs else "no epoch was logged before")
+            return (
+                f"TopoMapCallback: layer '{name}' is not finite at epoch {epoch + 1}{where}. "
+                f"Training has diverged, so the callback stops it ({logged}; nothing of epoch "
+                f"{epoch + 1} is drawn or saved). Lower the learning rate or the regularizer "
+                "strength."
+            )
+        return None
+
     def _probe_means(self):
         """Overall means ``[(F,)] per layer``, group NAPs ``[(G, F)]`` (or None) and the
-        regularizer penalties ``{name: value}``."""
+        regularizer penalties ``{name: value}``; ``_bad_batches`` maps a layer's index to the
+        first probe batch with a non-finite activation."""
         sums, state = None, None
+        self._bad_batches = {}
         for i, x in enumerate(self._batches):
             outputs, batch_penalties = self._extract(x, None)
             if i == 0:
@@ -523,6 +572,8 @@ class TopoMapCallback(keras.callbacks.Callback):
                     n_filters = {name: len(s) for name, s in zip(self.layers_, sums)}
                     state = GroupSums(n_filters, len(self.group_labels_))
             for j, out in enumerate(outputs):
+                if j not in self._bad_batches and not np.all(np.isfinite(out)):
+                    self._bad_batches[j] = i
                 frames = out.reshape(-1, out.shape[-1])  # (b * T_l, F)
                 index = self._plan.frames[i][j]
                 sums[j] += (frames if index is None else frames[index]).sum(0, dtype=np.float64)

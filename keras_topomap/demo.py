@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import sys
 import time
@@ -56,7 +55,7 @@ import keras
 import numpy as np
 
 from keras_topomap import checks
-from keras_topomap._files import load_keras_model
+from keras_topomap._files import json_ready, load_keras_model, write_json_atomically
 from keras_topomap.datasets.phones import PHONES_39
 
 __all__ = [
@@ -751,7 +750,7 @@ def _write_report(out, metrics, table, seconds, files, wavs, animations, history
     from keras_topomap import report
 
     metrics["seconds"] = seconds
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    write_json_atomically(out / "metrics.json", json_ready(metrics), indent=2)
     (out / "metrics.md").write_text(table + "\n")
     return report.write_index(
         out, metrics=metrics, table=table, files=files, wavs=wavs,
@@ -771,18 +770,6 @@ def _print_summary(metrics, table, seconds, out, index):
               f"by {rec['stopped_by']})")
     print(f"\nDone in {seconds['total'] / 60:.1f} min. Results: {out.resolve()}\n"
           f"Open {index.resolve()} in a browser.")
-
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def build_parser():

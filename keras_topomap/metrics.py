@@ -54,7 +54,8 @@ class TopographyResult(NamedTuple):
         null_mean: mean score over random permutations of its filters.
         null_std: their standard deviation.
         z: ``(score - null_mean) / null_std`` (``+-inf`` if the null has no spread, 0 if
-            the score equals the null too).
+            the score equals the null too; spreads and differences within float rounding
+            count as none). Never NaN.
         n_permutations: how many permutations were drawn.
     """
 
@@ -73,10 +74,18 @@ class TopographyResult(NamedTuple):
 
 
 def _z_score(value, mean, std):
-    """``(value - mean) / std``; +-inf (0 when equal) for a null without spread."""
-    if std > 0:
+    """``(value - mean) / std``; +-inf (0 when equal) for a null without spread.
+
+    Spreads and differences within float rounding of the values (``1e-12`` of their size) count
+    as none: identical filters give every order the same score up to rounding, and dividing one
+    rounding error by another gave any z at all (-0.9, 0.9, -inf) instead of 0.
+    """
+    tolerance = 1e-12 * max(1.0, abs(value), abs(mean))
+    if std > tolerance:
         return (value - mean) / std
-    return 0.0 if value == mean else float(np.copysign(np.inf, value - mean))
+    if abs(value - mean) <= tolerance:
+        return 0.0
+    return float(np.copysign(np.inf, value - mean))
 
 
 def _reading(z, threshold=3.0):
@@ -557,7 +566,8 @@ class CorrelationCurve(NamedTuple):
 
     Attributes:
         distance: bin centres (grid distance 1, 2, ...): pairs at distance ``d`` fall in bin
-            ``round(d)``, so bin 1 holds edge and diagonal neighbours.
+            ``round(d)``, so bin 1 holds edge and diagonal neighbours. Bins without a pair of
+            varying channels are left out, so no entry is NaN.
         mean, sem: mean correlation of the pairs in each bin and its standard error.
         count: pairs per bin.
         null_mean, null_std: mean and spread of each bin's mean over random layouts (the
@@ -607,8 +617,8 @@ def correlation_by_distance(correlations, grid=None, wrap=False, n_permutations=
         :class:`CorrelationCurve`.
 
     Raises:
-        ValueError: for fewer than 3 live channels, ``n_permutations < 2`` or a grid that does
-            not hold the channels.
+        ValueError: for fewer than 3 live channels, none of them neighbours on the grid,
+            ``n_permutations < 2`` or a grid that does not hold the channels.
 
     Example:
 
@@ -642,6 +652,12 @@ def correlation_by_distance(correlations, grid=None, wrap=False, n_permutations=
 
     identity = np.arange(n)
     means, count, falloff = curve(identity)
+    if count[1] == 0:
+        raise ValueError(
+            f"correlation_by_distance: no two of the {len(live)} channels that vary are grid "
+            "neighbours (distance 1, diagonals included), so the falloff is undefined. "
+            f"Received: varying channels {live.tolist()[:20]} on a {grid[0]}x{grid[1]} grid"
+        )
     values = r[first, second]
     sums_sq = np.bincount(bins, weights=values**2, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -657,8 +673,10 @@ def correlation_by_distance(correlations, grid=None, wrap=False, n_permutations=
         null_falloff.append(f)
     null_means = np.array(null_means)
     f_mean, f_std = float(np.mean(null_falloff)), float(np.std(null_falloff, ddof=1))
-    z = (falloff - f_mean) / f_std if f_std > 0 else float("inf") * np.sign(falloff - f_mean)
-    keep = slice(1, n_bins)  # bin 0 is empty (distinct cells are >= 1 apart)
+    z = _z_score(falloff, f_mean, f_std)
+    # Bin 0 is empty (distinct cells are >= 1 apart); so may be others where channels that do
+    # not vary leave no pair: only bins with pairs are kept (no NaN means).
+    keep = np.nonzero(count > 0)[0]
     head = means[1:4]
     return CorrelationCurve(
         distance=np.arange(n_bins)[keep].astype(float),

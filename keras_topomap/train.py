@@ -23,7 +23,9 @@ float noise.
 
 Files written to ``out``: ``config.json`` (the :class:`TrainConfig` and feature config),
 ``checkpoint.keras`` + ``state.json`` (latest epoch), ``best.keras`` (best validation CER),
-``model.keras`` (final), ``metrics.json``, ``logs/`` (TensorBoard).
+``model.keras`` (final), ``metrics.json``, ``logs/`` (TensorBoard). The JSON files are
+standard JSON: a value that is not a finite number (a topography z-score of +inf when the
+permuted layouts have no spread, the loss of a diverged epoch) is written as ``null``.
 
 Distributed training (``distribute=`` / ``--distribute``, see :mod:`keras_topomap.distribute`):
 ``mirrored`` (TensorFlow, this machine's devices), ``data-parallel`` (JAX, this machine's
@@ -72,6 +74,7 @@ from keras_topomap import _keras_internals as internals
 from keras_topomap import checks, ctc, summaries
 from keras_topomap import distribute as distribute_lib
 from keras_topomap import models as models_lib
+from keras_topomap._files import json_ready, write_json_atomically
 
 __all__ = [
     "ResumableEarlyStopping",
@@ -742,19 +745,8 @@ def _save_model(model, path):
 
 
 def _write_json(path, payload):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+    """Standard JSON, atomically; a value that is not a finite number is written as null."""
+    write_json_atomically(path, json_ready(payload), indent=2)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -1080,8 +1072,9 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
             shuffle=False,
             verbose=config.verbose if context.is_chief else 0,
         )
-    last_loss = state["history"][-1].get("loss") if state["history"] else None
-    if last_loss is not None and not math.isfinite(last_loss):
+    last = state["history"][-1] if state["history"] else {}
+    last_loss = last.get("loss", 0.0)  # null in a resumed state.json: not finite when written
+    if last_loss is None or not math.isfinite(last_loss):
         raise ValueError(
             f"Training produced a non-finite loss at epoch {state['epochs_done']}; lower the "
             f"learning rate or the strength. History: {state['history'][-3:]}"

@@ -65,3 +65,28 @@ def test_errors_name_what_is_wrong():
         metrics.correlation_by_distance(planted_activity(), grid=(4, 4))
     with pytest.raises(ValueError, match=r"No samples seen yet"):
         metrics.ActivityStatistics(4).dead_units()
+
+
+def test_degenerate_curves_are_never_nan():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(50, 1))
+    # Every varying channel perfectly correlated: every layout has the same falloff (0), whose
+    # z-score is 0 (it was inf * 0 = NaN).
+    same = np.repeat(base, 16, axis=1) * np.linspace(1, 2, 16) + np.arange(16)
+    curve = metrics.correlation_by_distance(same, grid=(4, 4), n_permutations=5)
+    assert curve.falloff == pytest.approx(0, abs=1e-12) and curve.falloff_z == 0.0
+    # Only channels 0, 1 and 15 vary: no pair at distance 2 or 3, whose bins are left out
+    # (their means were NaN, reaching metrics.json).
+    x = np.zeros((50, 16))
+    x[:, [0, 1, 15]] = rng.normal(size=(50, 3))
+    curve = metrics.correlation_by_distance(x, grid=(4, 4), n_permutations=5)
+    np.testing.assert_array_equal(curve.distance, [1, 4])
+    np.testing.assert_array_equal(curve.count, [1, 2])
+    assert not np.isnan(curve.mean).any() and not np.isnan(curve.null_mean).any()
+    # Varying channels that are nowhere neighbours: no falloff to measure, said so.
+    x = np.zeros((50, 16))
+    x[:, [0, 2, 8]] = rng.normal(size=(50, 3))
+    with pytest.raises(ValueError, match=r"no two of the 3 channels that vary are grid "
+                       r"neighbours.*\[0, 2, 8\] on a 4x4 grid"):
+        metrics.correlation_by_distance(x, grid=(4, 4), n_permutations=5)
+

@@ -21,6 +21,7 @@ from keras_topomap.map_writers import (
     layer_name_from_file,
 )
 from tests.faults import Crash, crash_before_write
+from tests.tiny_models import regression_data, two_conv_model
 
 LAYERS = ["a b", "a_b"]
 GRID = (3, 3)
@@ -147,3 +148,38 @@ def test_callback_writes_layers_a_b_and_a_underscore_b_apart(tmp_path, backend):
     for gif in ("a%20b.gif", "a_b.gif"):
         with Image.open(tmp_path / gif) as image:
             assert image.n_frames == 2
+
+
+class _Diverge(keras.callbacks.Callback):
+    """Sets a layer's kernel to NaN at the end of one epoch (a diverged training step)."""
+
+    def __init__(self, layer, epoch):
+        super().__init__()
+        self.layer, self.epoch = layer, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            kernel = self.model.get_layer(self.layer).kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+@pytest.mark.backend
+def test_non_finite_maps_stop_training_naming_layer_epoch_and_probe(tmp_path):
+    model = two_conv_model()
+    x, y = regression_data(n=8)
+    callback = TopoMapCallback(iter([x[:3], x[3:6]]), out_dir=tmp_path, background=False)
+    with pytest.warns(RuntimeWarning, match=r"layer 'c2' is not finite at epoch 2: 12 of 12 "
+                      r"filters give NaN or infinite activations on probe batch 0 \(of 2, "
+                      r"leading shape \(3, 20.*\); its kernel holds NaN"):
+        history = model.fit(x, y, epochs=4, batch_size=8, verbose=0,
+                            callbacks=[_Diverge("c2", epoch=1), callback])
+    assert len(history.history["loss"]) == 2  # stopped after epoch 2 of 4
+    assert "epoch 2" in callback.stop_reason_
+    np.testing.assert_array_equal(callback.epochs_, [0])  # nothing of epoch 2 kept
+    assert all(np.all(np.isfinite(m)) for m in callback.raw_history_.values())
+    assert sorted(os.listdir(tmp_path / "c2")) == ["epoch_001.png"]
+    with Image.open(tmp_path / "c2.gif") as gif:  # the GIF of the finite epochs is written
+        assert gif.n_frames == 1
+    with np.load(tmp_path / "topomaps.npz") as saved:
+        np.testing.assert_array_equal(saved["epochs"], [0])
+        assert np.all(np.isfinite(saved["raw/c2"]))

@@ -332,3 +332,16 @@ def test_morans_i_test_errors():
         morans_i_test(np.full((4, 4), np.nan))
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         morans_i_test(np.ones(16))
+
+
+@pytest.mark.parametrize("grid", [(7, 9), (16, 16), (4, 3)])
+@pytest.mark.parametrize("wrap", [False, True])
+def test_identical_filters_give_z_zero_despite_rounding(grid, wrap):
+    # Every order of identical filters scores the same up to float rounding; dividing one
+    # rounding error by another gave z = -0.9, 0.9 or -inf.
+    rng = np.random.default_rng(0)
+    for scale in (1e-3, 1.0, 1e6):
+        kernel = np.repeat(rng.normal(size=(5, 1)), grid[0] * grid[1], axis=1) * scale
+        test = topography_test(kernel.astype("float32"), grid=grid, wrap=wrap,
+                                       n_permutations=6, seed=0)
+        assert test.z == 0.0, (scale, test)

@@ -98,3 +98,24 @@ def test_truncated_run_files_name_the_file(tmp_path, name):
     if name == "config.json":
         with pytest.raises(ValueError, match=r"config\.json of the training run: it is truncated"):
             train.load_feature_config(out)
+
+
+def test_run_json_files_are_standard_json(tmp_path):
+    from keras_topomap._files import write_json_atomically
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    payload = {"z": float("inf"), "loss": np.float32("nan"), "steps": np.int64(3),
+               "history": [{"loss": 1.5, "val_cer": -np.inf}], "grid": (4, 4),
+               "curve": np.array([0.5, np.nan])}
+    train._write_json(tmp_path / "metrics.json", payload)
+    assert json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse) == {
+        "z": None, "loss": None, "steps": 3, "history": [{"loss": 1.5, "val_cer": None}],
+        "grid": [4, 4], "curve": [0.5, None],
+    }
+    # Anything else that would write NaN or Infinity is refused, naming the file; the old
+    # file stays.
+    with pytest.raises(ValueError, match=r"Cannot write .*metrics\.json: Out of range float"):
+        write_json_atomically(tmp_path / "metrics.json", {"z": float("nan")})
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 3
