@@ -1,4 +1,4 @@
-"""Property tests: random valid inputs never give NaN from the regularizer, GradNAP or the metrics.
+"""Property tests: random valid inputs never give NaN from the regularizers, GradNAP or the metrics.
 
 Few examples and small shapes (the suite runs on 2 cores); the strategies include the edge
 cases that produced NaN before: all-zero and constant filters, constant maps, huge and tiny
@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keras_topomap import TopographicRegularizer, metrics
+from keras_topomap import TopographicActivityRegularizer, TopographicRegularizer, metrics
 from keras_topomap.gradnap import GradNAP
 from tests.gradient_utils import value_and_grad
 
@@ -57,24 +57,77 @@ def test_topography_metrics_are_never_nan(case, wrap):
     assert np.isfinite(metrics.topography_score(kernel, grid=grid, wrap=wrap))
     result = metrics.topography_test(kernel, grid=grid, wrap=wrap, n_permutations=4, seed=0)
     assert not np.isnan(result.z) and np.isfinite(result.score)
+    if np.all(kernel == kernel[:, :1]):  # every order scores the same, up to rounding: z is 0
+        assert result.z == 0.0, result
+
+
+MAP_KINDS = st.sampled_from(["normal", "constant", "spike", "near constant"])
+
+
+def _morans_i_test(grid_map):
+    test = metrics.morans_i_test(grid_map, n_permutations=9, seed=0)
+    return [test.morans_i, test.z, test.p_value]
 
 
 @FAST
-@given(GRIDS, st.integers(0, 2**16), SCALES, st.sampled_from(["normal", "constant", "spike"]))
+@given(GRIDS, st.integers(0, 2**16), SCALES, MAP_KINDS)
 def test_map_metrics_are_never_nan(grid, seed, scale, kind):
     rng = np.random.default_rng(seed)
     grid_map = {
         "normal": rng.normal(size=grid),
         "constant": np.full(grid, 0.1),
         "spike": np.eye(*grid),
+        "near constant": 1.0 + 1e-9 * rng.normal(size=grid),
     }[kind] * scale
-    for metric in (metrics.morans_i, metrics.blur_error_auc, metrics.localization):
+    for metric in (metrics.morans_i, metrics.blur_error_auc, metrics.localization,
+                   _morans_i_test):
         try:
             value = metric(grid_map)
         except ValueError as e:  # a clear refusal (Moran's I of a constant map) is fine
             assert "constant" in str(e), e
             continue
-        assert not np.any(np.isnan(value)), (metric.__name__, kind, value)
+        assert not np.any(np.isnan(value)), (kind, value)
+
+
+@st.composite
+def activities(draw):
+    """Layer activity ``(samples, F)`` with some channels dead (all 0) or constant."""
+    grid = draw(GRIDS)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    n = grid[0] * grid[1]
+    x = rng.normal(size=(draw(st.integers(3, 40)), n)) * draw(SCALES)
+    kind = draw(st.sampled_from(["normal", "relu", "some dead", "some constant"]))
+    if kind == "relu":
+        x = np.maximum(x, 0.0)
+    elif kind == "some dead":
+        x[:, rng.random(n) < 0.4] = 0.0
+    elif kind == "some constant":
+        x[:, rng.random(n) < 0.4] = 0.7
+    return x.astype("float32"), grid
+
+
+@FAST
+@given(activities(), st.booleans())
+def test_activity_metrics_are_never_nan(case, wrap):
+    x, grid = case
+    assert np.isfinite(metrics.dead_unit_share(x))
+    try:
+        curve = metrics.correlation_by_distance(x, grid=grid, wrap=wrap, n_permutations=4)
+    except ValueError as e:  # too few varying channels, or none of them neighbours: said so
+        assert "vary" in str(e), e
+        return
+    for field in ("mean", "sem", "null_mean", "null_std", "distance"):
+        assert not np.any(np.isnan(getattr(curve, field))), (field, curve)
+    assert np.isfinite(curve.falloff) and not np.isnan(curve.falloff_z), curve
+
+
+@FAST
+@given(activities(), st.booleans(), st.sampled_from([0.0, 0.5]))
+def test_activity_regularizer_penalty_and_gradient_are_finite(case, wrap, global_strength):
+    x, grid = case
+    reg = TopographicActivityRegularizer(grid=grid, wrap=wrap, global_strength=global_strength)
+    value, grad = value_and_grad(reg, x[None])  # (1, samples, F): samples as frames
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
 
 
 _PROFILER = []
