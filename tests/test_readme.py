@@ -42,3 +42,23 @@ def test_the_pip_demo_commands_sit_beside_make_demo_and_use_real_options():
     options = {o for action in build_parser()._actions for o in action.option_strings}
     used = {word for c in commands for word in c.split() if word.startswith("--")}
     assert used and used <= options, used - options
+
+
+def test_layout_table_names_every_module_and_only_real_paths():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for row in re.findall(r"^\| (.+?) \|", section, flags=re.M)[1:]:
+        paths = re.findall(r"`([^`]+)`", row)
+        first = paths[0].rstrip("/")
+        folder = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
+        for path in paths:
+            full = path if "/" in path.rstrip("/") or not path.endswith(".py") else folder + path
+            named.add(full)
+            assert (ROOT / full).exists(), f"the layout table names {full}, which is not there"
+    modules = {f"keras_topomap/{p.name}" for p in (ROOT / "keras_topomap").glob("*.py")
+               if p.name != "__init__.py"}
+    assert not sorted(modules - named), "modules missing from README's layout table"
+    folders = {f"keras_topomap/{p.name}/" for p in (ROOT / "keras_topomap").iterdir()
+               if p.is_dir() and (p / "__init__.py").exists()}
+    assert not sorted(folders - named)
