@@ -290,8 +290,8 @@ class TopoMapCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
-        self._ensure_graph(model)
-        watched = self._resolve_layers(model)
+        _ensure_graph(model, self._batches[0])
+        watched = _watched_layers(model, self.layers, self.grids)
         if self.layers_ and list(watched) != self.layers_:
             self._reset_history()  # another set of layers: an earlier history does not continue
         self.layers_ = list(watched)
@@ -309,72 +309,6 @@ class TopoMapCallback(keras.callbacks.Callback):
         # worker's outputs to a scratch folder): the writers follow the attributes.
         self._writers.log_dir, self._writers.out_dir = self.log_dir, self.out_dir
         self._writers.open(self.layers_)
-
-    def _ensure_graph(self, model):
-        """Builds a Sequential model defined without ``keras.Input`` from the probe's shape.
-
-        Such a model has no graph to read layer outputs from (and, on some backends, no
-        weights yet at train begin). Batch and time/space axes are left free, so training data
-        of any length still fits; a model that cannot be built that way is built for the
-        probe's exact shape.
-        """
-        if not internals.is_unbuilt_sequential(model):
-            return
-        leaves = keras.tree.flatten(self._batches[0])
-        if len(leaves) != 1 or np.ndim(leaves[0]) < 2:
-            return
-        shape = np.shape(leaves[0])
-        for input_shape in ((None,) * (len(shape) - 1) + shape[-1:], (None,) + shape[1:]):
-            try:
-                model.build(input_shape)
-            except Exception:  # try the next shape; _build_extractor explains a failure
-                continue
-            if not internals.is_unbuilt_sequential(model):
-                return
-
-    def _resolve_layers(self, model):
-        """{name: (layer, grid, regularizer or None)} in the order requested (or model order)."""
-        regularized = topographic_layers(model)
-        by_name = {
-            layer.name: layer
-            for layer in internals.all_sublayers(model)
-            if layer is not model and not isinstance(layer, keras.layers.InputLayer)
-        }
-        names = self.layers if self.layers is not None else list(regularized)
-        if not names:
-            raise ValueError(
-                f"Model '{model.name}' has no layer with a TopographicRegularizer, so "
-                "TopoMapCallback has nothing to watch by default. Pass layers=[...] and "
-                "grids={layer_name: (H, W)}. Available layers: " + ", ".join(by_name)
-            )
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            raise ValueError(
-                f"TopoMapCallback: model '{model.name}' has no layer named {unknown}. "
-                f"Available layers: {', '.join(by_name)}. Received: layers={names}"
-            )
-        for name in self.grids:
-            if name not in names:
-                raise ValueError(
-                    f"TopoMapCallback: grids names layer '{name}', which is not watched. "
-                    f"Watched layers: {names}"
-                )
-        watched = {}
-        for name in names:
-            info = regularized.get(name)
-            reg = info["regularizer"] if info is not None else None
-            if name in self.grids:
-                grid = self.grids[name]
-            elif info is not None:
-                grid = info["grid"]
-            else:
-                raise ValueError(
-                    f"TopoMapCallback: layer '{name}' has no grid: it carries no "
-                    "TopographicRegularizer. Pass grids={'" + name + "': (H, W)} with H * W "
-                    "equal to its number of output features."
-                )
-            watched[name] = (by_name[name], grid, reg)
-        return watched
 
     def _build_extractor(self, model):
         """``keras.Model(model.input, [layer.output, ...] + [penalties])``: the watched
@@ -729,6 +663,75 @@ def _smoothing(smooth, size):
     _deprecation.warn(f"TopoMapCallback(smooth={side})",
                       f"smooth={side > 1}" + (f", size={side}" if side > 1 else ""))
     return side > 1, side if side > 1 else checks.odd_int(size, "size")
+
+
+def _ensure_graph(model, batch):
+    """Builds a Sequential model defined without ``keras.Input`` from the probe batch's shape.
+
+    Such a model has no graph to read layer outputs from (and, on some backends, no
+    weights yet at train begin). Batch and time/space axes are left free, so training data
+    of any length still fits; a model that cannot be built that way is built for the
+    probe's exact shape.
+    """
+    if not internals.is_unbuilt_sequential(model):
+        return
+    leaves = keras.tree.flatten(batch)
+    if len(leaves) != 1 or np.ndim(leaves[0]) < 2:
+        return
+    shape = np.shape(leaves[0])
+    for input_shape in ((None,) * (len(shape) - 1) + shape[-1:], (None,) + shape[1:]):
+        try:
+            model.build(input_shape)
+        except Exception:  # try the next shape; _build_extractor explains a failure
+            continue
+        if not internals.is_unbuilt_sequential(model):
+            return
+
+def _watched_layers(model, layers, grids):
+    """TopoMapCallback's watched layers: ``{name: (layer, grid, regularizer or None)}`` in the
+    order of ``layers`` (None: the model's order of its topographic layers), each with its grid
+    from ``grids`` or from its regularizer."""
+    regularized = topographic_layers(model)
+    by_name = {
+        layer.name: layer
+        for layer in internals.all_sublayers(model)
+        if layer is not model and not isinstance(layer, keras.layers.InputLayer)
+    }
+    names = layers if layers is not None else list(regularized)
+    if not names:
+        raise ValueError(
+            f"Model '{model.name}' has no layer with a TopographicRegularizer, so "
+            "TopoMapCallback has nothing to watch by default. Pass layers=[...] and "
+            "grids={layer_name: (H, W)}. Available layers: " + ", ".join(by_name)
+        )
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(
+            f"TopoMapCallback: model '{model.name}' has no layer named {unknown}. "
+            f"Available layers: {', '.join(by_name)}. Received: layers={names}"
+        )
+    for name in grids:
+        if name not in names:
+            raise ValueError(
+                f"TopoMapCallback: grids names layer '{name}', which is not watched. "
+                f"Watched layers: {names}"
+            )
+    watched = {}
+    for name in names:
+        info = regularized.get(name)
+        reg = info["regularizer"] if info is not None else None
+        if name in grids:
+            grid = grids[name]
+        elif info is not None:
+            grid = info["grid"]
+        else:
+            raise ValueError(
+                f"TopoMapCallback: layer '{name}' has no grid: it carries no "
+                "TopographicRegularizer. Pass grids={'" + name + "': (H, W)} with H * W "
+                "equal to its number of output features."
+            )
+        watched[name] = (by_name[name], grid, reg)
+    return watched
 
 
 def _layer_names(layers):
