@@ -1035,8 +1035,8 @@ def permuted_neighborhoods(kernel, grid=None, n=2, size=3, n_permutations=50, se
     picked = np.zeros((int(n_permutations), n))
     for i in range(int(n_permutations)):  # figure-time only; each is one vectorised pass
         similarity = local_similarity(units[:, rng.permutation(units.shape[1])], (h, w), size)
-        centers = centers if centers is not None else pick_neighborhoods(similarity, n, size)
-        picked[i, :len(centers)] = [similarity[tuple(c)] for c in centers]
+        chosen = centers if centers is not None else pick_neighborhoods(similarity, n, size)
+        picked[i, :len(chosen)] = [similarity[tuple(c)] for c in chosen]
     return picked.mean(axis=0), picked.std(axis=0, ddof=1)
 
 
