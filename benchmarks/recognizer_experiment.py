@@ -63,7 +63,10 @@ RECIPES = {
     "ln_cosine_plain": {**_LN_COSINE, "topographic": False},
     "ln_cosine_voice": {**_LN_COSINE, "data": "bundled-voice"},
     "baseline_plain": {"topographic": False},
-    # Batch normalization, SpecAugment and dropout 0.1 at Adam 1e-3 constant: the shipped models.
+    # Batch normalization, then SpecAugment, then dropout 0.1, at Adam 1e-3 constant; the last
+    # two are the shipped models.
+    "bn": {"norm": "batch"},
+    "bn_specaug": {"norm": "batch", "augment": True},
     "bn_specaug_dropout": {"norm": "batch", "augment": True, "dropout": 0.1},
     "bn_specaug_dropout_plain": {"norm": "batch", "augment": True, "dropout": 0.1,
                                  "topographic": False},
