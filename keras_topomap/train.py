@@ -23,7 +23,8 @@ float noise.
 
 Files written to ``out``: ``config.json`` (the :class:`TrainConfig` and feature config),
 ``checkpoint.keras`` + ``state.json`` (latest epoch), ``best.keras`` (best validation CER),
-``model.keras`` (final), ``metrics.json``, ``logs/`` (TensorBoard). The JSON files are
+``model.keras`` (final), ``metrics.json``, ``logs/`` (TensorBoard; with ``maps``, the maps of
+a fixed probe of validation utterances in ``logs/maps``). The JSON files are
 standard JSON: a value that is not a finite number (a topography z-score of +inf when the
 permuted layouts have no spread, the loss of a diverged epoch) is written as ``null``.
 
@@ -71,7 +72,7 @@ import keras
 import numpy as np
 
 from keras_topomap import _keras_internals as internals
-from keras_topomap import checks, ctc, summaries
+from keras_topomap import _train_banners, checks, ctc, summaries
 from keras_topomap import distribute as distribute_lib
 from keras_topomap import models as models_lib
 from keras_topomap._files import json_ready, write_json_atomically
@@ -98,11 +99,13 @@ _READERS = {
     "timit": "read_timit",
     "textgrid": "read_textgrid_corpus",
 }
+#: Validation utterances in the probe of the maps ``maps=True`` logs (seeded, fixed per run).
+MAP_PROBE_SIZE = 16
 #: ``TrainConfig.lr_schedule`` choices.
 LR_SCHEDULES = ("constant", "warmup-cosine")
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = (
-    "epochs", "resume", "verbose", "max_minutes", "tensorboard", "distribute",
+    "epochs", "resume", "verbose", "max_minutes", "tensorboard", "maps", "distribute",
     "out",  # a run folder may be moved or copied and resumed where it is now
 )
 
@@ -169,7 +172,13 @@ class TrainConfig:
             test sets (0: greedy only).
         n_permutations: permutations for the topography z-scores.
         tensorboard: write TensorBoard logs to ``out/logs``.
-        verbose: Keras ``fit`` verbosity (1: progress bar).
+        maps: with ``tensorboard``, log the maps of every topographic layer to
+            ``out/logs/maps`` every epoch (a :class:`~keras_topomap.TopoMapCallback` on
+            :data:`MAP_PROBE_SIZE` seeded validation utterances, per-phone maps where they
+            have phone labels); a model without topographic layers logs none.
+        verbose: Keras ``fit`` verbosity (1: progress bar); above 0 also the start and end
+            banners (data sizes, parameters, mapped grids, output folder, the TensorBoard
+            command; the files written and what each holds).
         resume: continue the run found in ``out``.
         distribute: ``"none"``, ``"mirrored"`` (TensorFlow), ``"data-parallel"`` (JAX) or
             ``"multi-worker"`` (both; :mod:`keras_topomap.distribute`).
@@ -215,6 +224,7 @@ class TrainConfig:
     beam_width: int = 16
     n_permutations: int = 100
     tensorboard: bool = True
+    maps: bool = True
     verbose: int = 1
     resume: bool = False
     distribute: str = "none"
@@ -642,6 +652,28 @@ def _tensorboard(log_dir):
     return [summaries.EpochSummaries(log_dir)]
 
 
+def _maps_callback(config, model, val_set, log_dir):
+    """``(TopoMapCallback or None, {layer: grid})`` of ``maps=True``: every topographic layer's
+    maps of a seeded probe of validation utterances, per phone where the probe has phone
+    labels (readers without alignments give none), to ``log_dir``."""
+    from keras_topomap.callbacks import TopoMapCallback
+    from keras_topomap.datasets import PHONES_39, SpeechBatches
+    from keras_topomap.regularizers import topographic_layers
+
+    grids = {name: tuple(info["grid"]) for name, info in topographic_layers(model).items()}
+    if not grids:
+        return None, grids
+    probe_set = val_set.subset(_subset(val_set.ids, MAP_PROBE_SIZE, config.seed + 6))
+    probe = SpeechBatches(probe_set, batch_size=len(probe_set), mode="all", shuffle=False)[0]
+    labels = probe["frame_labels"]
+    phones = len(np.unique(labels[labels >= 0])) >= 2  # per-phone maps need two phones
+    callback = TopoMapCallback(
+        probe["features"], probe_lengths=probe["feature_lengths"], log_dir=log_dir,
+        groups=labels if phones else None, group_names=PHONES_39 if phones else None,
+    )
+    return callback, grids
+
+
 def _rng_variables(model):
     # Dropout's random-seed state is a model variable but not a weight, so .keras files do not
     # keep it; without it a resumed run would draw different dropout masks. Keyed by layer name:
@@ -1050,13 +1082,23 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
         budget = TimeBudget(60.0 * config.max_minutes, used=state["seconds"], agree=agree)
         fit_callbacks.append(budget)
     fit_callbacks.append(TrainingCheckpoint(write_dir, state, early, budget, monitor=monitor))
-    if config.tensorboard and context.is_chief:
-        fit_callbacks += _tensorboard(out / "logs")
-    extra = list(callbacks or [])
+    log_dir = out / "logs" if config.tensorboard and summaries.tensorboard_available(
+        "keras-topomap train") else None
+    if log_dir is not None and context.is_chief:
+        fit_callbacks += _tensorboard(log_dir)
+    maps, watched = (None, None)
+    if config.maps and log_dir is not None:
+        maps, watched = _maps_callback(config, model, val_set, write_dir / "logs" / "maps")
+    extra = [maps] if maps is not None else []
+    extra += list(callbacks or [])
     if not context.is_chief:
         _redirect_outputs(extra, write_dir)
     fit_callbacks += extra
 
+    banners = config.verbose > 0 and context.is_chief
+    if banners:
+        print(_train_banners.start_banner(
+            config, (train_set, val_set, test_set), model, watched, log_dir), flush=True)
     already_over = state.get("budget_stopped") or (
         early is not None and state["early_stopping"] is not None
         and state["early_stopping"]["wait"] >= config.patience
@@ -1083,7 +1125,8 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
     best = write_dir / "best.keras"
     if not best.is_file() and write_dir != out and (out / "best.keras").is_file():
         best = out / "best.keras"  # a resumed run with no better epoch since: the chief's file
-    if best.is_file():
+    restored = best.is_file()
+    if restored:
         model.load_weights(best)
     strategies = ("greedy", "beam_search") if config.beam_width > 0 else ("greedy",)
     test = evaluate(
@@ -1135,6 +1178,9 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
         },
     }
     _write_json(write_dir / "metrics.json", results)
+    if banners:
+        print(_train_banners.end_banner(write_dir, state, restored, maps is not None, log_dir,
+                                        phones=maps is not None and maps.group_names is not None))
     return results
 
 
@@ -1252,6 +1298,10 @@ def build_parser():
                    help="shuffled layouts of the final topography z-scores")
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
                    default=defaults.tensorboard, help="write TensorBoard logs to OUT/logs")
+    p.add_argument("--maps", action=argparse.BooleanOptionalAction, default=defaults.maps,
+                   help=f"log every topographic layer's maps of {MAP_PROBE_SIZE} validation "
+                   "utterances to "
+                   "OUT/logs/maps every epoch (TensorBoard images; needs --tensorboard)")
     p.add_argument("--verbose", type=int, default=defaults.verbose, choices=(0, 1, 2),
                    help="Keras progress output: 0 silent, 1 progress bar, 2 a line per epoch")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -1293,7 +1343,8 @@ def main(argv=None):
         print(f"  {name:<11} topography {topo['score']:+.3f}  z {topo['z']:+.1f}  "
               f"correlation falloff {act['falloff']:+.3f}  z {act['falloff_z']:+.1f}  "
               f"dead {act['dead_share']:.0%}")
-    print(f"wrote {results['model_path']} and {Path(config.out) / 'metrics.json'}")
+    if not config.verbose:  # the end banner names the files otherwise
+        print(f"wrote {results['model_path']} and {Path(config.out) / 'metrics.json'}")
     return 0
 
 
