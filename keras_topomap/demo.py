@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import sys
 import time
@@ -407,7 +408,7 @@ def run_demo(
                 "analysed_weights": trained.analyzed,
                 "n_test_utterances": len(test_set),
                 "model": str(model) if model is not None else str(trained.run["model_path"]),
-                "config": config if model is None else None,
+                "config": config if model is None else _run_config(trained.run),
                 "data": data,
                 "backend": keras.backend.backend(),
             }, training=trained.run,
@@ -445,6 +446,12 @@ def _timed(seconds, key):
 # ---- 1. data
 
 
+def _run_config(run):
+    """The model configuration a saved training run names (None: not known)."""
+    config = (run or {}).get("config")
+    return config.get("config") if isinstance(config, dict) else None
+
+
 def _load_data(out, data, model, verbose, **settings):
     """The run's :class:`~keras_topomap.train.TrainConfig`, the ``--model`` (None: train one)
     and the ``(train, validation, test)`` feature sets, checked for phone alignments."""
@@ -478,10 +485,37 @@ def _load_data(out, data, model, verbose, **settings):
 
 class _Trained(NamedTuple):
     net: Any  # the model analysed
-    run: Any  # train()'s result (None for a given model)
+    run: Any  # train()'s result (a given model: its run's metrics.json, or None)
     history: list  # per-epoch logs (empty for a given model)
     scores: tuple  # (TopoMapCallback.scores_, .epochs_) or (None, None)
     analyzed: str  # which weights are analysed
+
+
+#: what the demo quotes of a training run (train()'s result or its metrics.json)
+_RUN_KEYS = ("epochs_done", "training_seconds", "stopped_by", "best_epoch", "parameters",
+             "n_train")
+
+
+def saved_training_run(model_path):
+    """The ``metrics.json`` that ``keras-topomap train`` wrote beside a saved model (the
+    shipped pretrained models carry theirs), or None where there is none or it lacks the
+    recognizer's results: the demo then quotes the run's epochs and test CER for a model it
+    did not train.
+
+    Example:
+        >>> saved_training_run("no/such/model.keras") is None
+        True
+    """
+    path = Path(model_path).with_name("metrics.json")
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    test = run.get("test") if isinstance(run, dict) else None
+    if not isinstance(test, dict) or any(k not in run for k in _RUN_KEYS) or any(
+            k not in test for k in ("cer", "wer", "loss")):
+        return None
+    return run
 
 
 def _train_or_load(out, train_config, sets, loaded, config, minutes, model, verbose):
@@ -489,7 +523,7 @@ def _train_or_load(out, train_config, sets, loaded, config, minutes, model, verb
     takes the loaded ``--model``."""
     if loaded is not None:
         _stage(2, f"Using the trained model {model} (no training)", verbose)
-        return _Trained(loaded, None, [], (None, None), "as saved")
+        return _Trained(loaded, saved_training_run(model), [], (None, None), "as saved")
     from keras_topomap import train as train_lib
     from keras_topomap.callbacks import TopoMapCallback
     from keras_topomap.datasets import SpeechBatches
@@ -734,10 +768,11 @@ def _demo_metrics(out, net, gradnap, grids, test_set, files, n_permutations, see
         **settings,
     }
     if training is not None:
-        metrics["recognizer"] = {
-            key: training[key] for key in ("epochs_done", "training_seconds", "stopped_by",
-                                           "best_epoch", "parameters", "n_train")
-        }
+        metrics["recognizer"] = {key: training[key] for key in _RUN_KEYS}
+        # a given model's numbers are its training run's, on that run's test split
+        metrics["recognizer"]["source"] = (
+            "the saved model's training run" if settings["analysed_weights"] == "as saved"
+            else "this demo's training")
         metrics["recognizer"].update(
             {f"test_{k}": training["test"][k] for k in ("cer", "wer", "loss")}
         )
@@ -767,7 +802,7 @@ def _print_summary(metrics, table, seconds, out, index):
         rec = metrics["recognizer"]
         print(f"\nrecognizer: test CER {rec['test_cer']:.3f}, WER {rec['test_wer']:.3f} after "
               f"{rec['epochs_done']} epochs ({rec['training_seconds'] / 60:.1f} min, stopped "
-              f"by {rec['stopped_by']})")
+              f"by {rec['stopped_by']}; from {rec['source']})")
     print(f"\nDone in {seconds['total'] / 60:.1f} min. Results: {out.resolve()}\n"
           f"Open {index.resolve()} in a browser.")
 

@@ -101,7 +101,18 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
         "<h1>Topographic filter maps of a speech recognizer</h1>",
     ]
     rec = metrics.get("recognizer")
-    if rec:
+    if rec and rec.get("source") == "the saved model's training run":
+        parts.append(
+            f"<p>Analysis of the trained model <code>{html.escape(metrics['model'])}</code> "
+            f"(backend {html.escape(metrics['backend'])}). Its training run (from the "
+            f"<code>metrics.json</code> saved beside it): the <code>"
+            f"{html.escape(str(metrics['config']))}</code> config, {rec['parameters']:,} "
+            f"parameters, {rec['n_train']} training utterances, {rec['epochs_done']} epochs "
+            f"(stopped by {rec['stopped_by']}), weights of epoch {rec['best_epoch']}; test "
+            f"character error rate {rec['test_cer']:.3f}, word error rate "
+            f"{rec['test_wer']:.3f} on that run's test split.</p>"
+        )
+    elif rec:
         parts.append(
             f"<p>A Wav2Letter-style recognizer (<code>{html.escape(str(metrics['config']))}"
             f"</code> config, {rec['parameters']:,} parameters) was trained with CTC and the "

@@ -140,13 +140,36 @@ def test_layer_verdicts_read_the_median_z():
 
 
 def test_demo_on_a_saved_model_skips_training(tiny_demo, tmp_path):
-    out, _ = tiny_demo
+    out, trained = tiny_demo
     summary = demo.run_demo(out=tmp_path, model=out / "training" / "model.keras", steps=2,
                             max_eval=4, n_permutations=3, verbose=0)
     assert not (tmp_path / "training").exists()
-    assert "recognizer" not in summary["metrics_data"]
+    # the metrics.json that train wrote beside the model: its run's numbers, said to be its
+    rec, first = summary["metrics_data"]["recognizer"], trained["metrics_data"]["recognizer"]
+    assert rec["source"] == "the saved model's training run"
+    assert first["source"] == "this demo's training"
+    assert {k: rec[k] for k in ("epochs_done", "best_epoch", "test_cer")} == {
+        k: first[k] for k in ("epochs_done", "best_epoch", "test_cer")}
+    assert summary["metrics_data"]["config"] == "tiny"
     page = (tmp_path / "index.html").read_text()
     assert all((tmp_path / link).is_file() for link in referenced_files(page))
+    assert "that run&#x27;s test split" in page or "that run's test split" in page
+
+
+def test_a_model_without_its_run_is_analysed_without_recognizer_numbers(tiny_demo, tmp_path):
+    import shutil
+
+    out, _ = tiny_demo
+    alone = tmp_path / "alone" / "model.keras"
+    alone.parent.mkdir()
+    shutil.copyfile(out / "training" / "model.keras", alone)
+    assert demo.saved_training_run(alone) is None
+    (alone.parent / "metrics.json").write_text("{truncated")
+    assert demo.saved_training_run(alone) is None  # unreadable: not quoted, not fatal
+    summary = demo.run_demo(out=tmp_path / "out", model=alone, steps=2, max_eval=4,
+                            n_permutations=3, verbose=0)
+    assert "recognizer" not in summary["metrics_data"]
+    assert summary["metrics_data"]["config"] is None
 
 
 def test_demo_rejects_bad_options(tmp_path):

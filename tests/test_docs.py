@@ -189,6 +189,38 @@ def test_caption_blocks_are_rewritten_in_place():
         make_figures.rewrite_captions(text, {})
 
 
+def test_every_caption_block_is_what_figures_json_makes_of_its_run():
+    """The demo figures' captions quote the numbers of the run the figures come from: each
+    caption block in README.md and docs/method.md is exactly what make_figures.captions makes of
+    docs/figures/demo/figures.json, every figure the docs show is there, and the numbers in
+    figures.json are finite and consistent with each other."""
+    import json
+    import math
+
+    make_figures = _make_figures()
+    numbers = json.loads(make_figures.NUMBERS.read_text(encoding="utf-8"))
+    generated = make_figures.captions(numbers)
+    seen = {}
+    for doc in make_figures.DOCS:
+        seen.update(make_figures.caption_blocks((ROOT / doc).read_text(encoding="utf-8")))
+    assert set(seen) == set(generated), "every caption make_figures writes has one block"
+    stale = [name for name, body in seen.items() if body != generated[name].strip()]
+    assert not stale, f"caption blocks not regenerated from figures.json: {stale}"
+    for name in make_figures.FILES:
+        assert (make_figures.FIGURES / name).is_file(), name
+    animated = numbers["animation_frames"] is not None
+    assert (make_figures.FIGURES / "maps.gif").is_file() == animated
+    for layer in numbers["layers"].values():
+        assert all(math.isfinite(layer[k]) for k in ("score", "z", "median_morans_i"))
+        assert 0 <= layer["n_topographic"] <= layer["n_maps"]
+    assert numbers["_checks"]["finite"]
+    run = json.loads(make_figures.RUN_METRICS.read_text(encoding="utf-8"))
+    from_run = make_figures.metrics_numbers(run)
+    assert {k: numbers[k] for k in from_run} == from_run, "figures.json is not that run's"
+    assert run["model"] == make_figures.portable_model(run["model"])  # no machine path
+    assert numbers["test_cer"] is None or 0 <= numbers["test_cer"] <= 1.5
+
+
 def _notebooks_hook(monkeypatch, root):
     import importlib.util
 
