@@ -70,7 +70,7 @@ import numpy as np
 from keras import ops
 
 from keras_topomap import _keras_internals as internals
-from keras_topomap import checks, sample_groups
+from keras_topomap import batch_checks, checks, sample_groups
 from keras_topomap import grid as grid_lib
 from keras_topomap._arrays import to_numpy
 from keras_topomap._files import file_stem, replace_atomically, write_json_atomically
@@ -85,7 +85,8 @@ __all__ = ["GradNAP", "Clustering"]
 
 _TARGETS = ("prediction", "ctc_loss", "label")
 _ADJUST = ("gradient", "abs_gradient", "none")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the skipped counts (batch_checks)
+_READ_VERSIONS = (1, 2)
 
 
 class Clustering(NamedTuple):
@@ -122,6 +123,9 @@ class _Pending(NamedTuple):
     padded: _Batch
     layer_labels: dict
     n_frames: int
+    batch: Any = None  # the batch as screened, and its rows' indices in the batch as given
+    index: int = 0
+    rows: Any = None
 
 
 class GradNAP:
@@ -160,6 +164,9 @@ class GradNAP:
         blank: the CTC blank class (skipped by ``target="prediction"``; 0 for keras' CTC).
         time_bucket: pad the time axis to a multiple of this (bounds JAX compilations).
         verbose: 1 shows a progress bar during :meth:`fit`.
+        on_nonfinite: ``"raise"`` (a ValueError naming the batch and utterance) or ``"skip"``
+            (leave the utterance out and count it in ``skipped_``) for NaN or infinite inputs
+            and step results (:mod:`keras_topomap.batch_checks`).
 
     Attributes (once fitted):
         group_sums_: the running state, a :class:`~keras_topomap.group_sums.GroupSums`.
@@ -174,6 +181,8 @@ class GradNAP:
         n_frames_: labelled input frames seen (samples, with per-sample labels).
         label_kind_: ``"frame"`` or ``"sample"``: the kind of labels fitted.
         target_total_: the target summed over all batches (0 for ``adjust="none"``).
+        skipped_: ``{"nonfinite_rows": n, "empty_batches": n}``: utterances (samples) left out
+            for non-finite values and batches without rows or frames.
         info_: the ``info`` dict given to :meth:`save` (read back by :meth:`load`).
     """
 
@@ -193,6 +202,7 @@ class GradNAP:
         blank=0,
         time_bucket=32,
         verbose=1,
+        on_nonfinite="raise",
     ):
         if isinstance(layers, str):
             layers = [layers]
@@ -216,16 +226,11 @@ class GradNAP:
             )
         self.batch_size = checks.positive_int(batch_size, "batch_size", allow_none=True)
         self.window = checks.non_negative_int(window, "window", allow_none=True)
-        checks.choice(anchor, "anchor", ("center", "saliency"))
-        if anchor == "saliency" and adjust == "none":
-            raise ValueError(
-                "anchor='saliency' needs gradients; use adjust='gradient' or 'abs_gradient'. "
-                "Received: adjust='none'"
-            )
-        self.anchor = anchor
+        self.anchor = _check_anchor(anchor, adjust)
         self.time_bucket = checks.positive_int(time_bucket, "time_bucket")
         self.blank = blank
         self.verbose = verbose
+        self.on_nonfinite = checks.choice(on_nonfinite, "on_nonfinite", batch_checks.ON_NONFINITE)
         self.grids = None if grids is None else dict(grids)
         # Read from the model (or, without one, from grids) once; the fitted grids_ and
         # n_filters_ are copies of these.
@@ -252,6 +257,7 @@ class GradNAP:
         self.grids_, self.n_filters_ = dict(self._grids), dict(self._n_filters)
         self.n_groups_, self.n_frames_ = state.n_groups, state.n_frames
         self.target_total_ = state.target_total
+        self.skipped_ = batch_checks.published(state.skipped)
         self.profiles_, self.counts_, self.group_means_, self.baseline_ = {}, {}, {}, {}
         for name in state.layers:
             profiles, means, base = state.profiles(name, self.baseline)
@@ -264,14 +270,8 @@ class GradNAP:
         self.time_counts_ = {name: c.copy() for name, c in state.window_counts.items()}
         if info is not None or not hasattr(self, "info_"):
             self.info_ = dict(info or {})
-        empty = state.empty_groups()
-        if warn and empty.any():
-            names = [self.group_name(i) for i in np.nonzero(empty)[0]]
-            warnings.warn(
-                f"GradNAP: no frames for groups {names} in at least one layer (counts 0, profile "
-                "0, left out of the baseline).",
-                stacklevel=3,
-            )
+        if warn:
+            _warn_empty_groups(self, state)
 
     # ------------------------------------------------------------------------------------------
     # The compiled step
@@ -295,6 +295,7 @@ class GradNAP:
             target, n_target_extras = _target_function(self.target, self.blank)
             reduce = _group_sums_reduce(layers, label_index, n_groups, n_target_extras,
                                         adjust, keep_frames, keep_saliency)
+        reduce = batch_checks.with_finite_flags(reduce, layers)
         needs_grad = adjust != "none"
         # Under a distribution: sums add over replicas, per-frame results join along the batch.
         per_layer = {name: "sum" for name in layers}
@@ -302,7 +303,7 @@ class GradNAP:
             "sums": per_layer,
             "frames": {name: "concat" for name in layers} if keep_frames else {},
             "saliency": {name: "concat" for name in layers} if keep_saliency else {},
-            "value": "sum",
+            "value": "sum", "finite": {name: "concat" for name in layers},
         }
         step = ActivationGradients(
             self.model, layers, target, reduce=reduce, layer_gradients=needs_grad,
@@ -364,7 +365,7 @@ class GradNAP:
             )
         total = len(data) if hasattr(data, "__len__") and not _is_array_data(data) else None
         progbar = keras.utils.Progbar(total, unit_name="batch") if self.verbose else None
-        seen = 0
+        seen = dispatched = 0
         pending = None
         kind = getattr(self, "label_kind_", None) if state.n_frames else None
         for index, batch in enumerate(_batches(data, self.batch_size)):
@@ -376,10 +377,10 @@ class GradNAP:
             kind = batch_kind
             if kind == "sample":
                 parsed = sample_groups.parse_sample_batch(batch, index, self.group_names)
-                started = _Pending(*sample_groups.dispatch_samples(self, parsed, state))
             else:
                 parsed = _parse_batch(batch, index, self.target, self.group_names)
-                started = self._dispatch(parsed, index, state)
+            started = self._start(parsed, index, state)
+            dispatched += started is not None
             if pending is not None:
                 self._collect(pending, state)
             pending = started
@@ -388,29 +389,33 @@ class GradNAP:
                 progbar.update(seen)
         if pending is not None:
             self._collect(pending, state)
-        if seen == 0:
-            raise ValueError("GradNAP.fit received no batches.")
-        if (self.target == "prediction" and self.adjust != "none" and kind == "frame"
-                and state.target_total == 0.0):
-            warnings.warn(
-                "GradNAP: the model predicts the blank (or nothing) on every frame, so the "
-                "'prediction' target and all its gradients are 0 and every profile is 0. Train "
-                "the model longer or use target='ctc_loss'.",
-                stacklevel=3,
-            )
+        _check_seen(seen, dispatched, state.skipped)
+        _warn_all_blank(self, kind, state)
         self._set_state(state, warn=True, label_kind=kind)
         return self
+
+    def _start(self, parsed, index, state, rows=None):
+        """Screens a parsed batch (:func:`keras_topomap.batch_checks.screen`) and starts its
+        step: a :class:`_Pending`, or None for a batch skipped whole."""
+        batch, kept = batch_checks.screen(parsed, index, self.on_nonfinite, state.skipped)
+        if batch is None:
+            return None
+        rows = kept if rows is None else rows[kept]
+        if isinstance(batch, sample_groups.SampleBatch):
+            started = sample_groups.dispatch_samples(self, batch, state, index)
+        else:
+            started = self._dispatch(batch, index, state)
+        return _Pending(*started, batch=batch, index=index, rows=rows)
 
     def _dispatch(self, batch, index, state):
         """Prepares ``batch`` and starts the step on it; :meth:`_collect` adds the result."""
         if self._frame_problem:
             raise ValueError(self._frame_problem)
-        if batch.labels.size and batch.labels.max() >= state.n_groups:
-            state.grow(int(batch.labels.max()) + 1)
-        g = state.n_groups
+        g, step_groups = batch_checks.grow_groups(state, batch.labels, index, self.group_names,
+                                                  self.n_groups)
         timing = self._timing(self._padded_length(batch.x.shape[1]))
         label_index, label_layers = self._label_plan(timing)
-        step, _ = self._step_for(g, label_index)
+        step, _ = self._step_for(step_groups, label_index)
         self._rows = max(self._rows or len(batch.x), len(batch.x))
         padded, n_real = _pad_batch(batch, self._padded_length(batch.x.shape[1]),
                                     self._rows, step.n_replicas())
@@ -425,25 +430,33 @@ class GradNAP:
         extras = [mask]
         if self.target == "ctc_loss":
             out_lengths = mask.sum(axis=1).astype(np.int32)
-            _check_ctc(padded, out_lengths, n_real, index)
+            _check_ctc(batch, padded, out_lengths, n_real, index, self.model)
             row_valid = (np.arange(len(out_lengths)) < n_real).astype(np.float32)
             extras += [padded.ctc_labels, padded.ctc_label_lengths,
                        np.maximum(out_lengths, 1).astype(np.int32), row_valid]
         started = step.dispatch(padded.x, *extras, *label_arrays)
-        return _Pending(step, started, g, timing, padded, layer_labels,
-                        int((batch.labels >= 0).sum()))
+        return (step, started, g, timing, padded, layer_labels, int((batch.labels >= 0).sum()))
 
     def _collect(self, pending, state):
         """Waits for a dispatched batch and adds it to ``state`` (the first ``g`` groups: more
-        may have appeared since it was dispatched)."""
+        may have appeared since it was dispatched). Rows with non-finite results raise, or are
+        left out: the batch is computed again without them."""
+        if pending is None:
+            return
         result = pending.step.fetch(pending.started)
         g = pending.n_groups
+        keep = batch_checks.rows_to_keep(result, pending, self.on_nonfinite, state.skipped)
+        if keep is not None:  # rows left out: the others are computed again
+            if keep.size:
+                again = batch_checks.take_rows(pending.batch, keep)
+                self._collect(self._start(again, pending.index, state, pending.rows[keep]), state)
+            return
         counts = {}  # layers with the same timing share their label array
         for name in self.layers:
             lab = pending.layer_labels[name]
             if id(lab) not in counts:
                 counts[id(lab)] = np.bincount(lab[lab >= 0], minlength=g)[:g]
-            state.add(name, result["sums"][name], counts[id(lab)])
+            state.add(name, result["sums"][name][:g], counts[id(lab)])
             if self.window is not None:
                 windows = _window_sums(pending.timing[name], pending.padded,
                                        result["frames"][name], g, self.window,
@@ -570,7 +583,7 @@ class GradNAP:
             baseline=self.baseline, group_names=self.group_names, n_groups=self.n_groups,
             grids=self._grids, batch_size=self.batch_size, window=self.window,
             anchor=self.anchor, blank=self.blank, time_bucket=self.time_bucket,
-            verbose=self.verbose,
+            verbose=self.verbose, on_nonfinite=self.on_nonfinite,
         )
         new.target = self.target  # "callable" for one loaded from disk
         if model is None:
@@ -650,7 +663,7 @@ class GradNAP:
         config.update(n_groups=state.n_groups, n_frames=state.n_frames,
                       label_kind=getattr(self, "label_kind_", "frame"),
                       target_total=state.target_total, model_fingerprint=self.model_fingerprint(),
-                      arrays_sha256=digest,
+                      arrays_sha256=digest, skipped=batch_checks.published(state.skipped),
                       info=dict(info if info is not None else getattr(self, "info_", {})))
         write_json_atomically(stem + ".json", config, indent=2)
         return stem + ".npz"
@@ -690,23 +703,10 @@ class GradNAP:
             target_total=config.get("target_total", 0.0), where=f"GradNAP.load({stem!r})",
             n_groups=n_groups, n_filters=saved_filters,
         )
+        state.skipped = batch_checks.read_skipped(config.get("skipped"), f"GradNAP.load({stem!r})")
         gn._saved_model_name = config.get("model")
         gn._saved_fingerprint = config.get("model_fingerprint")
-        if model is not None and gn._saved_fingerprint is not None:
-            # Continuing a fit with other weights would silently mix two models.
-            if gn.model_fingerprint() != gn._saved_fingerprint:
-                warnings.warn(
-                    f"GradNAP.load: the weights of model '{model.name}' differ from those the "
-                    f"saved sums in {stem + '.json'!r} were computed with.",
-                    stacklevel=2,
-                )
-        info = config.get("info") or {}
-        if not isinstance(info, dict):
-            raise ValueError(
-                f"GradNAP.load: 'info' in {stem + '.json'!r} must be a dict. Received: {info!r}"
-            )
-        kind = config.get("label_kind", "frame")
-        checks.choice(kind, f"label_kind in {stem + '.json'!r}", sample_groups.LABEL_KINDS)
+        info, kind = _loaded_extras(gn, config, stem, model)
         gn._set_state(state, info=info, label_kind=kind)
         return gn
 
@@ -1007,6 +1007,8 @@ def _parse_batch(batch, index, target, group_names):
             f"of shape (batch,) for per-sample groups. Received: shape={x.shape}"
         )
     labels = check_frame_labels(labels, x.shape[:2], f"Batch {index}")
+    if 0 in x.shape[:2]:  # no rows or no frames: skipped (and counted) by batch_checks.screen
+        return _Batch(x, labels.astype(np.int64), np.zeros(len(x), np.int64), None, None)
     if group_names is not None and labels.size and labels.max() >= len(group_names):
         raise ValueError(
             f"Batch {index}: frame label {labels.max()} has no group name (there are "
@@ -1079,7 +1081,76 @@ def _batches(data, batch_size):
     yield from data
 
 
-def _check_ctc(padded, out_lengths, n_real, index):
+def _check_anchor(anchor, adjust):
+    checks.choice(anchor, "anchor", ("center", "saliency"))
+    if anchor == "saliency" and adjust == "none":
+        raise ValueError(
+            "anchor='saliency' needs gradients; use adjust='gradient' or 'abs_gradient'. "
+            "Received: adjust='none'"
+        )
+    return anchor
+
+
+def _warn_all_blank(gn, kind, state):
+    """Warns when the 'prediction' target was 0 on every frame (so every profile is 0)."""
+    if (gn.target == "prediction" and gn.adjust != "none" and kind == "frame"
+            and state.target_total == 0.0):
+        warnings.warn(
+            "GradNAP: the model predicts the blank (or nothing) on every frame, so the "
+            "'prediction' target and all its gradients are 0 and every profile is 0. Train "
+            "the model longer or use target='ctc_loss'.",
+            stacklevel=4,
+        )
+
+
+def _warn_empty_groups(gn, state):
+    """Warns about the groups without frames in at least one layer."""
+    empty = state.empty_groups()
+    if empty.any():
+        names = [gn.group_name(i) for i in np.nonzero(empty)[0]]
+        warnings.warn(
+            f"GradNAP: no frames for groups {names} in at least one layer (counts 0, profile "
+            "0, left out of the baseline).",
+            stacklevel=4,
+        )
+
+
+def _loaded_extras(gn, config, stem, model):
+    """``(info, label kind)`` of a loaded header, checked; warns when ``model``'s weights are
+    not those the sums were computed with."""
+    if model is not None and gn._saved_fingerprint is not None:
+        # Continuing a fit with other weights would silently mix two models.
+        if gn.model_fingerprint() != gn._saved_fingerprint:
+            warnings.warn(
+                f"GradNAP.load: the weights of model '{model.name}' differ from those the "
+                f"saved sums in {stem + '.json'!r} were computed with.",
+                stacklevel=3,
+            )
+    info = config.get("info") or {}
+    if not isinstance(info, dict):
+        raise ValueError(
+            f"GradNAP.load: 'info' in {stem + '.json'!r} must be a dict. Received: {info!r}"
+        )
+    kind = config.get("label_kind", "frame")
+    checks.choice(kind, f"label_kind in {stem + '.json'!r}", sample_groups.LABEL_KINDS)
+    return info, kind
+
+
+def _check_seen(seen, dispatched, skipped):
+    """Raises when a fit received no batches, or skipped every one of them."""
+    if seen == 0:
+        raise ValueError("GradNAP.fit received no batches.")
+    if dispatched == 0:
+        raise ValueError(
+            f"GradNAP.fit: all {seen} batches were skipped (skipped: "
+            f"{batch_checks.published(skipped)}); nothing was fitted."
+        )
+
+
+def _check_ctc(batch, padded, out_lengths, n_real, index, model):
+    """Checks the transcripts of a ``ctc_loss`` batch: ids, lengths, feasible alignments."""
+    n_classes = internals.graph_outputs(model)[0].shape[-1]
+    batch_checks.check_ctc_targets(batch.ctc_labels, batch.ctc_label_lengths, n_classes, index)
     needed = required_frames(padded.ctc_labels, padded.ctc_label_lengths)
     bad = np.nonzero(needed[:n_real] > out_lengths[:n_real])[0]
     if bad.size:
@@ -1151,10 +1222,10 @@ def _read_header(path):
         raise ValueError(
             f"GradNAP.load: {path!r} must hold a JSON object. Received: {type(config).__name__}"
         )
-    if config.get("format_version") != _FORMAT_VERSION:
+    if config.get("format_version") not in _READ_VERSIONS:
         raise ValueError(
             f"GradNAP.load: {path!r} has format version {config.get('format_version')!r}; "
-            f"this version reads {_FORMAT_VERSION}."
+            f"this version reads {list(_READ_VERSIONS)}."
         )
     missing = [key for key in _HEADER_KEYS if key not in config]
     if missing:

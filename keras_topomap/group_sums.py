@@ -49,6 +49,8 @@ class GroupSums:
         window_sums, window_counts: ``{layer: array}``; empty without ``window``.
         n_frames: labelled input frames added.
         target_total: sum of the target values added.
+        skipped: ``{kind: count}`` of what the filler left out (e.g. GradNAP's rows with
+            non-finite values); copied and added like the sums.
     """
 
     def __init__(self, n_filters, n_groups=0, window=None):
@@ -65,6 +67,7 @@ class GroupSums:
             self.window_counts = {name: np.zeros((g, k), np.int64) for name in self.n_filters}
         self.n_frames = 0
         self.target_total = 0.0
+        self.skipped = {}
 
     @property
     def layers(self):
@@ -123,6 +126,7 @@ class GroupSums:
                                (self.window_counts, new.window_counts)):
             target.update({name: values.copy() for name, values in source.items()})
         new.n_frames, new.target_total = self.n_frames, self.target_total
+        new.skipped = dict(self.skipped)
         return new
 
     @classmethod
@@ -147,6 +151,8 @@ class GroupSums:
                     result.add_windows(name, part.window_sums[name], part.window_counts[name])
             result.n_frames += part.n_frames
             result.target_total += part.target_total
+            for kind, count in part.skipped.items():
+                result.skipped[kind] = result.skipped.get(kind, 0) + count
         return result
 
     def profiles(self, layer, baseline="group_mean"):

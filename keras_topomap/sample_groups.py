@@ -43,6 +43,8 @@ from typing import NamedTuple
 import numpy as np
 from keras import ops
 
+from keras_topomap import batch_checks
+
 __all__ = ["check_sample_labels", "is_sample_batch", "sample_reduce", "sample_target"]
 
 LABEL_KINDS = ("frame", "sample")
@@ -202,17 +204,16 @@ def check_label_kind(kind, fitted_kind, index):
         )
 
 
-def dispatch_samples(gn, batch, state):
-    """Starts ``gn``'s compiled step on a per-sample batch. Returns the fields of GradNAP's
-    pending batch: step, started call, groups, timing (None), padded batch, per layer the
-    labels the counts come from, labelled samples."""
+def dispatch_samples(gn, batch, state, index=0):
+    """Starts ``gn``'s compiled step on a per-sample batch (number ``index``, for messages).
+    Returns the fields of GradNAP's pending batch: step, started call, groups, timing (None),
+    padded batch, per layer the labels the counts come from, labelled samples."""
     if gn.window is not None:
         raise ValueError(f"window={gn.window} needs frame labels (batch, T); per-sample labels "
                          "(batch,) have no time course.")
-    if batch.labels.size and batch.labels.max() >= state.n_groups:
-        state.grow(int(batch.labels.max()) + 1)
-    g = state.n_groups
-    step, _ = gn._step_for(g, (), kind="sample")
+    g, step_groups = batch_checks.grow_groups(state, batch.labels, index, gn.group_names,
+                                              gn.n_groups, kind="sample")
+    step, _ = gn._step_for(step_groups, (), kind="sample")
     gn._rows = max(gn._rows or len(batch.x), len(batch.x))
     padded, row_valid, _ = pad_sample_batch(batch, gn._rows, step.n_replicas())
     started = step.dispatch(padded.x, row_valid, padded.labels)
