@@ -31,6 +31,7 @@ PRIVATE_SYMBOLS = (
     ("Functional", "_nodes_by_depth"),
     ("KerasTensor", "_keras_history"),
     ("Layer", "_flatten_layers"),
+    ("Layer", "_get_regularization_losses"),
     ("Model", "_symbolic_build"),
     ("Model on TensorFlow", "_maybe_symbolic_build"),
     ("Optimizer", "_clip_gradients"),
@@ -201,6 +202,38 @@ def layer_base_classes():
     from keras.src.layers.pooling.base_pooling import BasePooling
 
     return BaseConv, BasePooling, Merge
+
+
+def regularized_weight(max_depth=3):
+    """``(root, variable)`` when a weight regularizer is being called by Keras adding up the
+    weight regularization losses of ``root`` (a layer, or a model summing every weight of its
+    sublayers), else None.
+
+    Keras calls a weight regularizer with the weight (or, in a stateless JAX step, its value)
+    alone; ``root`` and the variable are locals (``self``, ``variable``) of the Keras method
+    that calls it, found here by walking at most ``max_depth`` frames up from the caller.
+    Called at trace time (once per compiled step on TensorFlow and JAX). ``variable`` is None
+    if Keras no longer names it so.
+    """
+    import inspect
+
+    target = keras.layers.Layer._get_regularization_losses.__code__
+    frame = inspect.currentframe()
+    try:
+        for _ in range(max_depth + 1):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return None
+            if frame.f_code is target:
+                scope = frame.f_locals
+                root = scope.get("self")
+                if not isinstance(root, keras.layers.Layer):
+                    return None
+                variable = scope.get("variable")
+                return root, (variable if isinstance(variable, keras.Variable) else None)
+        return None
+    finally:
+        del frame
 
 
 # ----------------------------------------------------------------------------------- masks

@@ -48,7 +48,7 @@ from keras_topomap._arrays import to_numpy
 from keras_topomap.group_sums import GroupSums
 from keras_topomap.map_writers import EpochMaps, MapWriters
 from keras_topomap.metrics import topography_score
-from keras_topomap.regularizers import topographic_layers
+from keras_topomap.regularizers import _filter_kernel, topographic_layers
 
 __all__ = ["TopoMapCallback"]
 
@@ -70,7 +70,7 @@ class TopoMapCallback(keras.callbacks.Callback):
     3. places the values on the layer's grid (row-major) and smooths them with a non-strided
        ``smooth x smooth`` average (:func:`keras_topomap.grid.smooth`);
     4. computes the kernel's topography score and, for regularized layers, the penalty
-       ``layer.kernel_regularizer(layer.kernel)``;
+       ``regularizer(kernel)`` of the weight it regularizes;
     5. hands the maps, as plain arrays, to the writers (:mod:`keras_topomap.map_writers`),
        which write the outputs below.
 
@@ -300,6 +300,9 @@ class TopoMapCallback(keras.callbacks.Callback):
         self._regularized = {
             name: info[2] for name, info in watched.items() if info[2] is not None
         }
+        # The weight whose last axis is each layer's output channels (None: transposed and
+        # depthwise convolutions, layers without a kernel): what is scored and penalised.
+        self._kernels = {name: info[3] for name, info in watched.items()}
         self._extractor = self._build_extractor(model)
         _check_probe_shapes(model, self._batches)
         outputs = [self._extract(x, i)[0] for i, x in enumerate(self._batches)]
@@ -320,7 +323,7 @@ class TopoMapCallback(keras.callbacks.Callback):
             outputs = [layer.output for layer in layers]
             if self._regularized:
                 readout = _PenaltyReadout(
-                    [self._layer_objects[name] for name in self._regularized],
+                    [(reg, self._kernels[name]) for name, reg in self._regularized.items()],
                     name="topomap_penalties",
                 )
                 outputs.append(readout(layers[0].output))
@@ -522,8 +525,7 @@ class TopoMapCallback(keras.callbacks.Callback):
         return means, [state.profiles(name)[0] for name in self.layers_], penalties
 
     def _score_layer(self, name, logs, penalty):
-        layer = self._layer_objects[name]
-        kernel = getattr(layer, "kernel", None)
+        kernel = self._kernels[name]
         grid = self.grids_[name]
         reg = self._regularized.get(name)
         neighborhood = reg.neighborhood if reg is not None else 3
@@ -587,15 +589,15 @@ class TopoMapCallback(keras.callbacks.Callback):
 
 
 class _PenaltyReadout(keras.layers.Layer):
-    """Outputs ``[layer.kernel_regularizer(layer.kernel) for layer in layers]`` (shape
-    ``(n,)``, no batch axis), ignoring its input: puts the penalties into the compiled probe
-    model, which reads the current weights (on JAX, the state the trainer passes in)."""
+    """Outputs ``[regularizer(kernel) for regularizer, kernel in pairs]`` (shape ``(n,)``, no
+    batch axis), ignoring its input: puts the penalties into the compiled probe model, which
+    reads the current weights (on JAX, the state the trainer passes in)."""
 
-    def __init__(self, layers, **kwargs):
+    def __init__(self, pairs, **kwargs):
         super().__init__(trainable=False, **kwargs)
-        # A closure, not an attribute: the layers must not become sublayers of this one.
-        self._penalties = lambda: [layer.kernel_regularizer(layer.kernel) for layer in layers]
-        self._count = len(layers)
+        # A closure, not an attribute: the kernels must not become weights of this layer.
+        self._penalties = lambda: [regularizer(kernel) for regularizer, kernel in pairs]
+        self._count = len(pairs)
 
     def call(self, inputs):
         return keras.ops.stack(
@@ -688,9 +690,11 @@ def _ensure_graph(model, batch):
             return
 
 def _watched_layers(model, layers, grids):
-    """TopoMapCallback's watched layers: ``{name: (layer, grid, regularizer or None)}`` in the
-    order of ``layers`` (None: the model's order of its topographic layers), each with its grid
-    from ``grids`` or from its regularizer."""
+    """TopoMapCallback's watched layers: ``{name: (layer, grid, regularizer or None, kernel or
+    None)}`` in the order of ``layers`` (None: the model's order of its topographic layers),
+    each with its grid from ``grids`` or from its regularizer, and the weight whose last axis
+    is its output channels (the regularized one; None for transposed and depthwise
+    convolutions)."""
     regularized = topographic_layers(model)
     by_name = {
         layer.name: layer
@@ -720,6 +724,7 @@ def _watched_layers(model, layers, grids):
     for name in names:
         info = regularized.get(name)
         reg = info["regularizer"] if info is not None else None
+        kernel = info["kernel"] if info is not None else _filter_kernel(by_name[name])
         if name in grids:
             grid = grids[name]
         elif info is not None:
@@ -730,7 +735,7 @@ def _watched_layers(model, layers, grids):
                 "TopographicRegularizer. Pass grids={'" + name + "': (H, W)} with H * W "
                 "equal to its number of output features."
             )
-        watched[name] = (by_name[name], grid, reg)
+        watched[name] = (by_name[name], grid, reg, kernel)
     return watched
 
 

@@ -774,8 +774,11 @@ def _inspect_model(model, names, grids, target):
         what = f"grid of layer '{name}'"
         if name in grids:
             shapes[name] = grid_lib.validate_grid(grids[name], n_filters[name], what=what)
-        elif name in topo:
-            shapes[name] = tuple(int(v) for v in topo[name]["grid"])
+        elif name in topo:  # its regularizer's grid must hold the layer's outputs
+            shapes[name] = grid_lib.validate_grid(
+                topo[name]["grid"], n_filters[name],
+                what=f"the TopographicRegularizer grid of layer '{name}' (output channels)",
+            )
         else:
             raise ValueError(
                 f"Layer '{name}' has no TopographicRegularizer, so its grid is unknown. Pass "

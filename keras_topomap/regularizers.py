@@ -27,6 +27,7 @@ temporaries are recycled by the allocator while kernel-sized ones are fresh page
 from __future__ import annotations
 
 import functools
+import weakref
 
 import keras
 import numpy as np
@@ -214,7 +215,22 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
     reciprocal grid distance normalised to sum to 1 over each neighbourhood (over the neighbours
     inside the grid, or all of them on a torus with ``wrap=True``). ``w_i`` is the kernel with
     every axis but the last flattened, so it works for ``Conv1D`` ``(k, in, F)``, ``Conv2D``,
-    ``Conv3D`` and ``Dense`` ``(in, F)`` kernels alike.
+    ``Conv3D`` and ``Dense`` ``(in, F)`` kernels alike, and for a ``SeparableConv``'s pointwise
+    kernel (``pointwise_regularizer=``).
+
+    Transposed convolutions (kernel ``(k, filters, in)``: the last axis is the *input*) and
+    depthwise ones (``(k, in, multiplier)`` for ``in x multiplier`` outputs, also a
+    ``SeparableConv``'s ``depthwise_regularizer=``) are refused with a ValueError naming the
+    layer, its class and the kernel's shape, not supported: the kernel alone cannot tell them
+    from a ``Conv1D`` (``(3, 16, 16)`` is either), so a layout argument would be one more
+    setting to keep in step with the layer; the transposed kernel would need a transposed copy
+    every step; and depthwise filters each see one input channel. Keras calls the regularizer
+    with the weight alone, so the check runs where the layer is known: in
+    :func:`topographic_layers`, and the first time Keras calls the regularizer for a layer's
+    weight (``fit``, ``evaluate``, ``model.losses``), which finds the layer in Keras' calling
+    frame once per weight -- at trace time on TensorFlow and JAX, a dict lookup per step on
+    PyTorch. For a map of such a layer's outputs use a
+    :class:`~keras_topomap.TopographicActivityRegularizer`. See docs/regularizer.md.
 
     Args:
         grid: ``(rows, columns)`` with ``rows * columns == F``. ``None`` infers the most square
@@ -283,6 +299,8 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
         self.wrap = bool(wrap)
         self.reduction = reduction
         self.epsilon = epsilon
+        # id(weight) -> (weak reference, owner label) of the layer weights already checked.
+        self._checked = {}
 
     def resolve_grid(self, kernel_shape, owner=None):
         """The ``(H, W)`` grid used for a kernel of this shape (explicit or inferred).
@@ -310,10 +328,42 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             raise ValueError(f"{e} ({of})") from None
         return grid
 
+    def _owner(self, x):
+        """What ``x`` belongs to, for messages; on first sight of a layer's weight (from Keras'
+        loss sum), checks that its last axis is the layer's output channels.
+
+        Keras passes a layer's regularizer the variable (TensorFlow, PyTorch) or, inside a
+        stateless JAX step, its value alone; the variable and the layer or model summing the
+        losses are found from Keras' calling frame, at trace time on TensorFlow and JAX. A
+        weight already checked costs a dict lookup (PyTorch calls this eagerly every step).
+        """
+        seen = self._seen(x)
+        if seen is not None:
+            return seen
+        found = internals.regularized_weight()
+        if found is None or found[1] is None:  # not called by Keras for a layer's weight
+            return getattr(x, "path", None)
+        root, variable = found
+        seen = self._seen(variable)
+        if seen is not None:
+            return seen
+        layer = _weight_owner(root, variable)
+        if layer is None:
+            return getattr(variable, "path", None)
+        _check_kernel_layout(layer, variable)
+        owner = f"{_layer_label(layer)}, weight {getattr(variable, 'path', variable.name)!r}"
+        try:
+            self._checked[id(variable)] = (weakref.ref(variable), owner)
+        except TypeError:  # a weight type without weak references: found again each call
+            pass
+        return owner
+
+    def _seen(self, weight):
+        entry = self._checked.get(id(weight))
+        return entry[1] if entry is not None and entry[0]() is weight else None
+
     def __call__(self, x):
-        # A layer's regularization loss passes its variable (whose path names the layer), or,
-        # inside a stateless JAX step, the value alone.
-        grid = self.resolve_grid(x.shape, owner=getattr(x, "path", None))
+        grid = self.resolve_grid(x.shape, owner=self._owner(x))
         value = self.strength * topographic_penalty(
             x, grid, self.neighborhood, self.wrap, self.epsilon
         )
@@ -355,27 +405,127 @@ _OTHER_KERNEL_LAYOUTS = (
 )
 
 
-def _check_kernel_layout(layer):
-    """Refuse a layer whose kernel's last axis is not its output channels (naming the layer).
+_TRANSPOSED_LAYOUTS = _OTHER_KERNEL_LAYOUTS[:3]
+
+
+def _is_other_layout(layer, names=_OTHER_KERNEL_LAYOUTS):
+    return any(isinstance(layer, getattr(keras.layers, name, ())) for name in names)
+
+
+def _output_channels(layer):
+    """The number of output channels of ``layer`` (its units on a grid), or None if unknown.
+
+    ``filters`` of a convolution (transposed or separable too), ``units`` of ``Dense``,
+    ``in * depth_multiplier`` of a depthwise convolution; else the last axis of the layer's
+    symbolic output, if it has one (``DepthwiseConv1D(3, depth_multiplier=4)`` on 8 input
+    channels: 32).
+    """
+    for name in ("filters", "units"):
+        value = getattr(layer, name, None)
+        if checks.is_integer(value):
+            return int(value)
+    kernel = getattr(layer, "kernel", None)
+    if kernel is not None and hasattr(layer, "depth_multiplier") and len(kernel.shape) >= 2:
+        return int(kernel.shape[-2]) * int(kernel.shape[-1])
+    try:
+        channels = layer.output.shape[-1]
+    except (AttributeError, ValueError, IndexError, TypeError):
+        return None
+    return None if channels is None else int(channels)
+
+
+def _variable_label(variable):
+    return getattr(variable, "name", None) or "kernel"
+
+
+def _check_kernel_layout(layer, variable=None):
+    """Refuses a TopographicRegularizer on a weight whose last axis is not ``layer``'s outputs.
+
+    The regularizer puts the kernel's *last* axis on its grid, which is a layer's output
+    channels for ``Conv1D``/``Conv2D``/``Conv3D``, ``Dense`` and the pointwise kernel of a
+    ``SeparableConv``, but not for transposed convolutions (``(..., filters, in)``: the last axis
+    is the *input*), depthwise convolutions (``(..., in, multiplier)`` for ``in x multiplier``
+    outputs) or a ``SeparableConv``'s depthwise kernel. The regularizer is called with the
+    kernel alone, which cannot tell these apart (``Conv1D`` ``(3, 16, 16)`` and
+    ``Conv1DTranspose`` ``(3, 16, 16)`` look the same), so this check runs where the layer is
+    known: in :func:`topographic_layers` and, at the first loss evaluation, in the
+    regularizer's own call.
+
+    Args:
+        layer: the layer that owns the weight.
+        variable: the regularized weight (None: the layer's ``kernel``).
 
     Raises:
-        ValueError: for transposed and depthwise convolutions, and any layer whose ``filters``
-            or ``units`` differ from the kernel's last axis.
+        ValueError: naming the layer, its class, the weight's shape and the layer's output
+            channels.
     """
-    kernel = layer.kernel
+    if variable is None:
+        variable = getattr(layer, "kernel", None)
+    if variable is None:
+        return
+    shape = tuple(variable.shape)
+    label = _variable_label(variable)
+    outputs = _output_channels(layer)
     kind = type(layer).__name__
-    outputs = getattr(layer, "filters", None) or getattr(layer, "units", None)
-    other_layout = any(
-        isinstance(layer, getattr(keras.layers, name, ())) for name in _OTHER_KERNEL_LAYOUTS
+    transposed = _is_other_layout(layer, _TRANSPOSED_LAYOUTS)
+    if transposed:
+        why = ("a transposed convolution's kernel is (..., filters, in): its last axis is the "
+               "layer's input channels")
+    elif _is_other_layout(layer) or label == "depthwise_kernel":
+        why = ("a depthwise kernel is (..., in, multiplier): its last axis is the multiplier, "
+               "not the layer's in x multiplier output channels")
+    elif outputs is not None and shape and shape[-1] is not None and int(shape[-1]) != outputs:
+        why = f"it holds {shape[-1]}"
+    else:
+        return
+    count = "" if outputs is None else f"{outputs} "
+    raise ValueError(
+        f"Layer {layer.name!r} ({kind}) has a {label} of shape {shape} whose last axis is not "
+        f"its {count}output channels: {why}. TopographicRegularizer puts the kernel's last "
+        "axis on its grid, so it would order the wrong units; it supports Conv1D/2D/3D and "
+        "Dense kernels and the pointwise kernel of a SeparableConv (pointwise_regularizer=). "
+        "For a map of this layer's outputs use a TopographicActivityRegularizer, or follow it "
+        f"with a 1x1 Conv. Received: {kind} with a TopographicRegularizer on its {label}"
     )
-    if other_layout or (outputs is not None and int(outputs) != int(kernel.shape[-1])):
-        raise ValueError(
-            f"Layer {layer.name!r} ({kind}) has a kernel of shape {tuple(kernel.shape)} whose last "
-            "axis is not its output channels, so TopographicRegularizer would order the wrong "
-            "units. Put the regularizer on Conv1D/2D/3D or Dense kernels (for a depthwise layer, "
-            "on the pointwise kernel of a SeparableConv). Received: "
-            f"{kind} with a TopographicRegularizer on its kernel"
-        )
+
+
+# (regularizer attribute, weight attribute) pairs of the Keras layers that take a weight
+# regularizer, in the order they are looked up.
+_REGULARIZED_WEIGHTS = (
+    ("kernel_regularizer", "kernel"),
+    ("pointwise_regularizer", "pointwise_kernel"),  # SeparableConv: filters last
+    ("depthwise_regularizer", "depthwise_kernel"),  # SeparableConv: refused
+    ("depthwise_regularizer", "kernel"),  # DepthwiseConv: refused
+)
+
+
+def _topographic_weight(layer):
+    """``(regularizer, weight)`` of the first weight of ``layer`` that carries a
+    :class:`TopographicRegularizer`, else ``(None, None)``."""
+    for reg_name, weight_name in _REGULARIZED_WEIGHTS:
+        reg = getattr(layer, reg_name, None)
+        if not isinstance(reg, TopographicRegularizer):
+            continue
+        weight = getattr(layer, weight_name, None)
+        if weight is not None:
+            return reg, weight
+    return None, None
+
+
+def _filter_kernel(layer):
+    """The weight of ``layer`` whose last axis is its output channels (a ``Conv``'s or
+    ``Dense``'s kernel, a ``SeparableConv``'s pointwise kernel), or None (transposed and
+    depthwise convolutions, layers without a kernel)."""
+    kernel = getattr(layer, "pointwise_kernel", None)
+    if kernel is None:
+        kernel = getattr(layer, "kernel", None)
+    if kernel is None or not hasattr(kernel, "shape"):
+        return None
+    try:
+        _check_kernel_layout(layer, kernel)
+    except ValueError:
+        return None
+    return kernel
 
 
 def topographic_layers(model):
@@ -387,18 +537,20 @@ def topographic_layers(model):
 
     - ``layer``: the layer;
     - ``kind``: ``"weight"``, ``"activity"`` or ``"both"`` -- which constraint it carries;
-    - ``grid``: ``(H, W)``, resolved from the kernel (or the output's channel count);
+    - ``grid``: ``(H, W)`` of the layer's output channels, resolved from the regularized
+      kernel (whose last axis they are) or, for activity, from the layer's output channels;
     - ``regularizer``: the kernel's :class:`TopographicRegularizer`, or None;
     - ``activity_regularizer``: the :class:`~keras_topomap.TopographicActivityRegularizer`,
       or None;
-    - ``kernel``: the kernel variable (None for a layer without one).
+    - ``kernel``: the regularized kernel (a ``SeparableConv``'s pointwise kernel), or for an
+      activity-only layer the kernel whose last axis is its output channels (None for a layer
+      without one, and for transposed and depthwise convolutions).
 
     Raises:
-        ValueError: for a layer whose two regularizers put its channels on different grids.
-
-    Raises:
-        ValueError: naming the layer, when its grid does not fit its kernel, or its kernel's
-            last axis is not its output channels (transposed and depthwise convolutions).
+        ValueError: naming the layer, when its grid does not fit its kernel, its kernel's
+            last axis is not its output channels (transposed and depthwise convolutions, a
+            SeparableConv's depthwise kernel), or its two regularizers put its channels on
+            different grids.
 
     Example:
 
@@ -409,13 +561,7 @@ def topographic_layers(model):
 
     found = {}
     for layer in internals.all_sublayers(model):
-        kernel = getattr(layer, "kernel", None)
-        # Depthwise convolutions name it depthwise_regularizer (and are refused below).
-        weight_reg = getattr(layer, "kernel_regularizer", None) or getattr(
-            layer, "depthwise_regularizer", None
-        )
-        if kernel is None or not isinstance(weight_reg, TopographicRegularizer):
-            weight_reg = None
+        weight_reg, kernel = _topographic_weight(layer)
         activity_reg = getattr(layer, "activity_regularizer", None)
         if not isinstance(activity_reg, TopographicActivityRegularizer):
             activity_reg = None
@@ -423,11 +569,16 @@ def topographic_layers(model):
             continue
         grid = None
         if weight_reg is not None:
-            _check_kernel_layout(layer)
-            grid = weight_reg.resolve_grid(kernel.shape, owner=f"layer {layer.name!r}")
+            _check_kernel_layout(layer, kernel)
+            grid = weight_reg.resolve_grid(kernel.shape, owner=_layer_label(layer))
+        else:
+            kernel = _filter_kernel(layer)
         if activity_reg is not None:
-            channels = kernel.shape[-1] if kernel is not None else layer.output.shape[-1]
-            activity_grid = activity_reg.resolve_grid((None, channels))
+            channels = _output_channels(layer)
+            try:
+                activity_grid = activity_reg.resolve_grid((None, channels))
+            except ValueError as e:
+                raise ValueError(f"{e} (activity of {_layer_label(layer)})") from None
             if grid is not None and tuple(grid) != tuple(activity_grid):
                 raise ValueError(
                     f"Layer '{layer.name}' puts its channels on two grids: {tuple(grid)} for "
@@ -445,3 +596,23 @@ def topographic_layers(model):
             "kernel": kernel,
         }
     return found
+
+
+def _weight_owner(root, variable):
+    """The sublayer of ``root`` (``root`` itself included) that owns ``variable``: the one named
+    by the variable's path, else the deepest that holds it; None if none does."""
+    layers = internals.all_sublayers(root)
+    parts = str(getattr(variable, "path", "")).split("/")
+    name = parts[-2] if len(parts) >= 2 else None
+    for layer in layers:
+        if layer.name == name and any(w is variable for w in layer.weights):
+            return layer
+    owner = None
+    for layer in layers:  # pre-order: a later match is nested deeper
+        if any(w is variable for w in layer.weights):
+            owner = layer
+    return owner
+
+
+def _layer_label(layer):
+    return f"layer {layer.name!r} ({type(layer).__name__})"

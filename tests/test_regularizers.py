@@ -269,32 +269,14 @@ def test_error_on_layer_build_names_the_shape():
         10, kernel_regularizer=TopographicRegularizer(grid=(4, 4)), name="wide"
     )
     layer.build((None, 3))
-    with pytest.raises(ValueError, match=r"kernel of shape \(3, 10\) of wide/kernel"):
+    with pytest.raises(ValueError, match=r"\(3, 10\) of layer 'wide' \(Dense\), weight 'wide/k"):
         _ = layer.losses
     model = keras.Sequential([keras.Input((3,)), layer])
     with pytest.raises(ValueError, match=r"\(3, 10\) of layer 'wide'"):
         topographic_layers(model)
 
 
-@pytest.mark.parametrize(
-    "make, input_shape",
-    [
-        (lambda reg: keras.layers.Conv1DTranspose(16, 3, kernel_regularizer=reg), (8, 16)),
-        (lambda reg: keras.layers.Conv2DTranspose(16, 3, kernel_regularizer=reg), (8, 8, 16)),
-        (
-            lambda reg: keras.layers.DepthwiseConv2D(3, depth_multiplier=16,
-                                                     depthwise_regularizer=reg),
-            (8, 8, 16),
-        ),
-    ],
-)
-def test_layers_whose_kernel_is_not_filters_last_are_refused(make, input_shape):
-    # Conv1DTranspose's kernel is (k, filters, in) and DepthwiseConv2D's (k, k, in, multiplier):
-    # a 4x4 grid fits their last axis, but it is not the layer's output channels.
-    layer = make(TopographicRegularizer())
-    model = keras.Sequential([keras.Input(input_shape), layer])
-    with pytest.raises(ValueError, match=rf"Layer '{layer.name}' .*not its output channels"):
-        topographic_layers(model)
+# Transposed and depthwise kernels: tests/test_regularizer_layers.py.
 
 
 def test_topographic_layers_lists_regularized_layers_with_grids():
