@@ -153,6 +153,9 @@ def build_parser():
     p.add_argument("--window", type=int, default=None,
                    help="also keep time-resolved profiles over +-W layer frames (None: no)")
     p.add_argument("--batch-size", type=int, default=8, help="utterances per batch")
+    p.add_argument("--on-nonfinite", default="raise", choices=("raise", "skip"),
+                   help="utterances with NaN/inf features or results: stop with an error, or "
+                   "leave them out and count them (GradNAP's on_nonfinite)")
     p.add_argument("--max-eval", "--max-utterances", dest="max_utterances", type=int,
                    default=None,
                    help="use only the first N utterances (by id) before sharding (None: all)")
@@ -205,7 +208,7 @@ def run_shard(args):
     mine = shard_utterances(utterances, index, count, args.max_utterances)
     gn = GradNAP(model, layers, target=args.target, adjust=args.adjust, baseline=args.baseline,
                  group_names=PHONES_39, batch_size=args.batch_size, window=args.window,
-                 verbose=args.verbose)
+                 verbose=args.verbose, on_nonfinite=args.on_nonfinite)
     if mine:
         features = extract_feature_set(mine, feature_config)
         mode = "all" if args.target == "ctc_loss" else "frames"
@@ -401,6 +404,8 @@ def merge_main(argv=None):
     )
     if empty:
         print(f"groups without frames in {first}: {empty}")
+    if any(merged.skipped_.values()):
+        print(f"skipped (summed over the shards): {merged.skipped_}")
     return 0
 
 

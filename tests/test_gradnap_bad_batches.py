@@ -125,6 +125,23 @@ def test_skipped_counts_are_saved_loaded_and_merged(tmp_path):
     assert a.partial_fit(_poisoned()).skipped_["nonfinite_rows"] == 2
 
 
+def test_gradnap_merge_adds_and_prints_the_skipped_counts(tmp_path, capsys):
+    from keras_topomap.gradnap_cli import build_parser, merge_main
+
+    args = ["--model", "m.keras", "--out", "o", "--on-nonfinite", "skip"]
+    assert build_parser().parse_args(args).on_nonfinite == "skip"
+    x, labels = closed_form_data()
+    model = closed_form_model()
+    for i, batches in enumerate([_poisoned(), [(x, labels)]]):
+        part = _fit(batches, model=model, on_nonfinite="skip", n_groups=3)
+        info = {"shard": i, "n_shards": 2, "data": "d", "split": None, "max_utterances": None,
+                "features": {}, "n_utterances": 2, "utterance_ids_sha256": f"ids{i}"}
+        part.save(tmp_path / "shards" / f"gradnap-shard-{i:05d}-of-00002", info=info)
+    assert merge_main([str(tmp_path / "shards"), "--out", str(tmp_path / "merged")]) == 0
+    assert "skipped (summed over the shards): {'nonfinite_rows': 1" in capsys.readouterr().out
+    assert GradNAP.load(tmp_path / "merged").skipped_["nonfinite_rows"] == 1
+
+
 def test_a_shard_of_format_version_1_still_loads(tmp_path):
     x, labels = closed_form_data()
     _fit([(x, labels)], n_groups=3).save(tmp_path / "old")
