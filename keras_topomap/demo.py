@@ -56,8 +56,12 @@ import keras
 import numpy as np
 
 from keras_topomap import checks
-from keras_topomap._files import json_ready, load_keras_model, write_json_atomically
+from keras_topomap._files import load_keras_model
 from keras_topomap.datasets.phones import PHONES_39
+from keras_topomap.run_io import load_feature_config, write_run_json
+
+# Moved to training_callbacks; importable from here under the same name.
+from keras_topomap.training_callbacks import TrainingTimeLimit
 
 __all__ = [
     "DEFAULT_PHONEMES",
@@ -105,42 +109,6 @@ def parse_phonemes(names):
     return result
 
 
-class TrainingTimeLimit(keras.callbacks.Callback):
-    """Stops ``model.fit`` at the first batch end after ``seconds`` of training (wall clock).
-
-    A hard limit, unlike :class:`keras_topomap.train.TimeBudget`, which stops at an epoch end
-    when one more epoch (as long as the last) would exceed the budget: on JAX the first epoch
-    also compiles the step for every batch length, so that estimate can end a short run after
-    one epoch. Here the epoch in progress is cut short; the epoch-end callbacks (validation,
-    checkpoint) still run.
-
-    Args:
-        seconds: training time allowed.
-
-    Attributes:
-        stopped: whether the limit stopped training.
-
-    Example:
-
-    >>> limit = TrainingTimeLimit(600)
-    >>> model.fit(batches, epochs=100, callbacks=[limit])
-    """
-
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = checks.positive_number(seconds, "seconds")
-        self.stopped = False
-        self._start = None
-
-    def on_train_begin(self, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.perf_counter() - self._start > self.seconds:
-            self.stopped = True
-            self.model.stop_training = True
-
-
 def _stage(index, text, verbose):
     if verbose:
         print(f"\n[{index}/{_STAGES}] {text}", flush=True)
@@ -148,8 +116,6 @@ def _stage(index, text, verbose):
 
 def _feature_settings(model_path):
     """``{"features": kind, "n_mels": n}`` of a saved model's training run, when known."""
-    from keras_topomap.train import load_feature_config
-
     try:
         features = load_feature_config(Path(model_path).parent)
     except (ValueError, OSError, KeyError):
@@ -785,7 +751,7 @@ def _write_report(out, metrics, table, seconds, files, wavs, animations, history
     from keras_topomap import report
 
     metrics["seconds"] = seconds
-    write_json_atomically(out / "metrics.json", json_ready(metrics), indent=2)
+    write_run_json(out / "metrics.json", metrics)
     (out / "metrics.md").write_text(table + "\n")
     return report.write_index(
         out, metrics=metrics, table=table, files=files, wavs=wavs,

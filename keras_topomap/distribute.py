@@ -53,6 +53,9 @@ from keras_topomap import _keras_internals as internals
 from keras_topomap import checks
 from keras_topomap.datasets.batches import SpeechBatches
 
+# Moved to training_callbacks; importable from here under the same name.
+from keras_topomap.training_callbacks import EpochAdvance
+
 __all__ = [
     "CHOICES",
     "DistributionContext",
@@ -675,22 +678,6 @@ class _ShardGroup:
 
     def __len__(self):
         return len(self.shards[0])
-
-
-class EpochAdvance(keras.callbacks.Callback):
-    """Moves a dataset that ``fit`` does not know as a ``PyDataset`` to its next epoch.
-
-    ``model.fit`` calls ``on_epoch_end`` of a ``PyDataset`` itself; the per-replica
-    ``tf.data`` pipeline of :meth:`DistributionContext.training_data` reads the epoch from its
-    shards when it is iterated, so this callback advances them at every epoch end.
-    """
-
-    def __init__(self, batches):
-        super().__init__()
-        self.batches = batches
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.batches.on_epoch_end()
 
 
 def _tf_per_replica_dataset(strategy, shards):

@@ -40,7 +40,7 @@ import warnings
 
 import numpy as np
 
-from keras_topomap import checks
+from keras_topomap import checks, run_io
 from keras_topomap._files import file_stem, load_keras_model
 
 __all__ = ["build_parser", "build_merge_parser", "main", "merge_main", "parse_shard",
@@ -93,34 +93,30 @@ def shard_utterances(utterances, index, count, max_utterances=None):
 
 def _load_utterances(spec, split):
     """Utterances of a ``--data`` spec (the syntax of ``keras-topomap train``)."""
-    from keras_topomap import train as train_lib
     from keras_topomap.datasets import SPLITS, load_tts_corpus
 
-    if spec in ("bundled", "bundled-voice") or str(spec).startswith("tts:"):
+    if run_io.is_corpus_spec(spec):
         split = split or "all"
         if split not in SPLITS:
             raise ValueError(f"--split must be one of {list(SPLITS)}. Received: {split!r}")
-        if spec == "bundled-voice":
-            split = {"train": "train_voices", "test": "test_voice"}.get(split, split)
-        root = None if spec.startswith("bundled") else train_lib.parse_data_spec(spec)[1]
+        split, root = run_io.corpus_split(spec, split)
         return load_tts_corpus(split, root=root), split
     if split is not None:
         raise ValueError(
             f"--split applies to the bundled and tts: corpora only; {spec!r} is read whole. "
             f"Received: --split {split}"
         )
-    return train_lib.read_utterances(spec), None
+    return run_io.read_utterances(spec), None
 
 
 def _feature_config(args, model_path):
     from keras_topomap.datasets import FeatureConfig
-    from keras_topomap.train import load_feature_config
 
     run_dir = args.features_from
     if run_dir is None and os.path.isfile(os.path.join(os.path.dirname(model_path), "config.json")):
         run_dir = os.path.dirname(model_path) or "."
     if run_dir is not None:
-        return load_feature_config(run_dir), f"config.json of {run_dir}"
+        return run_io.load_feature_config(run_dir), f"config.json of {run_dir}"
     return FeatureConfig(kind=args.features, n_mels=args.n_mels), "command-line options"
 
 

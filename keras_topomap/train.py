@@ -59,23 +59,36 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from keras_topomap import _keras_internals as internals
-from keras_topomap import _train_banners, checks, ctc, summaries
+from keras_topomap import _train_banners, checks, ctc, run_io, summaries
 from keras_topomap import distribute as distribute_lib
 from keras_topomap import models as models_lib
-from keras_topomap._files import json_ready, write_json_atomically
+
+# Moved to run_io and training_callbacks; importable from here under the same names.
+from keras_topomap.run_io import load_feature_config, read_utterances
+from keras_topomap.run_io import parse_data_spec as parse_data_spec
+from keras_topomap.run_io import read_run_json as _read_run_json
+from keras_topomap.run_io import write_run_json as _write_json
+from keras_topomap.training_callbacks import (
+    ResumableEarlyStopping,
+    TimeBudget,
+    TrainingCheckpoint,
+    ValidationCER,
+    evaluate,
+    optimizer_steps,
+    set_rng_states,
+    settle_checkpoint,
+)
+from keras_topomap.training_callbacks import rng_states as rng_states
 
 __all__ = [
     "ResumableEarlyStopping",
@@ -94,11 +107,6 @@ __all__ = [
 #: Which topographic constraint ``--topography`` puts on every hidden convolution.
 TOPOGRAPHIES = ("none", "weight", "activity", "both")
 
-_READERS = {
-    "librispeech": "read_librispeech",
-    "timit": "read_timit",
-    "textgrid": "read_textgrid_corpus",
-}
 #: Validation utterances in the probe of the maps ``maps=True`` logs (seeded, fixed per run).
 MAP_PROBE_SIZE = 16
 #: ``TrainConfig.lr_schedule`` choices.
@@ -278,25 +286,6 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------- data
 
 
-def parse_data_spec(spec):
-    """``"KIND:PATH"`` -> ``(kind, path)`` for a reader-based ``--data`` value.
-
-    Raises:
-        ValueError: not of the form ``KIND:PATH`` or an unknown kind.
-    """
-    kind, sep, path = str(spec).partition(":")
-    if not sep or not path:
-        raise ValueError(
-            "data must be 'bundled', 'bundled-voice' or KIND:PATH with KIND in "
-            f"{['tts', *_READERS]}. Received: {spec!r}"
-        )
-    if kind not in ("tts", *_READERS):
-        raise ValueError(
-            f"Unknown data kind {kind!r}; expected one of {['tts', *_READERS]}. Received: {spec!r}"
-        )
-    return kind, path
-
-
 def _subset(items, n, seed):
     if n is None or n >= len(items):
         return list(items)
@@ -320,32 +309,6 @@ def _corpus_split(split, feature_config, root, limit, seed):
     # A small subset: extracting it directly is faster than building the whole cache.
     subset = _subset(load_tts_corpus(split, root=root), limit, seed)
     return extract_feature_set(subset, feature_config)
-
-
-def read_utterances(spec):
-    """The utterances of a reader-based ``--data`` value (``librispeech:DIR``, ``timit:DIR``,
-    ``textgrid:AUDIO_DIR,TEXTGRID_DIR``, ``tts:DIR``).
-
-    Raises:
-        ValueError: a malformed spec, or no utterances found.
-    """
-    from keras_topomap import datasets
-
-    kind, path = parse_data_spec(spec)
-    reader = getattr(datasets, _READERS[kind])
-    if kind == "textgrid":
-        audio_root, sep, textgrid_root = path.partition(",")
-        if not sep:
-            raise ValueError(
-                "textgrid data needs the audio and the TextGrid folders: "
-                f"'textgrid:AUDIO_DIR,TEXTGRID_DIR'. Received: {spec!r}"
-            )
-        utterances = reader(audio_root, textgrid_root)
-    else:
-        utterances = reader(path)
-    if not utterances:
-        raise ValueError(f"No utterances found in {path!r} (data {spec!r}).")
-    return utterances
 
 
 def hold_out_sentences(feature_set, fraction, seed):
@@ -374,11 +337,9 @@ def load_data(config):
     """
     feature_config = config.feature_config()
     seed = config.seed
-    if config.data in ("bundled", "bundled-voice") or config.data.startswith("tts:"):
-        root = None if config.data.startswith("bundled") else parse_data_spec(config.data)[1]
-        train_split, test_split = (
-            ("train_voices", "test_voice") if config.data == "bundled-voice" else ("train", "test")
-        )
+    if run_io.is_corpus_spec(config.data):
+        train_split, root = run_io.corpus_split(config.data, "train")
+        test_split, _ = run_io.corpus_split(config.data, "test")
         train_limit = None if config.max_train is None else config.max_train * 2
         train_set = _corpus_split(train_split, feature_config, root, train_limit, seed)
         test_set = _corpus_split(test_split, feature_config, root, config.max_eval, seed + 1)
@@ -425,224 +386,6 @@ def _eval_batches(feature_set, config):
     )
 
 
-def evaluate(model, batches, stride=None, strategy="greedy", predict=None, strategies=None,
-             beam_width=100):
-    """Decode every batch of a ``mode="ctc"`` dataset: CER, WER and mean CTC loss.
-
-    Args:
-        model: a recognizer returning logits.
-        batches: a :class:`~keras_topomap.datasets.SpeechBatches` (``mode="ctc"``) or any
-            sequence of ``(features, packed_targets)``.
-        stride: the model's cumulative stride (default: read from the model).
-        strategy: ``"greedy"`` or ``"beam_search"``.
-        predict: ``predict(model, features) -> logits`` (default: ``model.predict_on_batch``);
-            distributed runs pass :meth:`~keras_topomap.distribute.DistributionContext.predict`.
-        strategies: several decodings of the same logits, e.g. ``("greedy", "beam_search")``:
-            the first fills the top-level keys, every other one adds ``{name: {"cer", "wer",
-            "examples"}}`` (overrides ``strategy``).
-        beam_width: beams for ``"beam_search"``.
-
-    Returns:
-        dict with ``cer``, ``wer``, ``loss`` (mean CTC loss per utterance, no regularizer),
-        ``n_utterances``, ``decoding`` (the strategy of the top-level rates), and ``examples``
-        (the first 5 ``(reference, hypothesis)`` pairs).
-    """
-    from keras_topomap.datasets import labels_to_text, unpack_ctc_targets
-
-    strategies = tuple(strategies) if strategies else (strategy,)
-    stride = models_lib.total_stride(model) if stride is None else stride
-    loss_fn = ctc.CTCLoss(stride=stride, reduction="sum")
-    references, total_loss = [], 0.0
-    hypotheses = {name: [] for name in strategies}
-    for index in range(len(batches)):
-        features, packed = batches[index]
-        logits = model.predict_on_batch(features) if predict is None else predict(model, features)
-        total_loss += float(keras.ops.convert_to_numpy(loss_fn(packed, logits)))
-        frames, label_lengths, labels = unpack_ctc_targets(np.asarray(packed))
-        lengths = ctc.output_lengths(frames, stride)
-        for name in strategies:
-            hypotheses[name] += ctc.decode_texts(
-                logits, lengths, strategy=name, beam_width=beam_width
-            )
-        references += [labels_to_text(row[:n]) for row, n in zip(labels, label_lengths)]
-    first, *others = strategies
-    result = {
-        **ctc.error_rates(references, hypotheses[first]),
-        "loss": total_loss / len(references),
-        "n_utterances": len(references),
-        "decoding": first,
-        "examples": list(zip(references[:5], hypotheses[first][:5])),
-    }
-    for name in others:
-        result[name] = {
-            **ctc.error_rates(references, hypotheses[name]),
-            "examples": list(zip(references[:5], hypotheses[name][:5])),
-        }
-        if name == "beam_search":
-            result[name]["beam_width"] = int(beam_width)
-    return result
-
-
-class ValidationCER(keras.callbacks.Callback):
-    """Adds ``val_cer`` and ``val_wer`` (greedy decoding) to the logs at every epoch end.
-
-    Place it before callbacks that read these logs (early stopping, checkpoints, TensorBoard).
-
-    Args:
-        batches: ``mode="ctc"`` batches of the validation utterances (not shuffled).
-        stride: the model's cumulative stride.
-        prefix: log key prefix (``"val"`` -> ``val_cer``).
-        predict: as for :func:`evaluate`.
-
-    Example:
-
-    >>> model.fit(train, epochs=20, callbacks=[ValidationCER(val, stride=2),
-    ...                                        keras.callbacks.EarlyStopping("val_cer")])
-    """
-
-    def __init__(self, batches, stride=2, prefix="val", predict=None):
-        super().__init__()
-        self.batches = batches
-        self.stride = int(stride)
-        self.prefix = prefix
-        self.predict = predict
-
-    def on_epoch_end(self, epoch, logs=None):
-        result = evaluate(self.model, self.batches, self.stride, predict=self.predict)
-        if logs is not None:
-            logs[f"{self.prefix}_cer"] = result["cer"]
-            logs[f"{self.prefix}_wer"] = result["wer"]
-            logs[f"{self.prefix}_ctc_loss"] = result["loss"]
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """``EarlyStopping`` whose counters can be restored when a run resumes.
-
-    ``initial_state`` is ``{"wait", "best", "best_epoch"}`` as saved by
-    :class:`TrainingCheckpoint`. Weights are not restored here: :func:`train` reloads the best
-    checkpoint at the end (it survives interruptions, unlike in-memory weights).
-    """
-
-    def __init__(self, initial_state=None, **kwargs):
-        super().__init__(**kwargs)
-        self.initial_state = dict(initial_state or {})
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.initial_state:
-            self.wait = int(self.initial_state["wait"])
-            best = self.initial_state["best"]
-            self.best = float("inf") if best is None else float(best)
-            self.best_epoch = int(self.initial_state["best_epoch"])
-
-    def state(self):
-        best = None if not np.isfinite(self.best) else float(self.best)
-        return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stops training at an epoch end when one more epoch would exceed ``seconds``.
-
-    The next epoch is predicted from the fastest epoch after the first one of this process (the
-    first includes compilation); after the first epoch training stops only once over budget.
-
-    Args:
-        seconds: the budget of training time.
-        used: seconds already used (by the run being resumed).
-        agree: ``agree(flag) -> bool``, true on every worker when any worker's flag is (clocks
-            differ between workers, and a worker that stops alone leaves the others waiting);
-            ``None`` on one worker.
-    """
-
-    def __init__(self, seconds, used=0.0, agree=None):
-        super().__init__()
-        self.seconds = float(seconds)
-        self.used = float(used)
-        self.agree = agree
-        self.stopped = False
-        self._took = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        took = time.perf_counter() - self._start
-        self.used += took
-        self._took.append(took)
-        # The first epoch of a process includes compiling every batch shape (minutes on JAX),
-        # so it says little about the next one: predict from the later epochs only.
-        later = self._took[1:]
-        over = self.used + (min(later) if later else 0.0) > self.seconds
-        if self.agree is not None:
-            over = self.agree(over)
-        if over:
-            self.stopped = True
-            self.model.stop_training = True
-
-
-class TrainingCheckpoint(keras.callbacks.Callback):
-    """Saves everything needed to resume after every epoch; keeps the best model.
-
-    Writes ``checkpoint.keras`` (weights and optimizer state) and ``state.json`` (epochs done,
-    history, training seconds, early-stopping and time-budget state, the optimizer's step
-    count); ``best.keras`` whenever ``monitor`` improves (equal values: when the ``tiebreak``
-    log, by default the matching CTC loss, is lower).
-
-    The three files change as one: the model files of epoch ``N`` are first written under
-    hidden names tagged with ``N``, then ``state.json`` is replaced (the commit), then the
-    tagged files are renamed into place. An interruption before the commit leaves the previous
-    epoch in force; one after it is completed at resume (:func:`settle_checkpoint`), which also
-    refuses a ``checkpoint.keras`` whose optimizer step count is not the one ``state.json``
-    records.
-    """
-
-    def __init__(self, out, state, early_stopping=None, budget=None, monitor="val_cer",
-                 tiebreak=None):
-        super().__init__()
-        # val_cer -> val_ctc_loss: the loss that breaks ties between equal CERs
-        self.tiebreak = tiebreak or monitor.replace("_cer", "_ctc_loss")
-        self.out = Path(out)
-        self.state = state
-        self.early_stopping = early_stopping
-        self.budget = budget
-        self.monitor = monitor
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        state = self.state
-        state["seconds"] += time.perf_counter() - self._start
-        state["epochs_done"] = epoch + 1
-        entry = {"epoch": epoch + 1, "seconds": state["seconds"]}
-        entry.update({k: float(v) for k, v in logs.items()})
-        state["history"].append(entry)
-        value = logs.get(self.monitor)
-        # Ties on the CER (e.g. 1.0 while a short run still outputs only blanks) go to the lower
-        # CTC loss, so "best" is not stuck at the first epoch.
-        tiebreak = float(logs.get(self.tiebreak, math.inf))
-        best_tiebreak = state.get("best_tiebreak")
-        if value is not None and (
-            state["best"] is None
-            or value < state["best"]
-            or (value == state["best"] and tiebreak < (
-                math.inf if best_tiebreak is None else best_tiebreak))
-        ):
-            state["best"], state["best_epoch"] = float(value), epoch + 1
-            state["best_tiebreak"] = tiebreak if math.isfinite(tiebreak) else None
-            self.model.save(_pending_path(self.out, "best", epoch + 1))
-        if self.early_stopping is not None:
-            state["early_stopping"] = self.early_stopping.state()
-        if self.budget is not None:
-            state["budget_stopped"] = self.budget.stopped
-        state["rng_states"] = rng_states(self.model)
-        state["optimizer_iterations"] = _optimizer_steps(self.model)
-        self.model.save(_pending_path(self.out, "checkpoint", epoch + 1))
-        _write_json(self.out / "state.json", state)  # the commit point
-        settle_checkpoint(self.out, state)
-
-
 def _tensorboard(log_dir):
     """The epoch logs as TensorBoard scalars (train/ and validation/ runs, as
     ``keras.callbacks.TensorBoard`` lays them out), written without TensorFlow; a warning and
@@ -674,82 +417,6 @@ def _maps_callback(config, model, val_set, log_dir):
     return callback, grids
 
 
-def _rng_variables(model):
-    # Dropout's random-seed state is a model variable but not a weight, so .keras files do not
-    # keep it; without it a resumed run would draw different dropout masks. Keyed by layer name:
-    # the order of model.variables can change when a model is loaded.
-    found = {}
-    for layer in internals.all_sublayers(model, include_self=False):
-        states = [v for v in layer.variables if v.path.endswith("seed_generator_state")]
-        if states:
-            found[layer.name] = states
-    return found
-
-
-def rng_states(model):
-    """The model's random-seed states (dropout masks): ``{layer_name: [[int, int], ...]}``."""
-    return {
-        name: [np.asarray(keras.ops.convert_to_numpy(v.value)).tolist() for v in states]
-        for name, states in _rng_variables(model).items()
-    }
-
-
-def set_rng_states(model, states):
-    """Restore what :func:`rng_states` returned (same architecture)."""
-    variables = _rng_variables(model)
-    if sorted(states) != sorted(variables):
-        raise ValueError(
-            f"Model {model.name!r} has random-seed states in layers {sorted(variables)}. "
-            f"Received states for: {sorted(states)}"
-        )
-    for name, values in states.items():
-        for variable, value in zip(variables[name], values):
-            variable.assign(np.asarray(value, dtype=variable.dtype))
-
-
-def _pending_path(out, name, epoch):
-    """Where ``<name>.keras`` of epoch ``epoch`` waits for its ``state.json`` commit."""
-    return Path(out) / f".{name}.epoch{int(epoch):05d}.keras"
-
-
-def _optimizer_steps(model):
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        return None
-    return int(keras.ops.convert_to_numpy(optimizer.iterations))
-
-
-def settle_checkpoint(out, state):
-    """Complete or roll back an interrupted :class:`TrainingCheckpoint` save in ``out``.
-
-    ``state`` is the committed ``state.json``: the model files tagged with its epoch are
-    renamed into place (the save had committed), files tagged with another epoch are removed
-    (a save that never committed). Safe to call at any time; a no-op after a complete save.
-    """
-    out = Path(out)
-    for name in ("checkpoint", "best"):
-        keep = _pending_path(out, name, state["epochs_done"])
-        for path in sorted(out.glob(f".{name}.epoch*.keras")):
-            if path == keep:
-                os.replace(path, out / f"{name}.keras")
-            else:
-                path.unlink()
-
-
-def _read_run_json(path, what="training run"):
-    """A JSON file of a run folder; a truncated or malformed one raises naming the file."""
-    try:
-        payload = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"Cannot read {path} of the {what}: it is truncated or malformed ({e}). Restore it "
-            "or start a new run."
-        ) from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"Cannot read {path} of the {what}: expected a JSON object.")
-    return payload
-
-
 def _load_checkpoint(out, state):
     """``checkpoint.keras`` of ``out``, checked against the committed ``state``."""
     path = Path(out) / "checkpoint.keras"
@@ -760,7 +427,7 @@ def _load_checkpoint(out, state):
             f"Cannot resume: {path} is unreadable or truncated ({type(e).__name__}: {e})."
         ) from None
     expected = state.get("optimizer_iterations")
-    found = _optimizer_steps(model)
+    found = optimizer_steps(model)
     if expected is not None and found != expected:
         raise ValueError(
             f"Cannot resume: {path} holds a model after {found} optimizer steps but "
@@ -774,11 +441,6 @@ def _save_model(model, path):
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
     os.replace(tmp, path)
-
-
-def _write_json(path, payload):
-    """Standard JSON, atomically; a value that is not a finite number is written as null."""
-    write_json_atomically(path, json_ready(payload), indent=2)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -1182,19 +844,6 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
         print(_train_banners.end_banner(write_dir, state, restored, maps is not None, log_dir,
                                         phones=maps is not None and maps.group_names is not None))
     return results
-
-
-def load_feature_config(out):
-    """The :class:`~keras_topomap.datasets.FeatureConfig` a run in ``out`` was trained with."""
-    from keras_topomap.datasets import FeatureConfig
-
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"No config.json in {out}: not a training run folder.")
-    features = _read_run_json(path).get("features")
-    if not isinstance(features, dict):
-        raise ValueError(f"{path} has no 'features' settings: not a training run's config.json.")
-    return FeatureConfig.from_dict(features)
 
 
 # ------------------------------------------------------------------------------ command line

@@ -26,7 +26,8 @@ def test_no_module_imports_a_private_name_of_another():
 def test_no_module_reads_a_private_attribute_of_another_module():
     modules = "|".join(["grid_lib", "reg_lib", "vis", "models_lib", "train_lib", "distribute_lib",
                         "phones_lib", "checks", "ctc", "metrics", "summaries", "fast_conv",
-                        "gradients", "probe_groups", "sample_groups", "datasets"])
+                        "gradients", "probe_groups", "sample_groups", "datasets", "run_io",
+                        "training_callbacks"])
     found = []
     for name, text in _sources().items():
         found += [f"{name}: {m}" for m in re.findall(rf"\b(?:{modules})\._[a-z]\w*", text)]

@@ -269,10 +269,12 @@ def test_best_model_ties_on_cer_go_to_lower_ctc_loss(tmp_path):
 
 
 def test_time_budget_ignores_the_compile_heavy_first_epoch(monkeypatch):
+    import time
+
     from keras_topomap.train import TimeBudget
 
     clock = {"now": 0.0}
-    monkeypatch.setattr(train.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     budget = TimeBudget(seconds=95.0)
     budget.set_model(model)
