@@ -18,8 +18,9 @@ correlations that fall with distance instead.
 
 Padding: samples can be excluded with a mask. The regularizer uses the Keras mask attached to
 the tensor it receives (``keras`` sets one on the outputs of masking-aware layers; the
-recognizer's convolutions, :class:`keras_topomap.masking.MaskedConv1D`, attach theirs before
-the regularizer runs), or a mask passed to :meth:`TopographicActivityRegularizer.penalty`.
+recognizer's convolutions, :class:`keras_topomap.masking.MaskedConv1D` and
+:class:`keras_topomap.models.NormConv1D`, attach theirs before the regularizer runs), or a mask
+passed to :meth:`TopographicActivityRegularizer.penalty`.
 Masked samples enter no mean, variance or correlation, so extra padding changes nothing.
 
 Implementation: the activity is standardised per channel once (masked mean and variance,

@@ -12,6 +12,12 @@ the outputs of real frames then do not depend on how much padding the batch adds
 is attached to the layer's output *inside* its call, before Keras runs the layer's activity
 regularizer, so :class:`~keras_topomap.TopographicActivityRegularizer` leaves padded frames out
 of its statistics (Keras itself attaches masks only after that).
+
+The recipe's other layers use the same helpers: :class:`keras_topomap.models.NormConv1D`
+(convolution, normalization, activation) strides the mask with :func:`strided_mask`, computes
+batch normalization's moments over real frames, and zeroes padded frames with
+:func:`zero_padded_frames`; :class:`keras_topomap.augment.SpecAugment` passes the mask on and
+keeps padded frames at 0.
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ from keras import ops
 
 from keras_topomap import _keras_internals as internals
 
-__all__ = ["MaskedConv1D", "attach_mask", "attached_mask", "strided_mask"]
+__all__ = [
+    "MaskedConv1D",
+    "attach_mask",
+    "attached_mask",
+    "check_same_padding",
+    "strided_mask",
+    "zero_padded_frames",
+]
 
 
 def attach_mask(x, mask):
@@ -37,6 +50,42 @@ def attached_mask(x):
 def strided_mask(mask, stride):
     """The frame mask after a ``"same"`` convolution of this stride: ``mask[:, ::stride]``."""
     return mask if stride == 1 else mask[:, ::stride]
+
+
+def zero_padded_frames(outputs, frames, propagate=True):
+    """``outputs`` ``(batch, time, channels)`` with the frames where ``frames`` is False set to 0.
+
+    With ``propagate``, ``frames`` is also attached to the result as its Keras mask -- inside
+    the layer's call, so that an activity regularizer on the layer sees it (see the module
+    docstring). ``frames`` is the layer's output mask, e.g. :func:`strided_mask` of its input's.
+
+    Example:
+
+    >>> out = zero_padded_frames(ops.ones((1, 3, 2)), ops.convert_to_tensor([[True, True, False]]))
+    >>> ops.convert_to_numpy(out)[0, :, 0].tolist(), attached_mask(out) is not None
+    ([1.0, 1.0, 0.0], True)
+    """
+    outputs = outputs * ops.expand_dims(ops.cast(frames, outputs.dtype), -1)
+    if propagate:
+        attach_mask(outputs, frames)
+    return outputs
+
+
+def check_same_padding(layer):
+    """Raises a ValueError naming ``layer`` unless it is a ``padding="same"`` convolution.
+
+    Example:
+
+    >>> check_same_padding(keras.layers.Conv1D(4, 3, padding="same"))  # passes
+    >>> check_same_padding(keras.layers.Conv1D(4, 3, name="c"))
+    Traceback (most recent call last):
+    ValueError: Conv1D 'c' needs padding='same' (...). Received: padding='valid'
+    """
+    if layer.padding != "same":
+        raise ValueError(
+            f"{type(layer).__name__} '{layer.name}' needs padding='same' (the frame mask is "
+            f"strided like a 'same' convolution). Received: padding={layer.padding!r}"
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_topomap")
@@ -58,11 +107,7 @@ class MaskedConv1D(keras.layers.Conv1D):
 
     def __init__(self, filters, kernel_size, propagate_mask=True, **kwargs):
         super().__init__(filters, kernel_size, **kwargs)
-        if self.padding != "same":
-            raise ValueError(
-                f"MaskedConv1D '{self.name}' needs padding='same' (the frame mask is strided "
-                f"like a 'same' convolution). Received: padding={self.padding!r}"
-            )
+        check_same_padding(self)
         self.propagate_mask = bool(propagate_mask)
         self.supports_masking = True
 
@@ -75,10 +120,7 @@ class MaskedConv1D(keras.layers.Conv1D):
         if mask is None:
             return outputs
         frames = strided_mask(mask, self.strides[0])
-        outputs = outputs * ops.expand_dims(ops.cast(frames, outputs.dtype), -1)
-        if self.propagate_mask:
-            attach_mask(outputs, frames)
-        return outputs
+        return zero_padded_frames(outputs, frames, propagate=self.propagate_mask)
 
     def compute_mask(self, inputs, mask=None):
         if mask is None or not self.propagate_mask:

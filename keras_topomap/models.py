@@ -31,7 +31,10 @@ layer that keeps the convolution's name -- so the named layer's output is still 
 the analysis tools read, and its ``kernel`` the one the topographic constraint orders.
 ``norm=None`` (the default) builds the paper's plain ``Conv1D`` + ReLU layers exactly as before.
 ``augment`` inserts a :class:`~keras_topomap.augment.SpecAugment` layer named ``spec_augment``
-after the input (active only in training).
+after the input (active only in training). With ``mask_padding`` (on with the activity
+regularizer) both carry the padding mask: batch normalization then computes its moments over
+real frames only, and padded frames are 0 in every layer, with or without ``norm`` and
+``augment``.
 
 With ``dropout > 0`` a ``Dropout`` layer named ``<conv name>_dropout`` follows every hidden
 convolution. With ``topographic=True`` every hidden convolution carries a
@@ -68,7 +71,13 @@ import keras
 from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 from keras_topomap.activity import TopographicActivityRegularizer
-from keras_topomap.masking import MaskedConv1D
+from keras_topomap.masking import (
+    MaskedConv1D,
+    attached_mask,
+    check_same_padding,
+    strided_mask,
+    zero_padded_frames,
+)
 from keras_topomap.receptive_field import receptive_fields
 from keras_topomap.regularizers import TopographicRegularizer
 
@@ -146,15 +155,35 @@ class NormConv1D(keras.layers.Conv1D):
     topographic constraint orders). The convolution has no bias: the normalization's offset
     takes its place.
 
+    Padding masks: like :class:`~keras_topomap.masking.MaskedConv1D`, the layer carries a
+    Keras frame mask on its input (from a ``Masking`` layer or a previous masked layer) through
+    -- batch normalization computes its batch moments (and so its moving statistics) over the
+    real frames only, padded output frames are set to 0 after the activation, and the strided
+    mask is attached to the output (before Keras runs the layer's activity regularizer, which
+    therefore leaves padded frames out too). So neither the outputs of real frames, nor the
+    statistics, nor an activity penalty depend on how much padding a batch adds. Layer
+    normalization works per frame, so the mask only zeroes the padded frames. A masked input
+    needs ``padding="same"``. Without a mask the layer behaves as before.
+
     Args:
         filters: as for ``keras.layers.Conv1D``.
         kernel_size: as for ``keras.layers.Conv1D``.
-        norm: ``"batch"`` (``BatchNormalization`` over batch and time; padded frames enter its
-            statistics) or ``"layer"`` (``LayerNormalization`` over the channels of each frame,
-            the same in training and inference).
+        norm: ``"batch"`` (``BatchNormalization`` over batch and time; over the real frames
+            when the input carries a mask) or ``"layer"`` (``LayerNormalization`` over the
+            channels of each frame, the same in training and inference).
         norm_momentum: the batch normalization's moving-average momentum.
         **kwargs: the other ``keras.layers.Conv1D`` arguments (``activation`` is applied after
             the normalization; ``use_bias`` is always False).
+
+    Example:
+
+    >>> inputs = keras.Input((None, 3))
+    >>> masked = keras.layers.Masking(0.0)(inputs)
+    >>> outputs = NormConv1D(4, 3, norm="batch", padding="same", activation="relu")(masked)
+    >>> model = keras.Model(inputs, outputs)
+    >>> x = np.concatenate([np.ones((1, 5, 3)), np.zeros((1, 3, 3))], axis=1)
+    >>> bool((model(x, training=True)[0, 5:] == 0).all())  # padded frames are 0
+    True
     """
 
     def __init__(self, filters, kernel_size, norm="layer", norm_momentum=0.99, **kwargs):
@@ -165,6 +194,7 @@ class NormConv1D(keras.layers.Conv1D):
         activation = kwargs.pop("activation", None)
         kwargs["use_bias"] = False
         super().__init__(filters, kernel_size, activation=None, **kwargs)
+        self.supports_masking = True
         self.norm = norm
         self.norm_momentum = float(norm_momentum)
         self.post_activation = keras.activations.get(activation)
@@ -180,9 +210,23 @@ class NormConv1D(keras.layers.Conv1D):
         self.normalization.build(super().compute_output_shape(input_shape))
 
     def call(self, inputs, training=None):
+        # As in MaskedConv1D, the mask is read from the input tensor (not a ``mask`` argument),
+        # so its computation stays out of the model's graph.
+        mask = attached_mask(inputs)
         x = super().call(inputs)
-        x = self.normalization(x, training=training)
-        return self.post_activation(x)
+        if mask is None:
+            x = self.normalization(x, training=training)
+            return self.post_activation(x)
+        check_same_padding(self)
+        frames = strided_mask(mask, self.strides[0])
+        if self.norm == "batch":  # batch moments over the real frames only
+            x = self.normalization(x, training=training, mask=frames)
+        else:  # per-frame statistics: the mask changes none of them
+            x = self.normalization(x, training=training)
+        return zero_padded_frames(self.post_activation(x), frames)
+
+    def compute_mask(self, inputs, mask=None):
+        return None if mask is None else strided_mask(mask, self.strides[0])
 
     def get_config(self):
         config = super().get_config()
@@ -268,9 +312,11 @@ def wav2letter(
             (on the same grid) when it or ``activity_global_strength`` is > 0.
         activity_global_strength: that regularizer's global strength.
         mask_padding: mark the real frames with a ``Masking`` layer (``padding_mask``, after the
-            input) and build the convolutions as :class:`~keras_topomap.masking.MaskedConv1D`,
-            so padded frames are 0 in every layer and stay out of the activity statistics.
-            ``None``: on exactly when the activity regularizer is.
+            input) and carry that mask through every layer -- the plain convolutions become
+            :class:`~keras_topomap.masking.MaskedConv1D`, a :class:`NormConv1D` (``norm``)
+            and the ``SpecAugment`` layer (``augment``) carry it themselves -- so padded frames
+            are 0 in every layer and stay out of the activity statistics and of the batch
+            normalization's moments. ``None``: on exactly when the activity regularizer is.
 
     Returns:
         A functional ``keras.Model`` mapping ``(batch, T, n_features)`` to
@@ -294,13 +340,6 @@ def wav2letter(
     grids = cfg.layer_grids()
     with_activity = float(activity_strength) > 0 or float(activity_global_strength) > 0
     mask_padding = with_activity if mask_padding is None else bool(mask_padding)
-    if mask_padding and (norm is not None or augment is not None):
-        # NormConv1D and SpecAugment do not carry the frame mask through.
-        raise ValueError(
-            "wav2letter: mask_padding (on with the activity regularizer) cannot be combined "
-            f"with norm or augment yet. Received: norm={norm!r}, augment={augment!r}, "
-            f"mask_padding={mask_padding}"
-        )
     if seed is None:
         seed = random.randrange(2**31 - 64)
     dropout_seeds = iter(range(int(seed), int(seed) + 64))

@@ -306,3 +306,20 @@ def test_topography_option_picks_the_constraints():
     with pytest.raises(ValueError, match=r"topographic=False .*Received: topography='both'"):
         train.TrainConfig(topographic=False, topography="both")
     assert "topography" in train.build_parser().format_help()
+
+
+def test_norm_augment_and_the_activity_regularizer_train_together(tmp_path):
+    """The shipped recipe's options (batch norm, SpecAugment, dropout) with ``--topography
+    both``: the padding mask runs through all of them (it was refused before)."""
+    config = train.TrainConfig(**FAST, epochs=1, norm="batch", augment=True, dropout=0.1,
+                               topography="both", activity_strength=0.2)
+    results = train.train(config, data=fake_data(), out=str(tmp_path / "run"))
+    assert results["epochs_done"] == 1 and np.isfinite(results["history"][0]["loss"])
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert isinstance(model.get_layer("padding_mask"), keras.layers.Masking)
+    assert isinstance(model.get_layer("conv_2"), models.NormConv1D)
+    assert model.get_layer("spec_augment").time_masks == config.time_masks
+    assert model.get_layer("conv_2").activity_regularizer.strength == 0.2
+    args = train.build_parser().parse_args(["--norm", "batch", "--augment", "--topography",
+                                            "both"])
+    assert (args.norm, args.augment, args.topography) == ("batch", True, "both")
