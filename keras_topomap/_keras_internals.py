@@ -204,6 +204,22 @@ def layer_base_classes():
     return BaseConv, BasePooling, Merge
 
 
+def _caller_scopes(max_depth):
+    """``(code, locals)`` of the callers of the function calling this, nearest first, at most
+    ``max_depth + 1`` of them (its own caller is the first)."""
+    import inspect
+
+    frame = inspect.currentframe().f_back
+    try:
+        for _ in range(max_depth + 1):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return
+            yield frame.f_code, frame.f_locals
+    finally:
+        del frame
+
+
 def regularized_weight(max_depth=3):
     """``(root, variable)`` when a weight regularizer is being called by Keras adding up the
     weight regularization losses of ``root`` (a layer, or a model summing every weight of its
@@ -215,25 +231,27 @@ def regularized_weight(max_depth=3):
     Called at trace time (once per compiled step on TensorFlow and JAX). ``variable`` is None
     if Keras no longer names it so.
     """
-    import inspect
-
     target = keras.layers.Layer._get_regularization_losses.__code__
-    frame = inspect.currentframe()
-    try:
-        for _ in range(max_depth + 1):
-            frame = frame.f_back if frame is not None else None
-            if frame is None:
+    for code, scope in _caller_scopes(max_depth):
+        if code is target:
+            root, variable = scope.get("self"), scope.get("variable")
+            if not isinstance(root, keras.layers.Layer):
                 return None
-            if frame.f_code is target:
-                scope = frame.f_locals
-                root = scope.get("self")
-                if not isinstance(root, keras.layers.Layer):
-                    return None
-                variable = scope.get("variable")
-                return root, (variable if isinstance(variable, keras.Variable) else None)
-        return None
-    finally:
-        del frame
+            return root, (variable if isinstance(variable, keras.Variable) else None)
+    return None
+
+
+def calling_layer(owns, max_depth=8):
+    """The nearest layer that is ``self`` of one of the callers (at most ``max_depth`` frames
+    up) and for which ``owns(layer)`` is true, else None: which layer Keras is calling an
+    activity regularizer for (``Layer.__call__`` calls it with the output alone). For error
+    messages only; it walks frames.
+    """
+    for _, scope in _caller_scopes(max_depth):
+        layer = scope.get("self")
+        if isinstance(layer, keras.layers.Layer) and owns(layer):
+            return layer
+    return None
 
 
 # ----------------------------------------------------------------------------------- masks

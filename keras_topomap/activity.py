@@ -35,6 +35,7 @@ import keras
 from keras import ops
 
 from keras_topomap import _deprecation, checks
+from keras_topomap import _keras_internals as internals
 from keras_topomap import grid as grid_lib
 from keras_topomap import regularizers as reg_lib
 from keras_topomap.masking import attached_mask
@@ -245,8 +246,19 @@ class TopographicActivityRegularizer(keras.regularizers.Regularizer):
         return value
 
     def __call__(self, x):
+        try:
+            value = self.penalty(x)
+        except ValueError as e:  # name the layer Keras is calling this for, if it is one
+            layer = internals.calling_layer(
+                lambda candidate: getattr(candidate, "activity_regularizer", None) is self
+            )
+            if layer is None:
+                raise
+            raise ValueError(
+                f"{e} (activity of layer {layer.name!r} ({type(layer).__name__}))"
+            ) from None
         # times the batch size: Keras divides activity regularizers by it (see the class doc)
-        return self.penalty(x) * ops.cast(ops.shape(x)[0], "float32")
+        return value * ops.cast(ops.shape(x)[0], "float32")
 
     def get_config(self):
         return {

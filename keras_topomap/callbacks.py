@@ -48,7 +48,7 @@ from keras_topomap._arrays import to_numpy
 from keras_topomap.group_sums import GroupSums
 from keras_topomap.map_writers import EpochMaps, MapWriters
 from keras_topomap.metrics import topography_score
-from keras_topomap.regularizers import _filter_kernel, topographic_layers
+from keras_topomap.regularizers import filter_kernel, topographic_layers
 
 __all__ = ["TopoMapCallback"]
 
@@ -724,7 +724,7 @@ def _watched_layers(model, layers, grids):
     for name in names:
         info = regularized.get(name)
         reg = info["regularizer"] if info is not None else None
-        kernel = info["kernel"] if info is not None else _filter_kernel(by_name[name])
+        kernel = info["kernel"] if info is not None else filter_kernel(by_name[name])
         if name in grids:
             grid = grids[name]
         elif info is not None:

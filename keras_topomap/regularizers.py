@@ -41,6 +41,7 @@ __all__ = [
     "MAX_GLOBAL_CHANNELS",
     "TopographicRegularizer",
     "distance_target_penalty",
+    "filter_kernel",
     "neighbor_sum",
     "topographic_layers",
     "topographic_penalty",
@@ -512,10 +513,25 @@ def _topographic_weight(layer):
     return None, None
 
 
-def _filter_kernel(layer):
-    """The weight of ``layer`` whose last axis is its output channels (a ``Conv``'s or
-    ``Dense``'s kernel, a ``SeparableConv``'s pointwise kernel), or None (transposed and
-    depthwise convolutions, layers without a kernel)."""
+def filter_kernel(layer):
+    """The weight of ``layer`` whose last axis is its output channels, or None.
+
+    That is a ``Conv``'s or ``Dense``'s kernel and a ``SeparableConv``'s pointwise kernel: the
+    weight a :class:`TopographicRegularizer` can order and a topography score can read. None
+    for transposed convolutions (kernel ``(..., filters, in)``), depthwise ones
+    (``(..., in, multiplier)``) and layers without a kernel.
+
+    Example:
+
+    >>> conv = keras.layers.Conv1D(16, 3)
+    >>> conv.build((None, 20, 4))
+    >>> filter_kernel(conv) is conv.kernel
+    True
+    >>> up = keras.layers.Conv1DTranspose(16, 3)
+    >>> up.build((None, 20, 4))
+    >>> filter_kernel(up) is None
+    True
+    """
     kernel = getattr(layer, "pointwise_kernel", None)
     if kernel is None:
         kernel = getattr(layer, "kernel", None)
@@ -572,7 +588,7 @@ def topographic_layers(model):
             _check_kernel_layout(layer, kernel)
             grid = weight_reg.resolve_grid(kernel.shape, owner=_layer_label(layer))
         else:
-            kernel = _filter_kernel(layer)
+            kernel = filter_kernel(layer)
         if activity_reg is not None:
             channels = _output_channels(layer)
             try:

@@ -210,3 +210,32 @@ def test_the_check_cache_is_not_part_of_the_config(tmp_path):
     loaded = keras.saving.load_model(path)
     assert float(keras.ops.convert_to_numpy(loaded.losses[0])) == pytest.approx(before)
     assert topographic_layers(loaded)["sep"]["grid"] == (4, 4)
+
+
+@pytest.mark.backend
+def test_fit_activity_grid_error_names_the_layer():
+    # Keras calls an activity regularizer with the output alone; the error named only its shape.
+    layer = keras.layers.Conv1D(10, 3, name="c",
+                                activity_regularizer=TopographicActivityRegularizer(grid=(4, 4)))
+    model = _sequential(layer, (8, 3))
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data((8, 3), model)
+    with pytest.raises(ValueError, match=r"grid=\(4, 4\) \(activity of layer 'c' \(Conv1D\)\)"):
+        model.fit(x, y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"activity of layer 'c' \(Conv1D\)"):
+        topographic_layers(model)
+
+
+def test_filter_kernel_is_the_weight_whose_last_axis_is_the_outputs():
+    layers = {
+        "conv": (keras.layers.Conv1D(16, 3), (None, 8, 4), "kernel"),
+        "dense": (keras.layers.Dense(16), (None, 4), "kernel"),
+        "separable": (keras.layers.SeparableConv1D(16, 3), (None, 8, 4), "pointwise_kernel"),
+        "transposed": (keras.layers.Conv1DTranspose(16, 3), (None, 8, 16), None),
+        "depthwise": (keras.layers.DepthwiseConv1D(3, depth_multiplier=4), (None, 8, 4), None),
+        "pooling": (keras.layers.MaxPooling1D(2), (None, 8, 4), None),
+    }
+    for layer, shape, weight in layers.values():
+        layer.build(shape)
+        expected = getattr(layer, weight) if weight else None
+        assert regularizers_lib.filter_kernel(layer) is expected, layer.name
