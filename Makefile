@@ -51,11 +51,16 @@ lint: $(VENV)/.test-deps
 # The suite on TensorFlow, the backend-agnostic tests again on JAX and PyTorch, the example
 # notebooks executed top to bottom (once: the docs site renders those executed copies), and the
 # docs site built with warnings as errors.
+# Each pytest runs in PYTEST_WORKERS processes (pytest-xdist, the dev extra); --dist loadfile
+# keeps every test file in one worker, so its module fixtures are built once. PYTEST_WORKERS=0
+# runs in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 test: $(VENV)/.test-deps
 	$(PY) -m ruff check .
-	KERAS_BACKEND=tensorflow $(PY) -m pytest
-	KERAS_BACKEND=jax $(PY) -m pytest -m backend
-	KERAS_BACKEND=torch $(PY) -m pytest -m backend
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(PYTEST_ARGS)
+	KERAS_BACKEND=jax $(PY) -m pytest -m backend $(PYTEST_ARGS)
+	KERAS_BACKEND=torch $(PY) -m pytest -m backend $(PYTEST_ARGS)
 	$(MAKE) notebooks docs
 
 # Each notebook executed once, top to bottom, in its own folder, into build/notebooks/examples/
