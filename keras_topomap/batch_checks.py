@@ -218,20 +218,25 @@ def grow_groups(state, labels, index, group_names=None, n_groups=None, kind="fra
 def check_ctc_targets(labels, label_lengths, n_classes, index):
     """Raises a ValueError naming the batch and utterance for a label length outside
     ``0..labels.shape[1]`` or a label id outside ``0..n_classes - 1`` within the length."""
+    labels, lengths = np.asarray(labels), np.asarray(label_lengths)
     width = labels.shape[1]
-    for i, length in enumerate(np.asarray(label_lengths).tolist()):
-        if not 0 <= length <= width:
-            raise ValueError(
-                f"Batch {index}, utterance {i}: label length {length} is outside 0..{width} "
-                f"(the batch has {width} packed label(s) per utterance)."
-            )
-        row = labels[i, :length]
-        bad = row[(row < 0) | (row >= n_classes)] if n_classes is not None else row[row < 0]
-        if bad.size:
-            raise ValueError(
-                f"Batch {index}, utterance {i}: label id {int(bad[0])} is outside "
-                f"0..{n_classes - 1 if n_classes else '?'}; the model gives {n_classes} classes."
-            )
+    outside = np.flatnonzero((lengths < 0) | (lengths > width))
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(
+            f"Batch {index}, utterance {i}: label length {int(lengths[i])} is outside "
+            f"0..{width} (the batch has {width} packed label(s) per utterance)."
+        )
+    # every utterance at once: the labels within each length that are no class id
+    within = np.arange(width)[None, :] < lengths[:, None]
+    wrong = labels < 0 if n_classes is None else (labels < 0) | (labels >= n_classes)
+    rows, columns = np.nonzero(within & wrong)
+    if rows.size:
+        i, label = int(rows[0]), int(labels[rows[0], columns[0]])
+        raise ValueError(
+            f"Batch {index}, utterance {i}: label id {label} is outside "
+            f"0..{n_classes - 1 if n_classes else '?'}; the model gives {n_classes} classes."
+        )
 
 
 def read_skipped(value, where):
