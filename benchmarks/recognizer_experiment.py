@@ -71,6 +71,19 @@ RECIPES = {
     "bn_specaug_dropout_plain": {"norm": "batch", "augment": True, "dropout": 0.1,
                                  "topographic": False},
 }
+#: The constraints of docs/results.md's activation-topography experiment, each on the shipped
+#: recipe (batch normalization, SpecAugment, dropout 0.1): ``--topography`` and its strengths.
+_BN_RECIPE = RECIPES["bn_specaug_dropout"]
+RECIPES.update({
+    "topo_none": {**_BN_RECIPE, "topography": "none", "topographic": False},
+    "topo_weight": {**_BN_RECIPE, "topography": "weight"},
+    "topo_activity": {**_BN_RECIPE, "topography": "activity"},
+    "topo_both": {**_BN_RECIPE, "topography": "both"},
+    # The input side (the layer above reads neighbouring channels alike): smooth gradients.
+    "topo_activity_input": {**_BN_RECIPE, "topography": "activity", "input_strength": 0.1},
+    "topo_both_input": {**_BN_RECIPE, "topography": "both", "input_strength": 0.1},
+    "topo_weight_strong": {**_BN_RECIPE, "topography": "weight", "strength": 0.1},
+})
 
 
 def recipe_config(name, seed, epochs, out):

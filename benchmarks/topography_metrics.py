@@ -58,8 +58,11 @@ def run_label(run_dir):
         weight += f" + global {train['global_strength']:g}"
     activity = (f"activity {train.get('activity_strength', 0):g} + global "
                 f"{train.get('activity_global_strength', 0):g}")
-    return {"none": "unconstrained", "weight": f"topographic, {weight}",
-            "activity": activity, "both": f"{weight}, {activity}"}[constraint]
+    label = {"none": "unconstrained", "weight": f"topographic, {weight}",
+             "activity": activity, "both": f"{weight}, {activity}"}[constraint]
+    if train.get("input_strength"):
+        label += f", input side {train['input_strength']:g}"
+    return label
 
 
 def map_metrics(maps, neighborhood=3):
@@ -157,12 +160,15 @@ def activation_correlations(model, grids, features):
     outer products per layer, so memory stays at ``F x F``. Filters that never vary are left out.
 
     Returns:
-        ``{layer: (neighbour_mean, all_pairs_mean)}``; the neighbour mean is weighted with the
-        grid's neighbour weights.
+        ``{layer: (neighbour_mean, all_pairs_mean, curve)}``; the neighbour mean is weighted with
+        the grid's neighbour weights; ``curve`` is the layer's
+        :func:`keras_topomap.metrics.correlation_by_distance` (its ``falloff``: how much more
+        neighbours correlate than pairs at random, 0 for a permuted layout) as a dict.
     """
     import keras
 
     from keras_topomap import grid as grid_lib
+    from keras_topomap.metrics import correlation_by_distance
 
     layers = list(grids)
     sub = keras.Model(model.inputs, [model.get_layer(layer).output for layer in layers])
@@ -189,7 +195,11 @@ def activation_correlations(model, grids, features):
                       if both.any() else float("nan"))
         live_corr = corr[np.ix_(live, live)]
         pairs = live_corr[np.triu_indices(int(live.sum()), 1)]
-        result[layer] = (neighbours, float(pairs.mean()) if pairs.size else float("nan"))
+        curve = correlation_by_distance(np.where(np.outer(live, live), corr, np.nan),
+                                        grid=grids[layer])
+        curve = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                 for k, v in curve._asdict().items()}
+        result[layer] = (neighbours, float(pairs.mean()) if pairs.size else float("nan"), curve)
     return result
 
 
@@ -257,7 +267,8 @@ def analyse_run(run_dir, batch_size=8, max_utterances=None, n_permutations=100,
         )
         report["n_phonemes"] = len(keep)
         report["activation_correlation"] = {"neighbours": correlations[layer][0],
-                                            "all_pairs": correlations[layer][1]}
+                                            "all_pairs": correlations[layer][1],
+                                            "by_distance": correlations[layer][2]}
         result["layers"][layer] = report
         progbar.update(i + 1)
     result["seconds"] = time.perf_counter() - start

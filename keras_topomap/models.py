@@ -278,6 +278,7 @@ def wav2letter(
     activity_strength=0.0,
     activity_global_strength=0.0,
     mask_padding=None,
+    input_strength=0.0,
 ):
     """Build a Wav2Letter-style CTC recognizer (logits out, no softmax).
 
@@ -317,6 +318,12 @@ def wav2letter(
             and the ``SpecAugment`` layer (``augment``) carry it themselves -- so padded frames
             are 0 in every layer and stay out of the activity statistics and of the batch
             normalization's moments. ``None``: on exactly when the activity regularizer is.
+        input_strength: the input side of the weight regularizer (see
+            :class:`~keras_topomap.TopographicRegularizer`): every layer above a hidden
+            convolution -- the next hidden convolution, and ``logits`` for the last one --
+            reads neighbouring channels of that convolution's grid alike, which makes the
+            gradient at that grid, and so its GradNAP maps, smooth. Independent of
+            ``topographic`` (with ``topographic=False`` the kernels carry only this side).
 
     Returns:
         A functional ``keras.Model`` mapping ``(batch, T, n_features)`` to
@@ -344,11 +351,27 @@ def wav2letter(
         seed = random.randrange(2**31 - 64)
     dropout_seeds = iter(range(int(seed), int(seed) + 64))
 
+    input_strength = checks.number(input_strength, "input_strength", minimum=0)
+    below = dict(zip(list(grids)[1:] + ["logits"], grids.values()))  # layer -> grid it reads
+
+    def weight_regularizer(layer_name, grid):
+        """``logits`` (``grid=None``) gets only the input side; None where nothing is on."""
+        input_grid = below.get(layer_name) if input_strength > 0 else None
+        outputs = topographic and grid is not None
+        if not outputs and input_grid is None:
+            return None
+        return TopographicRegularizer(
+            grid=grid, neighborhood=neighborhood,
+            strength=strength if outputs else 0.0,
+            global_strength=global_strength if outputs else 0.0,
+            input_strength=input_strength if input_grid is not None else 0.0,
+            input_grid=input_grid,
+        )
+
     def regularizers(layer_name):
         """The layer's kernel and activity regularizers (None where that constraint is off)."""
         common = {"grid": grids[layer_name], "neighborhood": neighborhood}
-        weight = (TopographicRegularizer(strength=strength, global_strength=global_strength,
-                                         **common) if topographic else None)
+        weight = weight_regularizer(layer_name, grids[layer_name])
         activity = (TopographicActivityRegularizer(strength=activity_strength,
                                                    global_strength=activity_global_strength,
                                                    **common) if with_activity else None)
@@ -390,10 +413,12 @@ def wav2letter(
     x = conv(x, "conv_big_2", cfg.big_filters, 1)
     if mask_padding:  # the output carries no mask: Keras would weight the CTC loss by it
         outputs = MaskedConv1D(
-            n_classes, 1, padding="same", propagate_mask=False, name="logits"
+            n_classes, 1, padding="same", propagate_mask=False, name="logits",
+            kernel_regularizer=weight_regularizer("logits", None),
         )(x)
     else:
-        outputs = keras.layers.Conv1D(n_classes, 1, padding="same", name="logits")(x)
+        outputs = keras.layers.Conv1D(n_classes, 1, padding="same", name="logits",
+                                      kernel_regularizer=weight_regularizer("logits", None))(x)
     return keras.Model(inputs, outputs, name=name or f"wav2letter_{cfg.name}")
 
 

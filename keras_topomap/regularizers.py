@@ -257,6 +257,19 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             the paper's penalty unchanged.
         max_global_channels: layers wider than this compute the global term on the pairs of
             every ``ceil(F / max_global_channels)``-th filter with all filters.
+        input_strength: multiplier of the *input side*: the same neighbour penalty on the
+            kernel's second-to-last axis, its input channels, laid out on ``input_grid`` (the
+            grid of the layer below). Input channel ``c`` is then the vector of every weight
+            that reads it (``w[..., c, :]``), and neighbouring input channels are pushed to be
+            read alike. That is what makes the *gradient* reaching the layer below smooth on
+            its grid (``dL/da_c = sum w[..., c, :] * dL/dz``), and so its gradient-weighted
+            maps (GradNAP): a smooth activity alone is multiplied by a gradient that no
+            output-side term constrains. The default 0 leaves the paper's penalty unchanged.
+            A regularizer with only this side on (``strength=0``, ``global_strength=0``)
+            orders no grid of its own layer, which :func:`topographic_layers` then leaves
+            out (e.g. on a recognizer's output layer, for its last hidden layer's grid).
+        input_grid: ``(rows, columns)`` of the input channels; ``None`` infers it from the
+            kernel's input-channel count like ``grid``.
 
     Example:
 
@@ -267,6 +280,13 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
     layer = keras.layers.Conv1D(
         256, 7, padding="same",
         kernel_regularizer=TopographicRegularizer(grid=(16, 16), strength=0.01),
+    )
+    # The layer above also reads neighbouring channels of that grid alike:
+    above = keras.layers.Conv1D(
+        256, 7, padding="same",
+        kernel_regularizer=TopographicRegularizer(
+            grid=(16, 16), strength=0.01, input_strength=0.01, input_grid=(16, 16)
+        ),
     )
     ```
     """
@@ -281,9 +301,16 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
         epsilon=1e-7,
         global_strength=0.0,
         max_global_channels=MAX_GLOBAL_CHANNELS,
+        input_strength=0.0,
+        input_grid=None,
     ):
         if grid is not None:
             grid = grid_lib.validate_grid(grid)
+        if input_grid is not None:
+            input_grid = grid_lib.validate_grid(input_grid)
+            grid_lib.validate_neighborhood(neighborhood, input_grid)
+        self.input_strength = checks.number(input_strength, "input_strength", minimum=0)
+        self.input_grid = input_grid
         strength = checks.number(strength, "strength", minimum=0)
         self.global_strength = checks.number(global_strength, "global_strength", minimum=0)
         self.max_global_channels = checks.integer(
@@ -329,6 +356,34 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             raise ValueError(f"{e} ({of})") from None
         return grid
 
+    @property
+    def orders_outputs(self):
+        """Whether the penalty orders the layer's own output channels (False only when the
+        input side is the one term on: ``strength == global_strength == 0 < input_strength``)."""
+        return self.strength > 0 or self.global_strength > 0 or self.input_strength == 0
+
+    def resolve_input_grid(self, kernel_shape, owner=None):
+        """The ``(H, W)`` grid of the kernel's input channels (its second-to-last axis).
+
+        Raises:
+            ValueError: naming the owner and the kernel shape, when the kernel has no input
+                axis or the grid does not fit it.
+        """
+        kernel_shape = tuple(kernel_shape)
+        of = f"kernel of shape {kernel_shape}" + (f" of {owner}" if owner else "")
+        if len(kernel_shape) < 2 or kernel_shape[-2] is None:
+            raise ValueError(
+                "TopographicRegularizer's input side needs a kernel with a known input-channel "
+                f"axis (second to last). Received: {of}"
+            )
+        what = f"TopographicRegularizer input grid for {of}"
+        grid = grid_lib.resolve_grid(self.input_grid, int(kernel_shape[-2]), what=what)
+        try:
+            grid_lib.validate_neighborhood(self.neighborhood, grid)
+        except ValueError as e:
+            raise ValueError(f"{e} ({of}, input side)") from None
+        return grid
+
     def _owner(self, x):
         """What ``x`` belongs to, for messages; on first sight of a layer's weight (from Keras'
         loss sum), checks that its last axis is the layer's output channels.
@@ -364,17 +419,31 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
         return entry[1] if entry is not None and entry[0]() is weight else None
 
     def __call__(self, x):
-        grid = self.resolve_grid(x.shape, owner=self._owner(x))
-        value = self.strength * topographic_penalty(
-            x, grid, self.neighborhood, self.wrap, self.epsilon
-        )
-        if self.global_strength > 0:
-            k2 = ops.reshape(ops.cast(x, "float32"), (-1, grid[0] * grid[1]))
-            unit = k2 * ops.rsqrt(ops.sum(ops.square(k2), axis=0) + self.epsilon)
-            pull = distance_target_penalty(unit, grid, self.wrap, self.max_global_channels)
-            value = value + self.global_strength * pull
-        if self.reduction == "mean":
-            value = value / float(grid[0] * grid[1])
+        owner = self._owner(x)
+        value = ops.zeros((), "float32")
+        if self.orders_outputs:
+            grid = self.resolve_grid(x.shape, owner=owner)
+            value = self.strength * topographic_penalty(
+                x, grid, self.neighborhood, self.wrap, self.epsilon
+            )
+            if self.global_strength > 0:
+                k2 = ops.reshape(ops.cast(x, "float32"), (-1, grid[0] * grid[1]))
+                unit = k2 * ops.rsqrt(ops.sum(ops.square(k2), axis=0) + self.epsilon)
+                pull = distance_target_penalty(unit, grid, self.wrap, self.max_global_channels)
+                value = value + self.global_strength * pull
+            if self.reduction == "mean":
+                value = value / float(grid[0] * grid[1])
+        if self.input_strength > 0:
+            in_grid = self.resolve_input_grid(x.shape, owner=owner)
+            # Input channels last: the same penalty then compares the weights that read them.
+            rank = len(x.shape)
+            reads = ops.transpose(x, [*range(rank - 2), rank - 1, rank - 2])
+            side = self.input_strength * topographic_penalty(
+                reads, in_grid, self.neighborhood, self.wrap, self.epsilon
+            )
+            if self.reduction == "mean":
+                side = side / float(in_grid[0] * in_grid[1])
+            value = value + side
         return value
 
     def get_config(self):
@@ -387,6 +456,8 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             "epsilon": self.epsilon,
             "global_strength": self.global_strength,
             "max_global_channels": self.max_global_channels,
+            "input_strength": self.input_strength,
+            "input_grid": None if self.input_grid is None else list(self.input_grid),
         }
 
     def __repr__(self):
@@ -394,7 +465,8 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             f"TopographicRegularizer(grid={self.grid}, strength={self.strength}, "
             f"neighborhood={self.neighborhood}, wrap={self.wrap}, "
             f"reduction={self.reduction!r}, epsilon={self.epsilon}, "
-            f"global_strength={self.global_strength})"
+            f"global_strength={self.global_strength}, input_strength={self.input_strength}, "
+            f"input_grid={self.input_grid})"
         )
 
 
@@ -505,7 +577,7 @@ def _topographic_weight(layer):
     :class:`TopographicRegularizer`, else ``(None, None)``."""
     for reg_name, weight_name in _REGULARIZED_WEIGHTS:
         reg = getattr(layer, reg_name, None)
-        if not isinstance(reg, TopographicRegularizer):
+        if not isinstance(reg, TopographicRegularizer) or not reg.orders_outputs:
             continue
         weight = getattr(layer, weight_name, None)
         if weight is not None:

@@ -134,6 +134,10 @@ class TrainConfig:
         global_strength: the weight regularizer's global term.
         activity_strength, activity_global_strength: the activity regularizer's local and
             global strengths.
+        input_strength: the weight regularizer's input side (the layer above every hidden
+            convolution reads its neighbouring channels alike; see
+            :func:`keras_topomap.models.wav2letter`); needs a constraint other than
+            ``"none"``.
         neighborhood: the regularizer's neighbourhood side.
         dropout: dropout after every hidden convolution.
         epochs: maximum number of epochs.
@@ -199,6 +203,7 @@ class TrainConfig:
     global_strength: float = 0.0
     activity_strength: float = 0.05
     activity_global_strength: float = 0.2
+    input_strength: float = 0.0
     neighborhood: int = 3
     dropout: float = 0.0
     epochs: int = 60
@@ -246,6 +251,13 @@ class TrainConfig:
                     "topographic=False (--no-topographic) means topography='none'. Received: "
                     f"topography={self.topography!r}"
                 )
+        checks.number(self.input_strength, "input_strength", minimum=0)
+        if self.input_strength > 0 and self.constraint == "none":
+            raise ValueError(
+                "input_strength (--input-strength) is a side of the topographic constraint: "
+                "it needs topography 'weight', 'activity' or 'both'. Received: "
+                f"input_strength={self.input_strength}, topography={self.constraint!r}"
+            )
         checks.choice(self.distribute, "distribute", distribute_lib.CHOICES)
         for name in ("epochs", "batch_size", "n_mels", "pad_to_multiple"):
             checks.positive_int(getattr(self, name), name)
@@ -462,6 +474,7 @@ def _build(config, n_features, steps_per_epoch):
         global_strength=config.global_strength,
         activity_strength=config.activity_strength if activity else 0.0,
         activity_global_strength=config.activity_global_strength if activity else 0.0,
+        input_strength=config.input_strength,
         dropout=config.dropout,
         neighborhood=config.neighborhood,
         seed=config.seed,
@@ -876,6 +889,10 @@ def build_parser():
     p.add_argument("--activity-global-strength", type=float,
                    default=defaults.activity_global_strength,
                    help="activity regularizer's global strength")
+    p.add_argument("--input-strength", type=float, default=defaults.input_strength,
+                   help="weight regularizer's input side: the layer above each hidden "
+                   "convolution reads neighbouring channels of its grid alike (smooth GradNAP "
+                   "gradients); needs --topography other than none")
     p.add_argument("--neighborhood", type=int, default=defaults.neighborhood,
                    help="side of the regularizer's square neighbourhood on the grid (odd)")
     p.add_argument("--dropout", type=float, default=defaults.dropout,

@@ -221,6 +221,8 @@ def test_get_config_round_trip_keeps_every_argument():
         "epsilon": 1e-6,
         "global_strength": 0.0,
         "max_global_channels": 1024,
+        "input_strength": 0.0,
+        "input_grid": None,
     }
     again = TopographicRegularizer.from_config(config)
     assert again.get_config() == config
