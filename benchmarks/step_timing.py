@@ -1,0 +1,72 @@
+"""Shared pieces of the training-step benchmarks: one subprocess per backend, interleaved steps.
+
+Not a benchmark itself. Scripts next to it import it by name (``from step_timing import ...``):
+``python benchmarks/<script>.py`` puts this folder first on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def run_per_backend(script, backends, argv):
+    """Run ``script`` once per backend, each in a fresh process with ``KERAS_BACKEND`` set.
+
+    The child gets ``argv`` plus ``--child`` and must print one JSON object a line for its
+    results (other output is ignored). Returns the parsed rows of all backends, in order.
+
+    Raises:
+        RuntimeError: a child failed; names the backend and shows the end of its stderr.
+    """
+    rows = []
+    for backend in backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        out = subprocess.run(
+            [sys.executable, script, *argv, "--child"], env=env, capture_output=True, text=True
+        )
+        if out.returncode != 0:
+            raise RuntimeError(
+                f"{os.path.basename(script)}: the {backend} run failed "
+                f"(exit status {out.returncode}):\n{out.stderr[-3000:]}"
+            )
+        rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return rows
+
+
+def interleaved_steps(models, batches, steps, warmup):
+    """Time ``train_on_batch`` of several models, their steps interleaved in this process.
+
+    Args:
+        models: dict name -> compiled model.
+        batches: list of ``(x, y)``; step ``i`` of every model uses ``batches[i % len]``.
+        steps: timed steps per model.
+        warmup: untimed steps per model first (tracing, compilation, allocator warm-up).
+
+    Step ``i`` runs the models in turn (A B C, then B C A, ...), so that load from other jobs
+    on the machine and any position effect fall on all of them alike.
+
+    Returns:
+        dict name -> list of ``steps`` wall-clock seconds, and ``"<name>_cpu"`` -> the process
+        CPU seconds of the same steps.
+    """
+    names = list(models)
+    for i in range(warmup):
+        for name in names:
+            models[name].train_on_batch(*batches[i % len(batches)])
+    times = {name: [] for name in names}
+    times.update({f"{name}_cpu": [] for name in names})
+    for i in range(steps):
+        shift = i % len(names)
+        x, y = batches[i % len(batches)]
+        for name in names[shift:] + names[:shift]:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            models[name].train_on_batch(x, y)
+            times[name].append(time.perf_counter() - start)
+            times[f"{name}_cpu"].append(time.process_time() - cpu_start)
+    return times
