@@ -83,6 +83,14 @@ RECIPES.update({
     "topo_activity_input": {**_BN_RECIPE, "topography": "activity", "input_strength": 0.1},
     "topo_both_input": {**_BN_RECIPE, "topography": "both", "input_strength": 0.1},
     "topo_weight_strong": {**_BN_RECIPE, "topography": "weight", "strength": 0.1},
+    # The activity strength sweep (local, global at 4x local).
+    "topo_activity_0.01": {**_BN_RECIPE, "topography": "activity", "activity_strength": 0.01,
+                           "activity_global_strength": 0.04},
+    "topo_activity_0.002": {**_BN_RECIPE, "topography": "activity",
+                            "activity_strength": 0.002, "activity_global_strength": 0.008},
+    "topo_activity_0.01_input": {**_BN_RECIPE, "topography": "activity",
+                                 "activity_strength": 0.01, "activity_global_strength": 0.04,
+                                 "input_strength": 0.1},
 })
 
 

@@ -378,6 +378,33 @@ def figure(results, path):
     Image.open(buffer).convert("RGB").quantize(colors=64).save(path, optimize=True)
 
 
+def _median_z(entry):
+    """Median over phonemes of a map metric, and the z of the phoneme mean against layouts."""
+    values = np.asarray(entry["values"], dtype=float)
+    return float(np.nanmedian(values)), entry["z"]
+
+
+def target_table(results):
+    """Markdown table of the numbers issue 14's target reads, one row per run and layer: median
+    Moran's I of the raw GradNAP and NAP maps (z of the mean against permuted layouts), the
+    correlation-by-distance falloff (z) and whether the curve falls over its first three bins,
+    the share of 3x3 localisation, and the dead-filter share."""
+    columns = ["GradNAP Moran's I median (z)", "NAP Moran's I median (z)",
+               "falloff (z), falls", "localisation (perm.)", "dead"]
+
+    def cells(r):
+        g, n = _median_z(r["maps"]["morans_i"]), _median_z(r["nap_maps"]["morans_i"])
+        curve = r["activation_correlation"].get("by_distance")
+        fall = ("-" if curve is None else
+                f"{curve['falloff']:+.2f} ({curve['falloff_z']:+.0f}), "
+                f"{'yes' if curve['falls'] else 'no'}")
+        loc = r["maps"]["localization"]
+        return [f"{g[0]:+.2f} ({g[1]:+.0f})", f"{n[0]:+.2f} ({n[1]:+.0f})", fall,
+                f"{loc['mean']:.2f} ({loc['perm_mean']:.2f})", f"{r['dead_filters']:.0%}"]
+
+    return _per_layer_table(results, columns, cells)
+
+
 def _pair(entry):
     return entry["mean"], entry["perm_mean"]
 
@@ -419,6 +446,9 @@ def main(argv=None):
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         figure(results, args.figure)
+    print("Target numbers (raw maps; z against permuted layouts):\n")
+    print(target_table(results))
+    print()
     print(table(results))
     print("\nz-scores against permuted layouts (Moran's I / blur-error AUC / localisation):\n")
     print(z_table(results))
