@@ -405,6 +405,30 @@ def target_table(results):
     return _per_layer_table(results, columns, cells)
 
 
+def curve_figure(results, path, layers=("conv_2", "conv_big_1")):
+    """Correlation of channel activity against grid distance, per run, on a few layers, with
+    the mean of the permuted layouts (dotted)."""
+    from keras_topomap.visualization import new_figure
+
+    layers = [layer for layer in layers if layer in results[0]["layers"]]
+    fig = new_figure(figsize=(4.2 * len(layers), 3.3))
+    axes = np.atleast_1d(fig.subplots(1, len(layers)))
+    for ax, layer in zip(axes, layers):
+        for result in results:
+            curve = result["layers"][layer]["activation_correlation"].get("by_distance")
+            if curve is None:
+                continue
+            line = ax.errorbar(curve["distance"], curve["mean"], yerr=curve["sem"], marker=".",
+                               capsize=2, label=result["run"])
+            ax.plot(curve["distance"], curve["null_mean"], ":", color=line[0].get_color())
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set(xlabel="grid distance", ylabel="mean activity correlation", title=layer)
+    axes[0].legend(fontsize=6)
+    fig.suptitle("test split; dotted: the same channels on permuted layouts", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def _pair(entry):
     return entry["mean"], entry["perm_mean"]
 
@@ -415,6 +439,8 @@ def main(argv=None):
     p.add_argument("--json", help="write all numbers here")
     p.add_argument("--from-json", help="skip computing; print the tables of this JSON")
     p.add_argument("--figure", help="write the per-layer figure here (PNG)")
+    p.add_argument("--curve-figure",
+                   help="write the correlation-by-distance curves of two layers here (PNG)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-utterances", type=int, default=None,
                    help="only the first N test utterances (for a quick check)")
@@ -446,6 +472,9 @@ def main(argv=None):
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         figure(results, args.figure)
+    if args.curve_figure:
+        Path(args.curve_figure).parent.mkdir(parents=True, exist_ok=True)
+        curve_figure(results, args.curve_figure)
     print("Target numbers (raw maps; z against permuted layouts):\n")
     print(target_table(results))
     print()
