@@ -21,8 +21,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 
 def run_maps(run_dir, layer, phonemes, batch_size=8, features_cache=None):
     """``(gradnap_maps, nap_maps, info)`` of ``phonemes`` on ``layer`` of one run folder."""
