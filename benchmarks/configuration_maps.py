@@ -79,7 +79,8 @@ def draw(rows, layer, phonemes, path):
                               colorbar=False, verdict=map_verdict(m), diverging=kind == "GradNAP")
                 ax.title.set_fontsize(7)
         axes[r, 0].set_ylabel(f"{info['label']}\ntest CER {info['test_cer']:.2f}", fontsize=6.5)
-    fig.suptitle(f"{layer}: raw maps on the test split (no smoothing); rows: constraint", fontsize=9)
+    fig.suptitle(f"{layer}: raw maps on the test split (no smoothing); rows: constraint",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
