@@ -91,6 +91,9 @@ RECIPES.update({
     "topo_activity_0.01_input": {**_BN_RECIPE, "topography": "activity",
                                  "activity_strength": 0.01, "activity_global_strength": 0.04,
                                  "input_strength": 0.1},
+    "topo_activity_0.002_input": {**_BN_RECIPE, "topography": "activity",
+                                  "activity_strength": 0.002,
+                                  "activity_global_strength": 0.008, "input_strength": 0.1},
 })
 
 
