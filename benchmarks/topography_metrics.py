@@ -405,6 +405,33 @@ def target_table(results):
     return _per_layer_table(results, columns, cells)
 
 
+def summary_table(results):
+    """Markdown table, one row per run: test CER and, over the layers, the range of the median
+    Moran's I of the raw GradNAP and NAP maps (smallest z), of the correlation falloff
+    (smallest z) and the largest dead-filter share."""
+    lines = ["| run | test CER | GradNAP Moran's I median, range (min z) | "
+             "NAP Moran's I median, range (min z) | falloff, range (min z) | dead (max) |",
+             "|---|---|---|---|---|---|"]
+
+    def span(pairs):
+        values, zs = zip(*pairs)
+        return f"{min(values):+.2f} to {max(values):+.2f} ({min(zs):+.0f})"
+
+    for result in results:
+        layers = result["layers"].values()
+        curves = [r["activation_correlation"].get("by_distance") for r in layers]
+        falloff = ("-" if None in curves else
+                   span([(c["falloff"], c["falloff_z"]) for c in curves]))
+        cer = result.get("test_cer")
+        lines.append(
+            f"| {result['run']} | {'-' if cer is None else f'{cer:.3f}'} | "
+            f"{span([_median_z(r['maps']['morans_i']) for r in layers])} | "
+            f"{span([_median_z(r['nap_maps']['morans_i']) for r in layers])} | {falloff} | "
+            f"{max(r['dead_filters'] for r in layers):.0%} |"
+        )
+    return "\n".join(lines)
+
+
 def curve_figure(results, path, layers=("conv_2", "conv_big_1")):
     """Correlation of channel activity against grid distance, per run, on a few layers, with
     the mean of the permuted layouts (dotted)."""
@@ -475,7 +502,9 @@ def main(argv=None):
     if args.curve_figure:
         Path(args.curve_figure).parent.mkdir(parents=True, exist_ok=True)
         curve_figure(results, args.curve_figure)
-    print("Target numbers (raw maps; z against permuted layouts):\n")
+    print("Summary over the layers (raw maps; z against permuted layouts):\n")
+    print(summary_table(results))
+    print("\nTarget numbers (raw maps; z against permuted layouts):\n")
     print(target_table(results))
     print()
     print(table(results))
