@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from step_timing import interleaved_steps
+
 
 def build(topographic, n_features=40, n_classes=29):
     """The package's paper-size recognizer (the stack above), compiled with Adam and MSE."""
@@ -101,21 +103,9 @@ def measure(backend, steps, warmup):
     x = rng.normal(size=(8, 300, 40)).astype("float32")
     y = rng.normal(size=(8, 150, 29)).astype("float32")
     plain, topo = build(False), build(True)
-    for _ in range(warmup):
-        plain.train_on_batch(x, y)
-        topo.train_on_batch(x, y)
-    times = {"plain": [], "topo": []}
-    cpu_times = {"plain": [], "topo": []}  # process CPU time: less sensitive to other jobs
     load_before = os.getloadavg()[0]
-    for i in range(steps):  # interleaved, alternating which goes first
-        order = [("plain", plain), ("topo", topo)]
-        if i % 2:
-            order.reverse()
-        for name, model in order:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            model.train_on_batch(x, y)
-            times[name].append(time.perf_counter() - start)
-            cpu_times[name].append(time.process_time() - cpu_start)
+    # interleaved, alternating which goes first; process CPU time is less sensitive to other jobs
+    times = interleaved_steps({"plain": plain, "topo": topo}, [(x, y)], steps, warmup)
     run = penalty_timer(topo)
     for _ in range(warmup):
         run()
@@ -129,7 +119,7 @@ def measure(backend, steps, warmup):
     # Paired ratios (each topographic step against the plain step next to it) are robust to
     # slow drifts in machine load.
     paired = np.median(np.array(times["topo"]) / np.array(times["plain"]))
-    cpu_ratio = np.median(cpu_times["topo"]) / np.median(cpu_times["plain"])
+    cpu_ratio = np.median(times["topo_cpu"]) / np.median(times["plain_cpu"])
     return {
         "backend": backend,
         "keras": keras.__version__,
