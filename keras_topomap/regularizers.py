@@ -265,6 +265,8 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             its grid (``dL/da_c = sum w[..., c, :] * dL/dz``), and so its gradient-weighted
             maps (GradNAP): a smooth activity alone is multiplied by a gradient that no
             output-side term constrains. The default 0 leaves the paper's penalty unchanged.
+            It reuses the output-side penalty on a transposed copy of the kernel (one copy
+            per step; its cost on top of the training step is not yet benchmarked).
             A regularizer with only this side on (``strength=0``, ``global_strength=0``)
             orders no grid of its own layer, which :func:`topographic_layers` then leaves
             out (e.g. on a recognizer's output layer, for its last hidden layer's grid).
@@ -340,20 +342,26 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
         Raises:
             ValueError: naming the owner and the kernel shape, when the grid does not fit it.
         """
+        return self._axis_grid(self.grid, kernel_shape, -1, owner)
+
+    def _axis_grid(self, given, kernel_shape, axis, owner):
+        """The grid of the kernel's channel ``axis`` (-1: filters, -2: inputs): ``given`` or
+        inferred from that axis' length, checked against the neighbourhood."""
         kernel_shape = tuple(kernel_shape)
         of = f"kernel of shape {kernel_shape}" + (f" of {owner}" if owner else "")
-        if len(kernel_shape) < 1 or kernel_shape[-1] is None:
-            raise ValueError(
-                f"TopographicRegularizer needs a kernel with a known last (filter) axis. "
-                f"Received: {of}"
-            )
-        n_filters = int(kernel_shape[-1])
-        what = f"TopographicRegularizer grid for {of}"
-        grid = grid_lib.resolve_grid(self.grid, n_filters, what=what)
+        outputs = axis == -1
+        side = "" if outputs else ", input side"
+        if len(kernel_shape) < -axis or kernel_shape[axis] is None:
+            who, needs = (("TopographicRegularizer", "a known last (filter) axis") if outputs else
+                          ("TopographicRegularizer's input side",
+                           "a known input-channel axis (second to last)"))
+            raise ValueError(f"{who} needs a kernel with {needs}. Received: {of}")
+        what = f"TopographicRegularizer {'grid' if outputs else 'input grid'} for {of}"
+        grid = grid_lib.resolve_grid(given, int(kernel_shape[axis]), what=what)
         try:
             grid_lib.validate_neighborhood(self.neighborhood, grid)
         except ValueError as e:
-            raise ValueError(f"{e} ({of})") from None
+            raise ValueError(f"{e} ({of}{side})") from None
         return grid
 
     @property
@@ -369,20 +377,7 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             ValueError: naming the owner and the kernel shape, when the kernel has no input
                 axis or the grid does not fit it.
         """
-        kernel_shape = tuple(kernel_shape)
-        of = f"kernel of shape {kernel_shape}" + (f" of {owner}" if owner else "")
-        if len(kernel_shape) < 2 or kernel_shape[-2] is None:
-            raise ValueError(
-                "TopographicRegularizer's input side needs a kernel with a known input-channel "
-                f"axis (second to last). Received: {of}"
-            )
-        what = f"TopographicRegularizer input grid for {of}"
-        grid = grid_lib.resolve_grid(self.input_grid, int(kernel_shape[-2]), what=what)
-        try:
-            grid_lib.validate_neighborhood(self.neighborhood, grid)
-        except ValueError as e:
-            raise ValueError(f"{e} ({of}, input side)") from None
-        return grid
+        return self._axis_grid(self.input_grid, kernel_shape, -2, owner)
 
     def _owner(self, x):
         """What ``x`` belongs to, for messages; on first sight of a layer's weight (from Keras'
