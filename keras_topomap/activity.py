@@ -24,9 +24,13 @@ passed to :meth:`TopographicActivityRegularizer.penalty`.
 Masked samples enter no mean, variance or correlation, so extra padding changes nothing.
 
 Implementation: the activity is standardised per channel once (masked mean and variance,
-``(N, F)``), the local term is a weighted sum of flat shifts of that matrix (the weight
-regularizer's shift constants, ``O(N F)``), and the global term one ``(K, N) x (N, F)`` matrix
-product. Everything runs in float32 whatever the layer's dtype.
+``(N, F)``). Up to ``max_global_channels`` channels the global term needs the whole correlation
+matrix ``R = z^T z`` (one ``(F, N) x (N, F)`` product), and the local term is then read off it
+with the dense neighbour weights (:func:`keras_topomap.grid.neighbor_matrix`); the same holds
+without the global term up to :data:`DENSE_LOCAL_MAX_CHANNELS` channels. Wider layers take the
+local term from a weighted sum of flat shifts of ``z`` (the weight regularizer's shift
+constants, ``O(N F)``) and the global term from the anchors' ``(K, N) x (N, F)`` product.
+Everything runs in float32 whatever the layer's dtype.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ from keras_topomap.masking import attached_mask
 __all__ = ["TopographicActivityRegularizer", "topographic_activity_penalty"]
 
 _REDUCTIONS = ("sum", "mean")
+
+#: Without the global term, layers up to this width still take the local term from the full
+#: correlation matrix: below it one ``F x N x F`` product beats a neighbour sum of shifted
+#: ``(N, F)`` copies (benchmarks/activity_overhead.py).
+DENSE_LOCAL_MAX_CHANNELS = 512
 
 
 def _same_shape(a, b):
@@ -108,6 +117,17 @@ def topographic_activity_penalty(
         weights = ops.reshape(ops.cast(mask, "float32"), (-1, 1))
     z = _standardize(flat, weights, epsilon)
     shifts, pair_weights, _, n_centers = grid_lib.flat_shift_weights(grid, neighborhood, wrap)
+    every_pair = n_filters <= max_global_channels
+    if every_pair and (global_term or n_filters <= DENSE_LOCAL_MAX_CHANNELS):
+        # The whole correlation matrix (one matrix product) serves both terms: the local one is
+        # its elementwise product with the neighbour weights, which is cheaper than a neighbour
+        # sum of the (N, F) activity wherever R is computed anyway or F is small.
+        correlation = ops.matmul(ops.transpose(z), z)
+        neighbors = ops.convert_to_tensor(grid_lib.neighbor_matrix(grid, neighborhood, wrap))
+        local = n_centers - ops.sum(correlation * neighbors)
+        if not global_term:
+            return local, ops.zeros((), "float32")
+        return local, reg_lib.distance_target_error(correlation, grid, wrap, max_global_channels)
     # sum_c sum_j alpha_cj r_cj = 1/2 sum_c <z_c, sum_i beta_ic z_{c+s_i}> (alpha symmetrised)
     neighbors = reg_lib.neighbor_sum(z, shifts, ops.convert_to_tensor(pair_weights))
     local = n_centers - 0.5 * ops.sum(z * neighbors)

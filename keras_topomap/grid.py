@@ -43,6 +43,7 @@ __all__ = [
     "pair_weights",
     "neighbor_pairs",
     "flat_shift_weights",
+    "neighbor_matrix",
     "distances",
     "to_grid",
     "from_grid",
@@ -363,6 +364,46 @@ def flat_shift_weights(grid, neighborhood=3, wrap=False):
     grid = validate_grid(grid)
     neighborhood = validate_neighborhood(neighborhood, grid)
     return _flat_shift_weights(grid, neighborhood, bool(wrap))
+
+
+@functools.lru_cache(maxsize=64)
+def _neighbor_matrix(grid, size, wrap):
+    h, w = grid
+    offsets, alpha = _neighbor_weights(grid, size, wrap)
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    centers = np.broadcast_to(rows * w + cols, alpha.shape)
+    nr = rows[None] + offsets[:, 0, None, None]
+    nc = cols[None] + offsets[:, 1, None, None]
+    if wrap:
+        nr, nc = nr % h, nc % w
+    inside = alpha > 0  # a neighbour outside a flat grid has weight 0
+    matrix = np.zeros((h * w, h * w))
+    np.add.at(matrix, (centers[inside], (nr * w + nc)[inside]), alpha[inside])
+    matrix = (0.5 * (matrix + matrix.T)).astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
+
+
+def neighbor_matrix(grid, neighborhood=3, wrap=False):
+    """The neighbour weights as one symmetric ``(F, F)`` matrix, for dense pair scores.
+
+    ``m[a, b] = (alpha_ab + alpha_ba) / 2``, so that for any symmetric ``(F, F)`` score ``s``
+    (a correlation or cosine matrix) ``sum(m * s) == sum_c sum_{j in N(c)} alpha_cj s(c, j)``.
+    Where a layer's full similarity matrix is computed anyway (the activity regularizer's
+    global term), the local term is then one elementwise product instead of a neighbour sum.
+
+    Returns:
+        float32 ``(F, F)`` array, read-only and shared (copy it to modify).
+
+    Example:
+
+    >>> m = neighbor_matrix((4, 4))
+    >>> round(float(m.sum()), 4)  # one unit of weight per centre
+    16.0
+    """
+    grid = validate_grid(grid)
+    neighborhood = validate_neighborhood(neighborhood, grid)
+    return _neighbor_matrix(grid, neighborhood, bool(wrap))
 
 
 @functools.lru_cache(maxsize=64)

@@ -40,6 +40,7 @@ from keras_topomap import grid as grid_lib
 __all__ = [
     "MAX_GLOBAL_CHANNELS",
     "TopographicRegularizer",
+    "distance_target_error",
     "distance_target_penalty",
     "filter_kernel",
     "neighbor_sum",
@@ -190,17 +191,27 @@ def distance_target_penalty(columns, grid, wrap=False, max_channels=MAX_GLOBAL_C
     Returns:
         float32 scalar tensor.
     """
-    anchors, target, off_diagonal, n_pairs = _global_constants(
-        tuple(grid), bool(wrap), int(max_channels)
-    )
-    n_filters = grid[0] * grid[1]
-    if len(anchors) == n_filters:
+    anchors, _, _, _ = _global_constants(tuple(grid), bool(wrap), int(max_channels))
+    if len(anchors) == grid[0] * grid[1]:
         similarity = ops.matmul(ops.transpose(columns), columns)
     else:
         chosen = ops.take(columns, ops.convert_to_tensor(anchors), axis=1)
         similarity = ops.matmul(ops.transpose(chosen), columns)
+    return distance_target_error(similarity, grid, wrap, max_channels)
+
+
+def distance_target_error(similarity, grid, wrap=False, max_channels=MAX_GLOBAL_CHANNELS):
+    """:func:`distance_target_penalty` from the anchors' similarities ``(K, F)`` already computed.
+
+    ``similarity[a, c]`` is the similarity of anchor channel ``a`` (all ``F`` channels when
+    ``F <= max_channels``: then it is the full ``(F, F)`` matrix) with channel ``c``.
+    """
+    _, target, off_diagonal, n_pairs = _global_constants(
+        tuple(grid), bool(wrap), int(max_channels)
+    )
     error = ops.square(similarity - ops.convert_to_tensor(target))
-    return ops.sum(error * ops.convert_to_tensor(off_diagonal)) * (n_filters / n_pairs)
+    return ops.sum(error * ops.convert_to_tensor(off_diagonal)) * (grid[0] * grid[1] / n_pairs)
+
 
 
 @keras.saving.register_keras_serializable(package="keras_topomap")

@@ -14,6 +14,7 @@ from keras_topomap import (
     models,
     topographic_layers,
 )
+from keras_topomap import activity as activity_module
 from keras_topomap.masking import MaskedConv1D
 from keras_topomap.receptive_field import receptive_fields
 from tests.gradient_utils import value_and_grad
@@ -100,6 +101,29 @@ def test_matches_plain_reference(shape, g, size, wrap, max_channels):
     np.testing.assert_allclose(float(_np(reg.penalty(x))), 0.3 * local + 0.7 * pull, rtol=1e-5)
     # Keras divides an activity regularizer by the batch size; __call__ undoes it
     np.testing.assert_allclose(float(_np(reg(x))), float(_np(reg.penalty(x))) * shape[0], rtol=1e-6)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("dense_max", [0, 10**6], ids=["neighbour-sum", "correlation-matrix"])
+@pytest.mark.parametrize("global_strength", [0.0, 0.7])
+def test_both_local_term_paths_match_the_reference(monkeypatch, dense_max, global_strength):
+    # The local term comes from the full correlation matrix where that is cheaper (see
+    # DENSE_LOCAL_MAX_CHANNELS) and from a neighbour sum otherwise: both must be the method.
+    monkeypatch.setattr(activity_module, "DENSE_LOCAL_MAX_CHANNELS", dense_max)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 8, 20)).astype("float32")
+    x[..., 5] += 0.9 * x[..., 4]
+    mask = np.ones((3, 8), bool)
+    mask[0, 6:] = mask[2, 3:] = False
+    reg = TopographicActivityRegularizer(grid=(4, 5), strength=0.3,
+                                         global_strength=global_strength)
+    local, pull = reference(x, (4, 5), mask=mask)
+    value, grad = value_and_grad(lambda t: reg.penalty(t, mask=ops.convert_to_tensor(mask)), x)
+    np.testing.assert_allclose(value, 0.3 * local + global_strength * pull, rtol=1e-5)
+    assert np.all(grad[~mask] == 0)  # padding gets no gradient on either path
+    monkeypatch.setattr(activity_module, "DENSE_LOCAL_MAX_CHANNELS", 10**6 - dense_max)
+    _, other = value_and_grad(lambda t: reg.penalty(t, mask=ops.convert_to_tensor(mask)), x)
+    np.testing.assert_allclose(grad, other, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.backend

@@ -196,3 +196,28 @@ def test_region_filters_validation():
         grid.region_filters((4, 0), 3, (4, 4))
     with pytest.raises(ValueError, match="odd"):
         grid.region_filters((1, 1), 2, (4, 4))
+
+
+@pytest.mark.parametrize("g,size,wrap", [((4, 4), 3, False), ((3, 5), 3, True), ((6, 6), 5, False),
+                                         ((3, 3), 3, True)])
+def test_neighbor_matrix_gives_the_weighted_neighbour_sum(g, size, wrap):
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(g[0] * g[1],) * 2)
+    s = s + s.T  # any symmetric pair score
+    offsets, alpha = grid.neighbor_weights(g, size, wrap)
+    h, w = g
+    expected = 0.0
+    for k, (dy, dx) in enumerate(offsets):  # written out cell by cell
+        for r in range(h):
+            for c in range(w):
+                rr, cc = r + dy, c + dx
+                if wrap:
+                    rr, cc = rr % h, cc % w
+                elif not (0 <= rr < h and 0 <= cc < w):
+                    continue
+                expected += alpha[k, r, c] * s[r * w + c, rr * w + cc]
+    m = grid.neighbor_matrix(g, size, wrap)
+    assert m.shape == (h * w, h * w) and m.dtype == np.float32
+    np.testing.assert_array_equal(m, m.T)
+    np.testing.assert_allclose((m * s).sum(), expected, rtol=1e-6)
+    assert not m.flags.writeable
