@@ -90,32 +90,60 @@ def _timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def frame_batches(n_batches, batch_size, n_frames, seed=0):
+    """Random features ``x`` (``n_batches * batch_size`` utterances of ``n_frames`` x 40) and
+    the same cut into ``(features, phone labels)`` batches (labels -1..38, -1: none)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_batches * batch_size, n_frames, 40)).astype("float32")
+    labels = rng.integers(-1, 39, size=(n_batches * batch_size, n_frames)).astype("int32")
+    batches = [(x[i : i + batch_size], labels[i : i + batch_size])
+               for i in range(0, len(x), batch_size)]
+    return x, batches
+
+
+def predict_and_gradnap(model, grids, x, batches, batch_size, nap=True):
+    """The timed runs and their warm-up.
+
+    Returns ``(runs, warm_up)``: ``runs`` is ``{"predict": ..., "gradnap": ...[, "nap": ...]}``,
+    functions running ``model.predict`` over ``x`` and a fresh fit of a GradNAP (and of a NAP,
+    ``adjust="none"``) of every layer of ``grids`` (name -> grid) over ``batches`` (the same
+    data); ``warm_up()`` compiles the GradNAP (and NAP) steps on the first batch."""
+    from keras_topomap.gradnap import GradNAP
+
+    names = list(grids)
+    # Every batch has the same length here, so no time bucketing is needed: time_bucket=4 (a
+    # multiple of the stride) keeps 300 frames at 300, exactly what model.predict sees.
+    gn = GradNAP(model, names, grids=grids, n_groups=39, time_bucket=4, verbose=0)
+    runs = {
+        "predict": lambda: model.predict(x, batch_size=batch_size, verbose=0),
+        "gradnap": lambda: gn.fit(batches),
+    }
+    if nap:
+        plain_nap = GradNAP(model, names, grids=grids, n_groups=39, adjust="none",
+                            time_bucket=4, verbose=0)
+        runs["nap"] = lambda: plain_nap.fit(batches)
+
+    def warm_up():
+        gn.partial_fit(batches[:1])
+        if nap:
+            plain_nap.partial_fit(batches[:1])
+
+    return runs, warm_up
+
+
 def run(config, n_batches, batch_size, n_frames, repeats, conv_grad_ab=False, fft_ab=False):
     import keras
-    import numpy as np
 
     from keras_topomap import grid
     from keras_topomap.gradnap import GradNAP
 
     keras.utils.set_random_seed(0)
     model, names = build(config)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n_batches * batch_size, n_frames, 40)).astype("float32")
-    labels = rng.integers(-1, 39, size=(n_batches * batch_size, n_frames)).astype("int32")
-    batches = [(x[i : i + batch_size], labels[i : i + batch_size])
-               for i in range(0, len(x), batch_size)]
+    x, batches = frame_batches(n_batches, batch_size, n_frames)
     grids = {name: grid.infer_grid(model.get_layer(name).filters) for name in names}
-    # Every batch has the same length here, so no time bucketing is needed: time_bucket=4 (a
-    # multiple of the stride) keeps 300 frames at 300, exactly what model.predict sees.
-    gn = GradNAP(model, names, grids=grids, n_groups=39, time_bucket=4, verbose=0)
-    nap = GradNAP(model, names, grids=grids, n_groups=39, adjust="none", time_bucket=4,
-                  verbose=0)
-
-    runs = {
-        "predict": lambda: model.predict(x, batch_size=batch_size, verbose=0),
-        "gradnap": lambda: gn.fit(batches),
-        "nap": lambda: nap.fit(batches),
-    }
+    runs, warm_up = predict_and_gradnap(model, grids, x, batches, batch_size)
     if conv_grad_ab:
         with backend_conv_grad():
             plain = GradNAP(model, names, grids=grids, n_groups=39, time_bucket=4, verbose=0)
@@ -128,8 +156,7 @@ def run(config, n_batches, batch_size, n_frames, repeats, conv_grad_ab=False, ff
         runs["gradnap_direct_conv_grad"] = lambda: direct.fit(batches)
 
     model.predict(x[:batch_size], batch_size=batch_size, verbose=0)  # warm-up / compile
-    gn.partial_fit(batches[:1])  # warm-up / compile
-    nap.partial_fit(batches[:1])
+    warm_up()  # the GradNAP and NAP steps compile here
     walls = {name: [] for name in runs}
     cpus = {name: [] for name in runs}
     loads = []

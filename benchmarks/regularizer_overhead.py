@@ -29,14 +29,15 @@ import time
 from step_timing import interleaved_steps
 
 
-def build(topographic, n_features=40, n_classes=29):
-    """The package's paper-size recognizer (the stack above), compiled with Adam and MSE."""
+def build(topographic, n_features=40, n_classes=29, config="paper"):
+    """The package's paper-size recognizer (the stack above, or another ``config`` of
+    :func:`keras_topomap.models.wav2letter`), compiled with Adam and MSE."""
     import keras
 
     from keras_topomap.models import wav2letter
 
     model = wav2letter(
-        "paper",
+        config,
         n_features=n_features,
         n_classes=n_classes,
         topographic=topographic,

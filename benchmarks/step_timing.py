@@ -15,11 +15,30 @@ import time
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def run_per_backend(script, backends, argv):
+def _json_rows(stdout):
+    """The JSON objects of a child's stdout, one a line (other lines, and a line cut short by a
+    killed child, are skipped)."""
+    if isinstance(stdout, bytes):
+        stdout = stdout.decode(errors="replace")
+    rows = []
+    for line in (stdout or "").splitlines():
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return rows
+
+
+def run_per_backend(script, backends, argv, deadline=None):
     """Run ``script`` once per backend, each in a fresh process with ``KERAS_BACKEND`` set.
 
     The child gets ``argv`` plus ``--child`` and must print one JSON object a line for its
     results (other output is ignored). Returns the parsed rows of all backends, in order.
+
+    ``deadline`` (a ``time.time()`` value, optional): a child still running then is killed;
+    the rows it printed before are kept, followed by ``{"backend": ..., "killed": reason}``,
+    and backends not started by then get that row alone.
 
     Raises:
         RuntimeError: a child failed; names the backend and shows the end of its stderr.
@@ -27,19 +46,30 @@ def run_per_backend(script, backends, argv):
     rows = []
     for backend in backends:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        out = subprocess.run(
-            [sys.executable, script, *argv, "--child"], env=env, capture_output=True, text=True
-        )
+        timeout = None if deadline is None else deadline - time.time()
+        if timeout is not None and timeout <= 0:
+            rows.append({"backend": backend, "killed": "not started: past the time limit"})
+            continue
+        try:
+            out = subprocess.run(
+                [sys.executable, script, *argv, "--child"], env=env, capture_output=True,
+                text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as stopped:
+            rows += _json_rows(stopped.stdout)
+            rows.append({"backend": backend, "killed": f"stopped after {timeout:.0f} s: "
+                                                       "the time limit"})
+            continue
         if out.returncode != 0:
             raise RuntimeError(
                 f"{os.path.basename(script)}: the {backend} run failed "
                 f"(exit status {out.returncode}):\n{out.stderr[-3000:]}"
             )
-        rows += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        rows += _json_rows(out.stdout)
     return rows
 
 
-def interleaved_steps(models, batches, steps, warmup):
+def interleaved_steps(models, batches, steps, warmup, deadline=None):
     """Time ``train_on_batch`` of several models, their steps interleaved in this process.
 
     Args:
@@ -47,6 +77,8 @@ def interleaved_steps(models, batches, steps, warmup):
         batches: list of ``(x, y)``; step ``i`` of every model uses ``batches[i % len]``.
         steps: timed steps per model.
         warmup: untimed steps per model first (tracing, compilation, allocator warm-up).
+        deadline: optional ``time.time()`` value: no new round of steps starts after it, so
+            fewer than ``steps`` (possibly none) are returned.
 
     Step ``i`` runs the models in turn (A B C, then B C A, ...), so that load from other jobs
     on the machine and any position effect fall on all of them alike.
@@ -62,6 +94,8 @@ def interleaved_steps(models, batches, steps, warmup):
     times = {name: [] for name in names}
     times.update({f"{name}_cpu": [] for name in names})
     for i in range(steps):
+        if deadline is not None and time.time() > deadline:
+            break
         shift = i % len(names)
         x, y = batches[i % len(batches)]
         for name in names[shift:] + names[:shift]:
@@ -70,3 +104,14 @@ def interleaved_steps(models, batches, steps, warmup):
             times[name].append(time.perf_counter() - start)
             times[f"{name}_cpu"].append(time.process_time() - cpu_start)
     return times
+
+
+def spread(seconds):
+    """Median, min, max and quartiles of a list of durations, in ms (1 decimal)."""
+    import numpy as np
+
+    values = 1000 * np.asarray(seconds, dtype=float)
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return {name: round(float(v), 1) for name, v in
+            [("median_ms", median), ("min_ms", values.min()), ("max_ms", values.max()),
+             ("q1_ms", q1), ("q3_ms", q3)]}
