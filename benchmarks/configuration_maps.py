@@ -78,7 +78,9 @@ def draw(rows, layer, phonemes, path):
                 plot_grid_map(ax, m, title=f"{kind} /{phoneme.upper()}/ {value}",
                               colorbar=False, verdict=map_verdict(m), diverging=kind == "GradNAP")
                 ax.title.set_fontsize(7)
-        axes[r, 0].set_ylabel(f"{info['label']}\ntest CER {info['test_cer']:.2f}", fontsize=6.5)
+        # one clause a line: a long constraint on one line runs off the figure's left edge
+        label = "\n".join(info["label"].split(", "))
+        axes[r, 0].set_ylabel(f"{label}\ntest CER {info['test_cer']:.2f}", fontsize=6.5)
     fig.suptitle(f"{layer}: raw maps on the test split (no smoothing); rows: constraint",
                  fontsize=9)
     fig.tight_layout()
