@@ -14,7 +14,9 @@ Usage::
 
 Prints one table row per backend: median step times and their ratio, the median of paired
 step ratios, the ratio of median process CPU times per step (less sensitive to other jobs on a
-shared machine), the penalty's own time, and the 1-minute load average while it ran.
+shared machine), the quartiles and range of the paired ratios, the penalty's own time against
+its memory-traffic floor (the kernels read once and their gradient written once at this
+machine's numpy copy bandwidth), and the 1-minute load average while it ran.
 """
 
 from __future__ import annotations
@@ -94,6 +96,27 @@ def penalty_timer(model):
     return run
 
 
+def memory_floor(n_values, repeats=5):
+    """The penalty's memory-traffic floor: its kernels read once and their gradient written once.
+
+    Returns ``(floor_ms, bandwidth_gb_s)``: ``8 * n_values`` bytes (float32 in and out) over this
+    machine's copy bandwidth, measured as the best of ``repeats`` numpy copies of a 64 MB array
+    (bytes read plus bytes written per second).
+    """
+    import numpy as np
+
+    source = np.ones(1 << 24, np.float32)
+    target = np.empty_like(source)
+    np.copyto(target, source)  # touch the pages once
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - start)
+    bandwidth = 2 * source.nbytes / best
+    return 1000 * 8 * n_values / bandwidth, bandwidth / 1e9
+
+
 def measure(backend, steps, warmup):
     os.environ["KERAS_BACKEND"] = backend
     import keras
@@ -119,7 +142,13 @@ def measure(backend, steps, warmup):
     topo_ms = 1000 * float(np.median(times["topo"]))
     # Paired ratios (each topographic step against the plain step next to it) are robust to
     # slow drifts in machine load.
-    paired = np.median(np.array(times["topo"]) / np.array(times["plain"]))
+    pairs = np.array(times["topo"]) / np.array(times["plain"])
+    paired = np.median(pairs)
+    n_kernel_values = sum(
+        int(np.prod(layer.kernel.shape)) for layer in topo.layers
+        if getattr(layer, "kernel_regularizer", None) is not None
+    )
+    floor_ms, bandwidth = memory_floor(n_kernel_values)
     cpu_ratio = np.median(times["topo_cpu"]) / np.median(times["plain_cpu"])
     return {
         "backend": backend,
@@ -129,8 +158,12 @@ def measure(backend, steps, warmup):
         "topo_ms": round(topo_ms, 1),
         "ratio_of_medians": round(topo_ms / plain_ms, 3),
         "paired_ratio": round(float(paired), 3),
+        "paired_ratio_quartiles": [round(float(q), 3) for q in np.percentile(pairs, [25, 75])],
+        "paired_ratio_range": [round(float(pairs.min()), 3), round(float(pairs.max()), 3)],
         "cpu_ratio": round(float(cpu_ratio), 3),
         "penalty_value_and_grad_ms": round(1000 * float(np.median(reg_times)), 1),
+        "memory_floor_ms": round(floor_ms, 1),
+        "copy_bandwidth_gb_s": round(bandwidth, 1),
         "load_average": round((load_before + os.getloadavg()[0]) / 2, 1),
         "steps": steps,
     }
@@ -170,15 +203,18 @@ def main(argv=None):
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(
         "| backend | step without (ms) | step with (ms) | ratio (medians) | paired ratio "
-        "| CPU-time ratio | penalty value+grad (ms) | load average | date |"
+        "(quartiles; range) | CPU-time ratio | penalty value+grad (ms) | memory floor (ms) "
+        "| load average | date |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     date = time.strftime("%Y-%m-%d")
     for r in rows:
+        (q1, q3), (lo, hi) = r["paired_ratio_quartiles"], r["paired_ratio_range"]
         print(
             f"| {r['backend']} | {r['plain_ms']} | {r['topo_ms']} | {r['ratio_of_medians']} "
-            f"| {r['paired_ratio']} | {r['cpu_ratio']} | {r['penalty_value_and_grad_ms']} "
-            f"| {r['load_average']} | {date} |"
+            f"| {r['paired_ratio']} ({q1}-{q3}; {lo}-{hi}) | {r['cpu_ratio']} "
+            f"| {r['penalty_value_and_grad_ms']} | {r['memory_floor_ms']} "
+            f"({r['copy_bandwidth_gb_s']} GB/s) | {r['load_average']} | {date} |"
         )
 
 
