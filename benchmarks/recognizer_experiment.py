@@ -100,6 +100,11 @@ RECIPES.update({
                                        "activity_strength": 0.002,
                                        "activity_global_strength": 0.008, "input_strength": 0.03},
 })
+# The same runs on the speaker hold-out: their test split is a voice never heard in training.
+RECIPES.update({
+    f"{name}_voice": {**RECIPES[name], "data": "bundled-voice"}
+    for name in ("topo_none", "topo_activity_0.002_input", "topo_activity_0.002_input_0.03")
+})
 
 
 def recipe_config(name, seed, epochs, out):
