@@ -104,26 +104,37 @@ def test_matches_plain_reference(shape, g, size, wrap, max_channels):
 
 
 @pytest.mark.backend
-@pytest.mark.parametrize("dense_max", [0, 10**6], ids=["neighbour-sum", "correlation-matrix"])
+@pytest.mark.parametrize("path", ["neighbour-sum", "correlation-matrix"])
 @pytest.mark.parametrize("global_strength", [0.0, 0.7])
-def test_both_local_term_paths_match_the_reference(monkeypatch, dense_max, global_strength):
+def test_both_local_term_paths_match_the_reference(monkeypatch, path, global_strength):
     # The local term comes from the full correlation matrix where that is cheaper (see
     # DENSE_LOCAL_MAX_CHANNELS) and from a neighbour sum otherwise: both must be the method.
-    monkeypatch.setattr(activity_module, "DENSE_LOCAL_MAX_CHANNELS", dense_max)
+    dense = path == "correlation-matrix"
+    monkeypatch.setattr(activity_module, "DENSE_LOCAL_MAX_CHANNELS", 10**6 if dense else 0)
+    calls = []
+    real_neighbor_sum = activity_module.reg_lib.neighbor_sum
+    monkeypatch.setattr(activity_module.reg_lib, "neighbor_sum",
+                        lambda *a: calls.append(1) or real_neighbor_sum(*a))
+    # With the global term on, only a layer wider than max_global_channels (anchor-sampled
+    # pairs) takes the neighbour sum.
+    max_channels, anchors = (1024, None) if dense else (10, range(0, 20, 2))
     rng = np.random.default_rng(11)
     x = rng.normal(size=(3, 8, 20)).astype("float32")
     x[..., 5] += 0.9 * x[..., 4]
     mask = np.ones((3, 8), bool)
     mask[0, 6:] = mask[2, 3:] = False
     reg = TopographicActivityRegularizer(grid=(4, 5), strength=0.3,
-                                         global_strength=global_strength)
-    local, pull = reference(x, (4, 5), mask=mask)
+                                         global_strength=global_strength,
+                                         max_global_channels=max_channels)
+    local, pull = reference(x, (4, 5), mask=mask, anchors=anchors)
     value, grad = value_and_grad(lambda t: reg.penalty(t, mask=ops.convert_to_tensor(mask)), x)
+    assert bool(calls) is not dense  # the path under test is the one taken
     np.testing.assert_allclose(value, 0.3 * local + global_strength * pull, rtol=1e-5)
     assert np.all(grad[~mask] == 0)  # padding gets no gradient on either path
-    monkeypatch.setattr(activity_module, "DENSE_LOCAL_MAX_CHANNELS", 10**6 - dense_max)
-    _, other = value_and_grad(lambda t: reg.penalty(t, mask=ops.convert_to_tensor(mask)), x)
-    np.testing.assert_allclose(grad, other, rtol=1e-4, atol=1e-6)
+    if global_strength == 0:  # the same function on both paths: the same gradient
+        monkeypatch.setattr(activity_module, "DENSE_LOCAL_MAX_CHANNELS", 0 if dense else 10**6)
+        _, other = value_and_grad(lambda t: reg.penalty(t, mask=ops.convert_to_tensor(mask)), x)
+        np.testing.assert_allclose(grad, other, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.backend
