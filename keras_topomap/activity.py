@@ -49,8 +49,8 @@ __all__ = ["TopographicActivityRegularizer", "topographic_activity_penalty"]
 _REDUCTIONS = ("sum", "mean")
 
 #: Without the global term, layers up to this width still take the local term from the full
-#: correlation matrix: below it one ``F x N x F`` product beats a neighbour sum of shifted
-#: ``(N, F)`` copies (benchmarks/activity_overhead.py).
+#: correlation matrix: up to here one ``F x N x F`` product is no slower than a neighbour sum
+#: of shifted ``(N, F)`` copies (JAX; benchmarks/activity_penalty_forms.py).
 DENSE_LOCAL_MAX_CHANNELS = 512
 
 
