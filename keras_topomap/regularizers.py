@@ -33,7 +33,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_topomap import _deprecation, checks
+from keras_topomap import _deprecation, checks, fast_penalty
 from keras_topomap import _keras_internals as internals
 from keras_topomap import grid as grid_lib
 
@@ -80,7 +80,8 @@ def neighbor_sum(slab, shifts, coefficients):
     return total
 
 
-def topographic_penalty(kernel, grid, neighborhood=3, wrap=False, epsilon=1e-7, *, size=None):
+def topographic_penalty(kernel, grid, neighborhood=3, wrap=False, epsilon=1e-7, *, size=None,
+                        implementation="auto"):
     """Unscaled topographic penalty ``sum_c sum_j alpha_cj (1 - cos(w_c, w_j))`` of a kernel.
 
     A pure, differentiable function of ``kernel`` (any shape ``(..., F)``) with a hand-written
@@ -94,50 +95,81 @@ def topographic_penalty(kernel, grid, neighborhood=3, wrap=False, epsilon=1e-7, 
         wrap: whether the grid is a torus.
         epsilon: added to squared filter norms, so an all-zero filter is finite.
         size: deprecated name of ``neighborhood``.
+        implementation: ``"auto"`` (the default), ``"reference"`` or ``"fused"``: whether a
+            backend's faster path (:mod:`keras_topomap.fast_penalty`; TensorFlow and PyTorch)
+            computes the same value and gradient. ``"auto"`` takes it for large kernels on the
+            CPU, where it was measured faster; ``"reference"`` always runs this ``keras.ops``
+            code.
 
     Returns:
         float32 scalar tensor.
+
+    Example:
+
+    >>> import numpy as np
+    >>> kernel = np.ones((3, 16, 4), "float32")  # four identical filters on a 2 x 2 grid
+    >>> round(float(topographic_penalty(kernel, (2, 2))), 4)
+    0.0
     """
     neighborhood = _deprecation.renamed_argument("topographic_penalty", "size", "neighborhood",
                                                  size, neighborhood)
-    shifts, weights_np, gather_np, n_centers = grid_lib.flat_shift_weights(grid, neighborhood, wrap)
+    implementation = checks.choice(implementation, "implementation", fast_penalty.IMPLEMENTATIONS)
     shape = tuple(kernel.shape)
-    n_filters = shape[-1]
-    depth = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-    slab_rows = max(1, _SLAB_ELEMENTS // n_filters)
-    bounds = [(lo, min(lo + slab_rows, depth)) for lo in range(0, depth, slab_rows)]
+    n_elements = int(np.prod(shape)) if shape else 1
+    if fast_penalty.use_fast_path(implementation, kernel, n_elements):
+        value = fast_penalty.penalty(kernel, grid, neighborhood, wrap, epsilon, _penalty_terms)
+        if value is not None:
+            return value
     kernel = ops.cast(kernel, "float32")
 
     @ops.custom_gradient
     def _penalty(k):
-        k2 = ops.reshape(k, (depth, n_filters))
-        slabs = [k2[lo:hi] for lo, hi in bounds] if len(bounds) > 1 else [k2]
-        # Whole-kernel reductions: fewer operations than per slab (in eager TF/torch each one
-        # pays a thread-pool round trip), and XLA reads the kernel in place.
-        sq_norm = ops.sum(ops.square(k2), axis=0)
-        inv_norm = ops.rsqrt(sq_norm + epsilon)  # (F,)
-        # v_c = sum_j beta_cj u_j with u = k / ||k||: the weights of the raw neighbours k_j.
-        coefficients = ops.convert_to_tensor(weights_np) * ops.take(
-            inv_norm, ops.convert_to_tensor(gather_np)
+        value, gradient = _penalty_terms(
+            ops.reshape(k, (-1, shape[-1])), epsilon, grid, neighborhood, wrap, lazy=True
         )
-        v_parts = [neighbor_sum(slab, shifts, coefficients) for slab in slabs]
-        v = ops.concatenate(v_parts, axis=0) if len(v_parts) > 1 else v_parts[0]
-        kv = ops.sum(k2 * v, axis=0)
-        uv = inv_norm * kv  # <u_c, v_c> = sum_j beta_cj cos(c, j)
-        value = n_centers - 0.5 * ops.sum(uv)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            # d(-1/2 sum <u, v>)/dk = -(v - <u, v> u) / ||k||   (projection of the unit norm)
-            scale = inv_norm * ops.cast(upstream, "float32")
-            along_k = uv * inv_norm * scale
-            g = k2 * along_k - v * scale
-            return ops.reshape(g, shape)
+            return ops.reshape(gradient(ops.cast(upstream, "float32")), shape)
 
         return value, grad
 
     return _penalty(kernel)
+
+
+def _penalty_terms(k2, epsilon, grid, neighborhood, wrap, lazy=False):
+    """Value and gradient of the penalty of a ``(D, F)`` float32 kernel, in ``keras.ops``.
+
+    Returns ``(value, gradient)``: the gradient tensor for an upstream of 1, or with
+    ``lazy=True`` a function of the upstream computing it (the reference's backward pass).
+    """
+    shifts, weights_np, gather_np, n_centers = grid_lib.flat_shift_weights(grid, neighborhood, wrap)
+    depth, n_filters = k2.shape
+    slab_rows = max(1, _SLAB_ELEMENTS // n_filters)
+    bounds = [(lo, min(lo + slab_rows, depth)) for lo in range(0, depth, slab_rows)]
+    slabs = [k2[lo:hi] for lo, hi in bounds] if len(bounds) > 1 else [k2]
+    # Whole-kernel reductions: fewer operations than per slab (in eager TF/torch each one
+    # pays a thread-pool round trip), and XLA reads the kernel in place.
+    sq_norm = ops.sum(ops.square(k2), axis=0)
+    inv_norm = ops.rsqrt(sq_norm + epsilon)  # (F,)
+    # v_c = sum_j beta_cj u_j with u = k / ||k||: the weights of the raw neighbours k_j.
+    coefficients = ops.convert_to_tensor(weights_np) * ops.take(
+        inv_norm, ops.convert_to_tensor(gather_np)
+    )
+    v_parts = [neighbor_sum(slab, shifts, coefficients) for slab in slabs]
+    v = ops.concatenate(v_parts, axis=0) if len(v_parts) > 1 else v_parts[0]
+    kv = ops.sum(k2 * v, axis=0)
+    uv = inv_norm * kv  # <u_c, v_c> = sum_j beta_cj cos(c, j)
+    value = n_centers - 0.5 * ops.sum(uv)
+
+    def gradient(upstream):
+        # d(-1/2 sum <u, v>)/dk = -(v - <u, v> u) / ||k||   (projection of the unit norm)
+        scale = inv_norm * upstream
+        along_k = uv * inv_norm * scale
+        return k2 * along_k - v * scale
+
+    return value, (gradient if lazy else gradient(1.0))
 
 
 #: Default number of anchor channels of the global term: layers up to this width use all pairs.
@@ -283,6 +315,9 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             out (e.g. on a recognizer's output layer, for its last hidden layer's grid).
         input_grid: ``(rows, columns)`` of the input channels; ``None`` infers it from the
             kernel's input-channel count like ``grid``.
+        implementation: ``"auto"``, ``"reference"`` or ``"fused"``: which code computes the
+            neighbour penalty (see :func:`topographic_penalty`); all give the same value and
+            gradient, ``"auto"`` the fastest measured on the backend and device.
 
     Example:
 
@@ -316,7 +351,11 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
         max_global_channels=MAX_GLOBAL_CHANNELS,
         input_strength=0.0,
         input_grid=None,
+        implementation="auto",
     ):
+        self.implementation = checks.choice(
+            implementation, "implementation", fast_penalty.IMPLEMENTATIONS
+        )
         if grid is not None:
             grid = grid_lib.validate_grid(grid)
         if input_grid is not None:
@@ -430,7 +469,8 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
         if self.orders_outputs:
             grid = self.resolve_grid(x.shape, owner=owner)
             value = self.strength * topographic_penalty(
-                x, grid, self.neighborhood, self.wrap, self.epsilon
+                x, grid, self.neighborhood, self.wrap, self.epsilon,
+                implementation=self.implementation,
             )
             if self.global_strength > 0:
                 k2 = ops.reshape(ops.cast(x, "float32"), (-1, grid[0] * grid[1]))
@@ -445,7 +485,8 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             rank = len(x.shape)
             reads = ops.transpose(x, [*range(rank - 2), rank - 1, rank - 2])
             side = self.input_strength * topographic_penalty(
-                reads, in_grid, self.neighborhood, self.wrap, self.epsilon
+                reads, in_grid, self.neighborhood, self.wrap, self.epsilon,
+                implementation=self.implementation,
             )
             if self.reduction == "mean":
                 side = side / float(in_grid[0] * in_grid[1])
@@ -464,6 +505,7 @@ class TopographicRegularizer(keras.regularizers.Regularizer):
             "max_global_channels": self.max_global_channels,
             "input_strength": self.input_strength,
             "input_grid": None if self.input_grid is None else list(self.input_grid),
+            "implementation": self.implementation,
         }
 
     def __repr__(self):

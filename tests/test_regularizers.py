@@ -223,6 +223,7 @@ def test_get_config_round_trip_keeps_every_argument():
         "max_global_channels": 1024,
         "input_strength": 0.0,
         "input_grid": None,
+        "implementation": "auto",
     }
     again = TopographicRegularizer.from_config(config)
     assert again.get_config() == config
