@@ -27,7 +27,9 @@ Usage::
         --frames 64                                                  # a smoke test, seconds
 
 Prints a markdown table (one row per backend and stack) and the load averages at start and
-end; ``--json OUT`` also writes the rows to ``OUT``.
+end; ``--json OUT`` also writes the rows to ``OUT``. ``--max-global-channels N`` adds a fourth
+model, the activity one with ``N`` anchor channels for the global term of wider layers,
+interleaved with the others and reported below the table.
 """
 
 from __future__ import annotations
@@ -88,6 +90,13 @@ def measure(config, args):
     import numpy as np
 
     models = {name: build(config, args.norm, args.seed, **kw) for name, kw in VARIANTS.items()}
+    if args.max_global_channels:
+        # The same activity model with fewer anchor channels for the global term of wide layers
+        sparse = build(config, args.norm, args.seed, **VARIANTS["activity"])
+        for layer in sparse.layers:
+            if getattr(layer, "activity_regularizer", None) is not None:
+                layer.activity_regularizer.max_global_channels = args.max_global_channels
+        models["sparse"] = sparse
     batches = random_batches(args.batches, args.batch, args.frames, args.seed)
     load_start = os.getloadavg()[0]
     times = interleaved_steps(models, batches, args.steps, args.warmup)
@@ -108,6 +117,11 @@ def measure(config, args):
         "ratio_vs_masked": round(ms["activity"] / ms["masked"], 3),
         "masking_ratio": round(ms["masked"] / ms["plain"], 3),
         "cpu_ratio": round(cpu["activity"] / cpu["plain"], 3),
+        **({"max_global_channels": args.max_global_channels,
+            "sparse_ms": round(ms["sparse"], 1),
+            "sparse_ratio": round(ms["sparse"] / ms["plain"], 3),
+            "sparse_cpu_ratio": round(cpu["sparse"] / cpu["plain"], 3)}
+           if "sparse" in ms else {}),
         "load_start": round(load_start, 2),
         "load_end": round(os.getloadavg()[0], 2),
         "steps": args.steps,
@@ -126,6 +140,11 @@ def print_table(rows, load_start, load_end):
             f"| {r['backend']} | {r['config']} | {r['plain_ms']} | {r['masked_ms']} "
             f"| {r['activity_ms']} | {r['ratio']} | {r['ratio_vs_masked']} | {r['cpu_ratio']} |"
         )
+    for r in rows:
+        if "sparse_ms" in r:
+            print(f"- {r['backend']} {r['config']}, global term on {r['max_global_channels']} "
+                  f"anchor channels: {r['sparse_ms']} ms/step, ratio {r['sparse_ratio']} "
+                  f"(CPU-time ratio {r['sparse_cpu_ratio']})")
     print(
         f"\nload average (1, 5, 15 min): start {load_start}, end {load_end}; "
         f"{time.strftime('%Y-%m-%d %H:%M')}; target: ratio <= 1.10"
@@ -145,6 +164,9 @@ def parse_args(argv=None):
     parser.add_argument("--norm", choices=["none", "batch"], default="none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="OUT", help="also write the rows to this JSON file")
+    parser.add_argument("--max-global-channels", type=int, default=None,
+                        help="also time the activity model with this many anchor channels "
+                             "for the global term of wider layers (interleaved with the rest)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.norm = None if args.norm == "none" else args.norm
@@ -161,7 +183,8 @@ def main(argv=None):
         "--configs", *args.configs, "--steps", str(args.steps), "--warmup", str(args.warmup),
         "--batch", str(args.batch), "--frames", str(args.frames), "--batches",
         str(args.batches), "--norm", args.norm or "none", "--seed", str(args.seed),
-    ]
+    ] + (["--max-global-channels", str(args.max_global_channels)]
+         if args.max_global_channels else [])
     load_start = tuple(round(v, 2) for v in os.getloadavg())
     rows = run_per_backend(os.path.abspath(__file__), args.backends, child_argv)
     load_end = tuple(round(v, 2) for v in os.getloadavg())
