@@ -22,6 +22,9 @@ projection, the gradient, so the penalty carries a hand-written gradient
 a few times and write ``v`` and the gradient. The neighbour sum of a large kernel is built in
 slabs of rows (no loop over filters): memory, not arithmetic, is the cost, and slab-sized
 temporaries are recycled by the allocator while kernel-sized ones are fresh pages every step.
+On TensorFlow and PyTorch a faster path of the same value and gradient
+(:mod:`keras_topomap.fast_penalty`) takes over for large kernels on the CPU; this code is its
+reference and fallback.
 """
 
 from __future__ import annotations
