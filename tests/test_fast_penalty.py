@@ -181,3 +181,13 @@ def test_implementation_is_checked_and_serialized():
         TopographicRegularizer(implementation="xla")
     with pytest.raises(ValueError, match="Received: implementation='fast'"):
         topographic_penalty(np.zeros((3, 4), "float32"), (2, 2), implementation="fast")
+
+
+@pytest.mark.backend
+def test_auto_keeps_the_reference_off_the_cpu(monkeypatch, backend):
+    """Measured faster only on the CPU: on an accelerator "auto" stays with the reference."""
+    monkeypatch.setattr(fast_penalty, "_on_cpu", lambda kernel, backend: False)
+    large = keras.ops.zeros((4, 256, 256))
+    assert fast_penalty.use_fast_path("auto", large, 4 * 256 * 256) is False
+    assert fast_penalty.use_fast_path("fused", large, 4 * 256 * 256) is (
+        backend in ("tensorflow", "torch"))
