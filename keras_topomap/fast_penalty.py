@@ -17,9 +17,10 @@ JAX compiles the reference with XLA already; it has no path of its own.
 
 ``implementation="auto"`` takes the fast path where the backend has one, the kernel lives on
 the CPU and holds at least :data:`AUTO_MIN_ELEMENTS` values (below that TensorFlow gained
-nothing, and each kernel shape would pay an XLA compilation); ``"fused"`` takes it wherever the backend has one (on a backend without one it is the
-reference); ``"reference"`` never does. A fast path that fails (e.g. no XLA in a TensorFlow
-build) warns once and the reference is used from then on.
+nothing, and each kernel shape would pay an XLA compilation); ``"fused"`` takes it wherever
+the backend has one (on a backend without one it is the reference); ``"reference"`` never
+does. A fast path that fails (e.g. no XLA in a TensorFlow build) warns once and the reference
+is used from then on.
 """
 
 from __future__ import annotations
