@@ -100,6 +100,15 @@ RECIPES.update({
                                        "activity_strength": 0.002,
                                        "activity_global_strength": 0.008, "input_strength": 0.03},
 })
+# The shipped recipe with a warm-up and cosine decay instead of Adam 1e-3 constant (issue 15's
+# schedule lever), unconstrained and with the map-target constraint.
+_BN_COSINE = {**_BN_RECIPE, "lr_schedule": "warmup-cosine", "learning_rate": 3e-3,
+              "warmup_epochs": 2.0}
+RECIPES.update({
+    "topo_none_cosine": {**_BN_COSINE, "topography": "none", "topographic": False},
+    "topo_activity_0.01_input_cosine": {**RECIPES["topo_activity_0.01_input"], **_BN_COSINE},
+    "topo_activity_0.002_input_cosine": {**RECIPES["topo_activity_0.002_input"], **_BN_COSINE},
+})
 # The same runs on the speaker hold-out: their test split is a voice never heard in training.
 RECIPES.update({
     f"{name}_voice": {**RECIPES[name], "data": "bundled-voice"}
