@@ -109,6 +109,15 @@ RECIPES.update({
     "topo_activity_0.01_input_cosine": {**RECIPES["topo_activity_0.01_input"], **_BN_COSINE},
     "topo_activity_0.002_input_cosine": {**RECIPES["topo_activity_0.002_input"], **_BN_COSINE},
 })
+# The same with the shipped recipe's peak rate (1e-3): the decay alone.
+_BN_COSINE_1E3 = {**_BN_COSINE, "learning_rate": 1e-3, "warmup_epochs": 1.0}
+RECIPES.update({
+    "topo_none_cosine_1e-3": {**_BN_COSINE_1E3, "topography": "none", "topographic": False},
+    "topo_activity_0.01_input_cosine_1e-3": {**RECIPES["topo_activity_0.01_input"],
+                                             **_BN_COSINE_1E3},
+    "topo_activity_0.002_input_cosine_1e-3": {**RECIPES["topo_activity_0.002_input"],
+                                              **_BN_COSINE_1E3},
+})
 # The same runs on the speaker hold-out: their test split is a voice never heard in training.
 RECIPES.update({
     f"{name}_voice": {**RECIPES[name], "data": "bundled-voice"}
