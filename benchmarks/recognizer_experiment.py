@@ -121,7 +121,8 @@ RECIPES.update({
 # The same runs on the speaker hold-out: their test split is a voice never heard in training.
 RECIPES.update({
     f"{name}_voice": {**RECIPES[name], "data": "bundled-voice"}
-    for name in ("topo_none", "topo_activity_0.002_input", "topo_activity_0.002_input_0.03")
+    for name in ("topo_none", "topo_weight", "topo_activity_0.002_input",
+                 "topo_activity_0.002_input_0.03")
 })
 
 
