@@ -107,7 +107,6 @@ _BN_COSINE = {**_BN_RECIPE, "lr_schedule": "warmup-cosine", "learning_rate": 3e-
 RECIPES.update({
     "topo_none_cosine": {**_BN_COSINE, "topography": "none", "topographic": False},
     "topo_activity_0.01_input_cosine": {**RECIPES["topo_activity_0.01_input"], **_BN_COSINE},
-    "topo_activity_0.002_input_cosine": {**RECIPES["topo_activity_0.002_input"], **_BN_COSINE},
 })
 # The same with the shipped recipe's peak rate (1e-3): the decay alone.
 _BN_COSINE_1E3 = {**_BN_COSINE, "learning_rate": 1e-3, "warmup_epochs": 1.0}
@@ -115,8 +114,6 @@ RECIPES.update({
     "topo_none_cosine_1e-3": {**_BN_COSINE_1E3, "topography": "none", "topographic": False},
     "topo_activity_0.01_input_cosine_1e-3": {**RECIPES["topo_activity_0.01_input"],
                                              **_BN_COSINE_1E3},
-    "topo_activity_0.002_input_cosine_1e-3": {**RECIPES["topo_activity_0.002_input"],
-                                              **_BN_COSINE_1E3},
 })
 # Both decays above were worse than the constant rate (docs/results.md): a higher constant rate.
 RECIPES["topo_none_lr2e-3"] = {**RECIPES["topo_none"], "learning_rate": 2e-3}
