@@ -273,6 +273,10 @@ def run_demo(
     phonemes=(),
     seed=0,
     strength=0.01,
+    norm="batch",
+    augment=True,
+    dropout=0.1,
+    learning_rate=1e-3,
     layer=None,
     epochs=200,
     steps=200,
@@ -297,6 +301,13 @@ def run_demo(
         phonemes: phonemes for Figure 1B in addition to /AE/, /AA/ and /T/.
         seed: seeds training, data subsets and the optimal inputs.
         strength: strength of the topographic regularizer.
+        norm: normalization between each hidden convolution and its ReLU (``"batch"``,
+            ``"layer"`` or ``None``; :func:`keras_topomap.models.wav2letter`). The default,
+            with ``augment`` and ``dropout``, is the recipe of the shipped pretrained models
+            (docs/results.md): no filter dies, and it recognizes better in the same epochs.
+        augment: SpecAugment-style time and frequency masks in training.
+        dropout: dropout rate after each hidden convolution.
+        learning_rate: Adam's (constant) learning rate.
         layer: the layer of Figure 1B (default ``conv_2``, the paper's second layer).
         epochs: maximum training epochs (the time budget usually stops training first).
         steps: optimisation steps per optimal input.
@@ -332,7 +343,8 @@ def run_demo(
     with _timed(seconds, "data"):
         _stage(1, f"Loading data ({data})", verbose)
         train_config, loaded, sets = _load_data(
-            out, data, model, config=config, seed=seed, strength=strength, epochs=epochs,
+            out, data, model, config=config, seed=seed, strength=strength, norm=norm,
+            augment=augment, dropout=dropout, learning_rate=learning_rate, epochs=epochs,
             max_train=max_train, max_eval=max_eval, n_permutations=n_permutations,
             verbose=verbose,
         )
@@ -805,6 +817,14 @@ def build_parser():
                    help="seed of the weights, the split and the batch order")
     p.add_argument("--strength", type=float, default=0.01,
                    help="topographic regularizer strength")
+    p.add_argument("--norm", default="batch", choices=("batch", "layer", "none"),
+                   help="normalization between each hidden convolution and its ReLU (the "
+                   "shipped models' recipe: batch)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train without the SpecAugment-style masks")
+    p.add_argument("--dropout", type=float, default=0.1,
+                   help="dropout rate after each hidden convolution")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--epochs", type=int, default=200,
                    help="maximum epochs (the time budget usually stops first)")
     p.add_argument("--steps", type=int, default=200, help="optimisation steps per optimal input")
@@ -844,7 +864,9 @@ def main(argv=None):
         run_demo(
             out=args.out, config=args.config, minutes=args.minutes, data=args.data,
             model=args.model, phonemes=args.phonemes, seed=args.seed, strength=args.strength,
-            layer=args.layer, epochs=args.epochs, steps=args.steps, max_train=args.max_train,
+            norm=None if args.norm == "none" else args.norm, augment=args.augment,
+            dropout=args.dropout, learning_rate=args.learning_rate, layer=args.layer,
+            epochs=args.epochs, steps=args.steps, max_train=args.max_train,
             max_eval=args.max_eval, target=args.target, all_wavs=args.all_wavs,
             l2=args.l2, verbose=args.verbose,
         )
