@@ -12,6 +12,7 @@ from keras_topomap.callbacks import TopoMapCallback
 from keras_topomap.ctc import CTCLoss, transcribe
 from keras_topomap.gradnap import GradNAP
 from keras_topomap.group_sums import GroupSums
+from keras_topomap.layout import FilterLayout, fit_layouts, reorder_filters
 from keras_topomap.metrics import topography_score, topography_test
 from keras_topomap.models import wav2letter
 from keras_topomap.optimal_inputs import OptimalInputs, optimal_inputs
@@ -29,6 +30,9 @@ __all__ = [
     "optimal_inputs",
     "GradNAP",
     "GroupSums",
+    "FilterLayout",
+    "fit_layouts",
+    "reorder_filters",
     "TopoMapCallback",
     "LayerTiming",
     "receptive_fields",

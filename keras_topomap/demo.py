@@ -277,6 +277,7 @@ def run_demo(
     augment=True,
     dropout=0.1,
     learning_rate=1e-3,
+    layout="fitted",
     layer=None,
     epochs=200,
     steps=200,
@@ -308,6 +309,12 @@ def run_demo(
         augment: SpecAugment-style time and frequency masks in training.
         dropout: dropout rate after each hidden convolution.
         learning_rate: Adam's (constant) learning rate.
+        layout: ``"fitted"`` lays the trained filters out with
+            :class:`~keras_topomap.layout.FilterLayout`, fitted on the GradNAP profiles of the
+            training utterances, and analyses the equivalent reordered model
+            (:func:`~keras_topomap.layout.reorder_filters`: same outputs); the maps are then
+            read on the test utterances, which the layout never saw. ``"trained"`` keeps the
+            order the filters had in training.
         layer: the layer of Figure 1B (default ``conv_2``, the paper's second layer).
         epochs: maximum training epochs (the time budget usually stops training first).
         steps: optimisation steps per optimal input.
@@ -335,6 +342,7 @@ def run_demo(
     """
     wanted = parse_phonemes([*DEFAULT_PHONEMES, *phonemes])
     checks.choice(target, "target", ("prediction", "ctc_loss"))
+    checks.choice(layout, "layout", LAYOUTS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seconds = {}
@@ -355,6 +363,10 @@ def run_demo(
     grids, fig_layer = _figure_layer(net, layer)
     names = list(grids)
     test_set = sets[2]
+    layout_info = {"kind": "trained"}
+    if layout == "fitted":
+        with _timed(seconds, "layout"):
+            net, layout_info = _fit_layout(net, names, sets[0], verbose)
     with _timed(seconds, "gradnap"):
         _stage(3, f"GradNAP of {len(PHONES_39)} phonemes on {len(names)} layers "
                   f"({len(test_set)} test utterances)", verbose)
@@ -384,6 +396,7 @@ def run_demo(
                                 "value": r.value} for p, r in zip(shown, inputs.regions)},
                 "gradnap_target": target,
                 "analysed_weights": trained.analyzed,
+                "layout": layout_info,
                 "n_test_utterances": len(test_set),
                 "model": str(model) if model is not None else str(trained.run["model_path"]),
                 "config": config if model is None else _run_config(trained.run),
@@ -549,6 +562,41 @@ def _figure_layer(net, layer):
 
 
 # ---- 3. GradNAP of every phoneme on every topographic layer
+
+
+#: ``run_demo(layout=...)``: filters laid out after training, or in their training order
+LAYOUTS = ("fitted", "trained")
+
+
+def _fit_layout(net, names, train_set, verbose):
+    """The model with its filters laid out by GradNAP profiles of the training utterances
+    (:mod:`keras_topomap.layout`), and what the demo reports about it."""
+    from keras_topomap.datasets import SpeechBatches
+    from keras_topomap.gradnap import GradNAP
+    from keras_topomap.layout import fit_layouts, reorder_filters
+
+    if verbose:
+        print(f"fitting filter layouts on the GradNAPs of {len(train_set)} training utterances")
+    batches = SpeechBatches(train_set, batch_size=8, mode="all", shuffle=False,
+                            pad_to_multiple=_PAD)
+    def fit_gradnap(target):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no frames.*")
+            return GradNAP(net, layers=names, group_names=PHONES_39, target=target,
+                           time_bucket=_PAD, verbose=verbose).fit(batches)
+
+    fitted = fit_gradnap("prediction")
+    if fitted.target_total_ == 0:  # a model that predicts only blanks, as in _phoneme_gradnap
+        fitted = fit_gradnap("ctc_loss")
+    try:
+        layouts = fit_layouts(fitted, exclude=("sil",))
+    except ValueError as e:  # e.g. profiles that do not vary: nothing to lay out by
+        warnings.warn(f"The demo keeps the trained filter order: {e}", stacklevel=3)
+        return net, {"kind": "trained", "why": str(e)}
+    info = {"kind": "fitted", "n_train_utterances": len(train_set),
+            "train_morans_i": {n: {"fitted": lay.score_, "trained": lay.initial_score_}
+                               for n, lay in layouts.items()}}
+    return reorder_filters(net, layouts), info
 
 
 def _phoneme_gradnap(net, names, test_set, target, fig_layer, wanted, out, verbose):
@@ -825,6 +873,9 @@ def build_parser():
     p.add_argument("--dropout", type=float, default=0.1,
                    help="dropout rate after each hidden convolution")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--layout", default="fitted", choices=LAYOUTS,
+                   help="fitted: lay the filters out by their GradNAPs on the training "
+                   "utterances before the analysis (same outputs); trained: keep their order")
     p.add_argument("--epochs", type=int, default=200,
                    help="maximum epochs (the time budget usually stops first)")
     p.add_argument("--steps", type=int, default=200, help="optimisation steps per optimal input")
@@ -865,7 +916,8 @@ def main(argv=None):
             out=args.out, config=args.config, minutes=args.minutes, data=args.data,
             model=args.model, phonemes=args.phonemes, seed=args.seed, strength=args.strength,
             norm=None if args.norm == "none" else args.norm, augment=args.augment,
-            dropout=args.dropout, learning_rate=args.learning_rate, layer=args.layer,
+            dropout=args.dropout, learning_rate=args.learning_rate, layout=args.layout,
+            layer=args.layer,
             epochs=args.epochs, steps=args.steps, max_train=args.max_train,
             max_eval=args.max_eval, target=args.target, all_wavs=args.all_wavs,
             l2=args.l2, verbose=args.verbose,

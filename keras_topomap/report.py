@@ -134,6 +134,17 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
         f"All numbers are in <a href=\"metrics.json\">metrics.json</a> "
         f"(table: <a href=\"metrics.md\">metrics.md</a>).</p>"
     )
+    layout = metrics.get("layout") or {}
+    if layout.get("kind") == "fitted":
+        parts.append(
+            "<p>The filters of every layer are shown in a layout fitted after training "
+            "(<code>keras_topomap.layout.FilterLayout</code>): the grid positions that make the "
+            f"GradNAP maps of {layout['n_train_utterances']} training utterances smooth. The "
+            "model analysed is the trained one with its filters reordered, which computes the "
+            "same outputs. Every map below is of the test utterances, which the layout never "
+            "saw, and is tested against random layouts of its own values; the animation shows "
+            "the order the filters had in training.</p>"
+        )
     if "figure1" in files:
         parts += ["<h2>Figure 1</h2>", _figure(
             files["figure1"],
@@ -193,7 +204,7 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
             parts.append(_figure(
                 files["animation"],
                 f"Mean activation of layer {layer} over a fixed probe of validation utterances, "
-                "smoothed, after every epoch (TopoMapCallback)."))
+                "smoothed, after every epoch (TopoMapCallback), in the filters' training order."))
             parts.append(_verdict(metrics, layer))
         if animations:
             links = ", ".join(f'<a href="{html.escape(a)}">{html.escape(Path(a).stem)}</a>'
