@@ -93,6 +93,8 @@ def metrics_numbers(metrics):
         },
         "n_phonemes": len(groups),
         "verdict_threshold": 3.0,
+        "layout": {k: v for k, v in (metrics.get("layout") or {"kind": "trained"}).items()
+                   if k in ("kind", "n_train_utterances")},
     }
 
 
@@ -163,6 +165,11 @@ def captions(numbers):
                  f"{n['test_cer']:.2f})")
     else:
         model = f"a saved recognizer analysed on the `{n['data']}` corpus"
+    layout = n.get("layout") or {"kind": "trained"}
+    if layout["kind"] == "fitted":
+        model += (f", its filters laid out after training by their GradNAPs on "
+                  f"{layout['n_train_utterances']} training utterances (`FilterLayout`; every "
+                  f"map is of the test utterances, which the layout never saw)")
 
     def kernel(name, numbers):
         return (f"`{name}`'s kernel topography S = {numbers['score']:.3f} (permuted filter "

@@ -10,8 +10,10 @@ One run does what the paper did, at laptop scale, and writes everything to ``--o
    (the animation). ``--model PATH`` skips training and analyses a saved ``.keras`` model;
    ``--pretrained`` (``make demo ARGS=--pretrained``) analyses the model shipped with the
    package (:func:`keras_topomap.models.pretrained`) instead.
-2. **GradNAP** (:class:`~keras_topomap.GradNAP`) of every phoneme on every topographic layer,
-   over the test split.
+2. **Layout and GradNAP**: the trained filters laid out by their GradNAPs on the training
+   split (:mod:`keras_topomap.layout`; ``--layout trained`` keeps their order), then GradNAP
+   (:class:`~keras_topomap.GradNAP`) of every phoneme on every topographic layer over the test
+   split.
 3. **Optimal inputs** (:mod:`keras_topomap.optimal_inputs`) of the most responsive region of
    /AE/, /AA/, /T/ (and the ``--phonemes`` named) on the figure layer (``conv_2``, the paper's
    second layer), single-filter and joint, and their sound (:func:`keras_topomap.sonify.write_wav`).
@@ -23,7 +25,9 @@ One run does what the paper did, at laptop scale, and writes everything to ``--o
    (:mod:`keras_topomap.report`).
 
 Training stops at the time limit (``--minutes``, default 10) at the latest; on busy cores it cuts
-training short and the rest still runs. Run times are in ``docs/benchmarks.md``.
+training short and the rest still runs. Run times are in ``docs/benchmarks.md``; the measured
+default run (two quiet cores, JAX): 80 epochs in the 10 minutes, test CER 0.337, 15.6 minutes
+in all.
 ``--synthetic`` runs the older synthetic demo (:mod:`keras_topomap.synthetic_demo`) instead.
 
 Example (command line)::
