@@ -30,6 +30,10 @@ def tiny_demo(tmp_path_factory):
 
 def test_demo_writes_every_output_and_the_page_links_only_existing_files(tiny_demo):
     out, summary = tiny_demo
+    layout = summary["metrics_data"]["layout"]
+    assert layout["kind"] in demo.LAYOUTS
+    says = "a layout fitted after training" in (out / "index.html").read_text()
+    assert says == (layout["kind"] == "fitted")
     for name in ("figure1.png", "figure1a.png", "figure1b.png", "dendrogram.png",
                  "gradnap_eeg.png", "training.png", "maps.gif", "metrics.json", "metrics.md",
                  "index.html", "gradnap.npz", "training/model.keras"):
@@ -177,6 +181,8 @@ def test_demo_rejects_bad_options(tmp_path):
         demo.run_demo(out=tmp_path, phonemes=["xyz"], verbose=0)
     with pytest.raises(ValueError, match="no such file"):
         demo.run_demo(out=tmp_path, model=tmp_path / "missing.keras", verbose=0)
+    with pytest.raises(ValueError, match="layout"):
+        demo.run_demo(out=tmp_path, layout="sorted", verbose=0)
     assert demo.main(["--out", str(tmp_path), "--phonemes", "qq"]) == 2
 
 
