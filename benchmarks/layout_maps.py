@@ -11,7 +11,10 @@ For every run folder given (``model.keras`` + ``config.json``, as written by
    that its logits equal the original's on test utterances;
 3. computes GradNAP of both models on the ``test`` split (sentences never used for the
    layout) and, per layer, the median and mean Moran's I of the raw maps with the z-score of the
-   mean against random layouts of the same maps (as ``benchmarks/topography_metrics.py``).
+   mean against random layouts of the same maps (as ``benchmarks/topography_metrics.py``);
+4. measures, in both layouts, how the test split's activations correlate with grid distance
+   (:func:`keras_topomap.metrics.correlation_by_distance`: its falloff against random layouts
+   and whether the curve falls over its first three distance bins).
 
 It prints a markdown table, writes every number to ``--json`` and, with ``--figure``, the raw
 maps of a few phonemes on one layer before and after, one pair of rows per run.
@@ -59,10 +62,15 @@ def _logit_difference(model, other, features, n=8):
 
 
 def analyse_run(run_dir, batch_size=8, map_permutations=20, n_restarts=20, seed=0,
-                cache=None):
+                cache=None, init="spectral"):
     """Layouts fitted on the train split, maps measured on the test split. JSON-able dict."""
     import keras
-    from topography_metrics import _against_permuted_layouts, run_label
+    from topography_metrics import (
+        _against_permuted_layouts,
+        activation_correlation_matrices,
+        correlation_summary,
+        run_label,
+    )
 
     import keras_topomap  # noqa: F401  (registers the custom objects the .keras file names)
     from keras_topomap import datasets, layout, models
@@ -81,14 +89,18 @@ def analyse_run(run_dir, batch_size=8, map_permutations=20, n_restarts=20, seed=
     train, test = cache[key]["train"], cache[key]["test"]
     fitted = _gradnap(model, grids, train, batch_size)
     fit_start = time.perf_counter()
-    layouts = layout.fit_layouts(fitted, exclude=(SILENCE,), n_restarts=n_restarts, seed=seed)
+    layouts = layout.fit_layouts(fitted, exclude=(SILENCE,), n_restarts=n_restarts, seed=seed,
+                                 init=init)
     fit_seconds = time.perf_counter() - fit_start
     laid_out = layout.reorder_filters(model, layouts)
     difference = _logit_difference(model, laid_out, test)
     before = _gradnap(model, grids, test, batch_size)
     after = _gradnap(laid_out, grids, test, batch_size)
+    # the laid-out model's activations are the original's with the channels permuted
+    correlations = activation_correlation_matrices(model, grids, test)
     rng = np.random.default_rng(seed)
-    result = {"run": run_label(run_dir), "folder": str(run_dir), "n_train": len(train),
+    result = {"run": run_label(run_dir), "folder": str(run_dir), "init": init,
+              "n_train": len(train),
               "n_test": len(test), "logit_rel_difference": difference,
               "fit_seconds": fit_seconds, "layers": {}}
     metrics_path = run_dir / "metrics.json"
@@ -100,13 +112,18 @@ def analyse_run(run_dir, batch_size=8, map_permutations=20, n_restarts=20, seed=
         entry = {"train_score": layouts[name].score_,
                  "train_initial_score": layouts[name].initial_score_,
                  "n_phonemes": len(keep)}
-        for label, gn in (("original", before), ("fitted", after)):
+        order = layouts[name].order_
+        for label, gn, corr in (("original", before, correlations[name]),
+                                ("fitted", after, correlations[name][np.ix_(order, order)])):
             maps = gn.maps(name)[keep]
             report = _against_permuted_layouts(maps, grid, map_permutations, rng)["morans_i"]
             values = np.asarray(report["values"])
+            neighbours, all_pairs, curve = correlation_summary(corr, grid)
             entry[label] = {"median": float(np.nanmedian(values)), "mean": report["mean"],
                             "z": report["z"], "perm_mean": report["perm_mean"],
-                            "values": report["values"]}
+                            "values": report["values"],
+                            "correlation": {"neighbours": neighbours, "all_pairs": all_pairs,
+                                            "curve": curve}}
         result["layers"][name] = entry
     result["seconds"] = time.perf_counter() - start
     return result
@@ -128,7 +145,8 @@ def table(results):
 
 def summary(results):
     lines = ["| run | test CER | original: median range (min z) | fitted: median range (min z) "
-             "| layers >= 0.3 | logits rel. diff. |", "|---|---|---|---|---|---|"]
+             "| layers >= 0.3 | fitted: activity falloff range (min z) | curves falling | "
+             "logits rel. diff. |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         cells = []
         for kind in ("original", "fitted"):
@@ -136,9 +154,15 @@ def summary(results):
             z = [e[kind]["z"] for e in r["layers"].values()]
             cells.append(f"{min(med):+.2f} to {max(med):+.2f} ({min(z):+.0f})")
         above = sum(e["fitted"]["median"] >= 0.3 for e in r["layers"].values())
+        curves = [e["fitted"]["correlation"]["curve"] for e in r["layers"].values()]
+        falloff = (f"{min(c['falloff'] for c in curves):+.2f} to "
+                   f"{max(c['falloff'] for c in curves):+.2f} "
+                   f"({min(c['falloff_z'] for c in curves):+.0f})")
+        falling = sum(bool(c["falls"]) for c in curves)
         lines.append(f"| {r['run']} ({Path(r['folder']).name}) | "
                      f"{r.get('test_cer', float('nan')):.3f} | {cells[0]} | {cells[1]} | "
-                     f"{above} of {len(r['layers'])} | {r['logit_rel_difference']:.1e} |")
+                     f"{above} of {len(r['layers'])} | {falloff} | {falling} of {len(curves)} | "
+                     f"{r['logit_rel_difference']:.1e} |")
     return "\n".join(lines)
 
 
@@ -199,11 +223,13 @@ def main(argv=None):
     p.add_argument("--map-permutations", type=int, default=20)
     p.add_argument("--restarts", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--init", default="spectral", choices=("spectral", "identity"),
+                   help="where the layout search starts (FilterLayout's init)")
     args = p.parse_args(argv)
     cache, results = {}, []
     for run in args.runs:
         result = analyse_run(run, args.batch_size, args.map_permutations, args.restarts,
-                             cache=cache)
+                             cache=cache, init=args.init)
         print(f"{run}: {result['seconds']:.0f} s (layout fit {result['fit_seconds']:.1f} s), "
               f"logits rel. difference {result['logit_rel_difference']:.1e}", flush=True)
         results.append(result)

@@ -153,22 +153,14 @@ def layer_report(kernel, grid, gradnap_maps, nap_maps, phonemes, alive, alive_in
     }
 
 
-def activation_correlations(model, grids, features):
-    """Correlation over frames of neighbouring filters' activations, and of all filter pairs.
+def activation_correlation_matrices(model, grids, features):
+    """``{layer: (F, F) correlation over frames}`` of the layers' activations (NaN rows and
+    columns for filters that never vary).
 
     One utterance at a time (no padding frames); running sums of the activations and their
-    outer products per layer, so memory stays at ``F x F``. Filters that never vary are left out.
-
-    Returns:
-        ``{layer: (neighbour_mean, all_pairs_mean, curve)}``; the neighbour mean is weighted with
-        the grid's neighbour weights; ``curve`` is the layer's
-        :func:`keras_topomap.metrics.correlation_by_distance` (its ``falloff``: how much more
-        neighbours correlate than pairs at random, 0 for a permuted layout) as a dict.
+    outer products per layer, so memory stays at ``F x F``.
     """
     import keras
-
-    from keras_topomap import grid as grid_lib
-    from keras_topomap.metrics import correlation_by_distance
 
     layers = list(grids)
     sub = keras.Model(model.inputs, [model.get_layer(layer).output for layer in layers])
@@ -189,18 +181,42 @@ def activation_correlations(model, grids, features):
         std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
         live = std > 1e-9
         corr = cov / np.outer(np.where(live, std, 1.0), np.where(live, std, 1.0))
-        first, second, weight = grid_lib.neighbor_pairs(grids[layer])
-        both = live[first] & live[second]
-        neighbours = (float(np.average(corr[first[both], second[both]], weights=weight[both]))
-                      if both.any() else float("nan"))
-        live_corr = corr[np.ix_(live, live)]
-        pairs = live_corr[np.triu_indices(int(live.sum()), 1)]
-        curve = correlation_by_distance(np.where(np.outer(live, live), corr, np.nan),
-                                        grid=grids[layer])
-        curve = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                 for k, v in curve._asdict().items()}
-        result[layer] = (neighbours, float(pairs.mean()) if pairs.size else float("nan"), curve)
+        result[layer] = np.where(np.outer(live, live), corr, np.nan)
     return result
+
+
+def correlation_summary(corr, grid):
+    """``(neighbour_mean, all_pairs_mean, curve)`` of one layer's correlation matrix (NaN for
+    filters that never vary): the neighbour mean weighted with the grid's neighbour weights,
+    ``curve`` the :func:`keras_topomap.metrics.correlation_by_distance` as a dict."""
+    from keras_topomap import grid as grid_lib
+    from keras_topomap.metrics import correlation_by_distance
+
+    live = np.isfinite(np.diag(corr))
+    first, second, weight = grid_lib.neighbor_pairs(grid)
+    both = live[first] & live[second]
+    neighbours = (float(np.average(corr[first[both], second[both]], weights=weight[both]))
+                  if both.any() else float("nan"))
+    live_corr = corr[np.ix_(live, live)]
+    pairs = live_corr[np.triu_indices(int(live.sum()), 1)]
+    curve = correlation_by_distance(corr, grid=grid)
+    curve = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+             for k, v in curve._asdict().items()}
+    return neighbours, float(pairs.mean()) if pairs.size else float("nan"), curve
+
+
+def activation_correlations(model, grids, features):
+    """Correlation over frames of neighbouring filters' activations, and of all filter pairs.
+
+    See :func:`activation_correlation_matrices`; filters that never vary are left out.
+
+    Returns:
+        ``{layer: (neighbour_mean, all_pairs_mean, curve)}`` (:func:`correlation_summary`):
+        the curve's ``falloff`` is how much more neighbours correlate than pairs at random,
+        0 for a permuted layout.
+    """
+    matrices = activation_correlation_matrices(model, grids, features)
+    return {layer: correlation_summary(matrices[layer], grids[layer]) for layer in grids}
 
 
 def analyse_run(run_dir, batch_size=8, max_utterances=None, n_permutations=100,

@@ -13,8 +13,14 @@ fitted profiles' maps: with every map centered and scaled to unit norm, the sum 
 ``m[cell(a), cell(b)] * s[a, b]`` over filter pairs, where ``m`` is the grid's neighbour
 matrix (:func:`keras_topomap.grid.neighbor_matrix`) and ``s`` the filters' profile
 similarity. It starts from a spectral layout (the similarity's two leading eigenvectors as
-rows and columns) and improves it by the best pairwise swap until none helps, restarted from
-random perturbations of the best layout found.
+rows and columns), or with ``init="identity"`` from the layer's own order, and improves it by
+the best pairwise swap until none helps, restarted from random perturbations of the best layout
+found.
+
+Which start to take: a layer trained without a topographic constraint has an arbitrary order,
+and the spectral start is the better one. A layer trained *with* one (e.g. the activity
+regularizer) already has a layout that orders its activity; starting from it keeps much of that
+order while the swaps make the fitted maps smoother (docs/results.md measures both).
 
 A fitted layout is fitted to its data: maps of the *same* profiles are smooth by
 construction. Fit it on training data (e.g. GradNAP of the training split) and read, and test
@@ -39,7 +45,10 @@ import numpy as np
 from keras_topomap import checks
 from keras_topomap import grid as grid_lib
 
-__all__ = ["FilterLayout", "fit_layouts", "reorder_filters"]
+__all__ = ["INITS", "FilterLayout", "fit_layouts", "reorder_filters"]
+
+#: Starts of :class:`FilterLayout`'s search (``init=``).
+INITS = ("spectral", "identity")
 
 
 def _check_profiles(profiles, owner):
@@ -116,6 +125,9 @@ class FilterLayout:
             (0: the first local optimum).
         max_swaps: most swaps per search (None: ``50 * n_filters``).
         seed: seeds the perturbations.
+        init: where the search starts: ``"spectral"`` (the similarity's leading eigenvectors;
+            for layers trained without a topographic constraint) or ``"identity"`` (the
+            filters' current order; keeps more of a trained topographic order).
 
     Attributes (after :meth:`fit`):
         order_: ``(n_filters,)`` the filter shown at each grid cell, row-major (what
@@ -135,12 +147,14 @@ class FilterLayout:
     True
     """
 
-    def __init__(self, grid=None, neighborhood=3, n_restarts=20, max_swaps=None, seed=0):
+    def __init__(self, grid=None, neighborhood=3, n_restarts=20, max_swaps=None, seed=0,
+                 init="spectral"):
         self.grid = grid
         self.neighborhood = neighborhood
         self.n_restarts = n_restarts
         self.max_swaps = max_swaps
         self.seed = seed
+        self.init = init
 
     def fit(self, profiles):
         """Fits the layout to ``profiles``, ``(n_groups, n_filters)`` (e.g.
@@ -159,6 +173,7 @@ class FilterLayout:
         max_swaps = checks.positive_int(self.max_swaps, "max_swaps", allow_none=True,
                                         owner=owner)
         max_swaps = 50 * n_filters if max_swaps is None else max_swaps
+        init = checks.choice(self.init, "init", INITS, owner=owner)
         unit = _unit_rows(p)
         if len(unit) < 2:
             raise ValueError(
@@ -174,7 +189,7 @@ class FilterLayout:
 
         identity = np.arange(n_filters)
         rng = np.random.default_rng(self.seed)
-        best = _spectral_cells(similarity, grid)
+        best = _spectral_cells(similarity, grid) if init == "spectral" else identity.copy()
         swaps = _best_swaps(similarity, weights, best, max_swaps)
         best_value = objective(best)
         n_kicked = max(2, n_filters // 16)
@@ -221,7 +236,7 @@ class FilterLayout:
     def __repr__(self):
         return (f"FilterLayout(grid={self.grid!r}, neighborhood={self.neighborhood!r}, "
                 f"n_restarts={self.n_restarts!r}, max_swaps={self.max_swaps!r}, "
-                f"seed={self.seed!r})")
+                f"seed={self.seed!r}, init={self.init!r})")
 
 
 def fit_layouts(gradnap, layers=None, exclude=(), **kwargs):

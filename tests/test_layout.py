@@ -60,9 +60,31 @@ def test_the_layout_is_reproducible_under_its_seed():
     np.testing.assert_array_equal(a.order_, b.order_)
 
 
+def test_the_identity_start_keeps_a_smooth_trained_order():
+    smooth = _smooth_profiles(seed=5)
+    kept = FilterLayout(grid=(8, 8), n_restarts=0, init="identity").fit(smooth)
+    spectral = FilterLayout(grid=(8, 8), n_restarts=0).fit(smooth)
+    # started from the smooth order, the search only improves it, and moves few filters
+    assert kept.score_ >= kept.initial_score_ > 0.7
+    assert np.mean(kept.order_ == np.arange(64)) > 0.5
+    # the spectral start ignores the given order: any of the grid's symmetries may come out
+    assert spectral.score_ > 0.7
+    scrambled = smooth[:, np.random.default_rng(6).permutation(64)]
+    from_scrambled = FilterLayout(grid=(8, 8), n_restarts=0, init="identity").fit(scrambled)
+    assert from_scrambled.score_ > from_scrambled.initial_score_
+
+
+def test_an_unknown_init_is_refused():
+    with pytest.raises(ValueError, match="init"):
+        FilterLayout(grid=(4, 4), init="random").fit(np.random.default_rng(0).normal(
+            size=(3, 16)))
+
+
 def test_init_arguments_are_stored_as_given_and_fitted_attributes_appear_after_fit():
-    layout = FilterLayout(grid=(4, 4), neighborhood=3, n_restarts=2, max_swaps=None, seed=1)
-    assert (layout.grid, layout.n_restarts, layout.seed) == ((4, 4), 2, 1)
+    layout = FilterLayout(grid=(4, 4), neighborhood=3, n_restarts=2, max_swaps=None, seed=1,
+                          init="identity")
+    assert (layout.grid, layout.n_restarts, layout.seed, layout.init) == ((4, 4), 2, 1,
+                                                                           "identity")
     assert not hasattr(layout, "order_")
     with pytest.raises(ValueError, match="not fitted"):
         layout.transform(np.zeros((2, 16)))
