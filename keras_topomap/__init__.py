@@ -12,6 +12,7 @@ from keras_topomap.callbacks import TopoMapCallback
 from keras_topomap.ctc import CTCLoss, transcribe
 from keras_topomap.gradnap import GradNAP
 from keras_topomap.group_sums import GroupSums
+from keras_topomap.language_model import CharNGramLM
 from keras_topomap.layout import FilterLayout, fit_layouts, reorder_filters
 from keras_topomap.metrics import topography_score, topography_test
 from keras_topomap.models import wav2letter
@@ -47,6 +48,7 @@ __all__ = [
     "wav2letter",
     "CTCLoss",
     "transcribe",
+    "CharNGramLM",
     "topographic_layers",
     "topographic_penalty",
     "topography_score",

@@ -127,6 +127,15 @@ def write_index(out, metrics, table, files, wavs=None, animations=(), history=No
     else:
         parts.append(f"<p>Analysis of the trained model <code>{html.escape(metrics['model'])}"
                      f"</code> (backend {html.escape(metrics['backend'])}).</p>")
+    if rec and rec.get("language_model"):
+        lm = rec["language_model"]
+        parts.append(
+            f"<p>Decoded again by beam search with a {lm['order']}-gram character language "
+            f"model of the training transcripts (weight {lm['lm_weight']}, length bonus "
+            f"{lm['length_bonus']}, both chosen on the validation split), the same test split "
+            f"has a character error rate of {lm['cer']:.3f} and a word error rate of "
+            f"{lm['wer']:.3f}. The maps below read the model's own greedy transcripts, "
+            f"without the language model.</p>")
     parts.append(
         f"<p>GradNAPs (gradient-adjusted neuron activation profiles, target "
         f"<code>{html.escape(metrics['gradnap_target'])}</code>) of every phoneme were computed "

@@ -87,6 +87,7 @@ from keras_topomap.training_callbacks import (
     optimizer_steps,
     set_rng_states,
     settle_checkpoint,
+    utterance_logits,
 )
 from keras_topomap.training_callbacks import rng_states as rng_states
 
@@ -114,6 +115,7 @@ LR_SCHEDULES = ("constant", "warmup-cosine")
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = (
     "epochs", "resume", "verbose", "max_minutes", "tensorboard", "maps", "distribute",
+    "lm_order",  # only the final decoding reads it
     "out",  # a run folder may be moved or copied and resumed where it is now
 )
 
@@ -182,6 +184,11 @@ class TrainConfig:
         normalize_features: standardise features per utterance (``FeatureConfig.normalize``).
         beam_width: beams of the beam-search decoding reported next to the greedy one for the
             test sets (0: greedy only).
+        lm_order: order of the character n-gram language model
+            (:class:`~keras_topomap.language_model.CharNGramLM`) fitted on the training
+            transcripts; the test split is then also decoded by prefix beam search with it
+            (``beam_width`` beams), its weight and length bonus tuned on the validation split
+            (0, or no held-out validation split, or ``beam_width=0``: no such decoding).
         n_permutations: permutations for the topography z-scores.
         tensorboard: write TensorBoard logs to ``out/logs``.
         maps: with ``tensorboard``, log the maps of every topographic layer to
@@ -235,6 +242,7 @@ class TrainConfig:
     final_lr_fraction: float = 0.01
     normalize_features: bool = True
     beam_width: int = 16
+    lm_order: int = 6
     n_permutations: int = 100
     tensorboard: bool = True
     maps: bool = True
@@ -264,7 +272,7 @@ class TrainConfig:
         checks.choice(self.norm, "norm", models_lib.NORMS)
         checks.choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
         for name in ("length_buckets", "freq_masks", "freq_width", "time_masks", "time_width",
-                     "beam_width"):
+                     "beam_width", "lm_order"):
             checks.non_negative_int(getattr(self, name), name)
         checks.number(self.warmup_epochs, "warmup_epochs", minimum=0)
         checks.number(self.final_lr_fraction, "final_lr_fraction", minimum=0, maximum=1)
@@ -809,6 +817,10 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
         beam_width=config.beam_width or 100,
     )
     validation = evaluate(model, val_batches, stride, predict=predict)
+    if config.lm_order > 0 and config.beam_width > 0 and val_prefix == "val" and len(val_set):
+        test["language_model"] = _decode_with_language_model(
+            model, train_set, val_batches, _eval_batches(test_set, config), config, stride,
+            predict, write_dir if context.is_chief else None)
     grids = models_lib.layer_grids(config.config)
     topography = layer_topography(model, grids, config.n_permutations, config.seed)
     activity = layer_activity(
@@ -857,6 +869,30 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
         print(_train_banners.end_banner(write_dir, state, restored, maps is not None, log_dir,
                                         phones=maps is not None and maps.group_names is not None))
     return results
+
+
+def _decode_with_language_model(model, train_set, val_batches, test_batches, config, stride,
+                                predict, write_dir):
+    """Test-split rates of prefix beam search with a character n-gram LM of the training
+    transcripts, its weights tuned on the validation split; writes ``lm.json``."""
+    from keras_topomap import language_model as lm_lib
+
+    lm = lm_lib.CharNGramLM(order=config.lm_order).fit(train_set.transcripts)
+    val_logits, val_texts = utterance_logits(model, val_batches, stride, predict)
+    tuned = lm_lib.tune_weights(val_logits, val_texts, lm, beam_width=config.beam_width)
+    test_logits, test_texts = utterance_logits(model, test_batches, stride, predict)
+    hypotheses = lm_lib.decode_with_lm(test_logits, None, lm, tuned["lm_weight"],
+                                       tuned["length_bonus"], beam_width=config.beam_width)
+    if write_dir is not None:
+        lm.save(write_dir / "lm.json")
+    return {
+        **ctc.error_rates(test_texts, hypotheses),
+        "examples": list(zip(test_texts[:5], hypotheses[:5])),
+        "order": config.lm_order, "beam_width": config.beam_width,
+        "n_sentences": lm.n_sentences_,
+        "lm_weight": tuned["lm_weight"], "length_bonus": tuned["length_bonus"],
+        "validation_cer": tuned["cer"], "tuning_grid": tuned["grid"],
+    }
 
 
 # ------------------------------------------------------------------------------ command line
@@ -957,6 +993,9 @@ def build_parser():
     p.add_argument("--normalize-features", action=argparse.BooleanOptionalAction,
                    default=defaults.normalize_features,
                    help="standardise features per utterance")
+    p.add_argument("--lm-order", type=int, default=defaults.lm_order,
+                   help="order of the character n-gram LM of the training transcripts that "
+                        "also decodes the test split (0: none)")
     p.add_argument("--beam-width", type=int, default=defaults.beam_width,
                    help="beams of the test beam-search decoding (0: greedy only)")
     p.add_argument("--n-permutations", "--permutations", dest="n_permutations", type=int,
@@ -1004,6 +1043,11 @@ def main(argv=None):
         beam = test["beam_search"]
         print(f"beam search ({beam['beam_width']} beams): test CER {beam['cer']:.3f}  "
               f"WER {beam['wer']:.3f}")
+    if "language_model" in test:
+        lm = test["language_model"]
+        print(f"beam search with a {lm['order']}-gram character LM (weight {lm['lm_weight']}, "
+              f"length bonus {lm['length_bonus']}): test CER {lm['cer']:.3f}  "
+              f"WER {lm['wer']:.3f}")
     for name, topo in results["topography"].items():
         act = results["activity"][name]
         print(f"  {name:<11} topography {topo['score']:+.3f}  z {topo['z']:+.1f}  "

@@ -50,6 +50,7 @@ __all__ = [
     "rng_states",
     "set_rng_states",
     "settle_checkpoint",
+    "utterance_logits",
 ]
 
 
@@ -109,6 +110,30 @@ def evaluate(model, batches, stride=None, strategy="greedy", predict=None, strat
         if name == "beam_search":
             result[name]["beam_width"] = int(beam_width)
     return result
+
+
+def utterance_logits(model, batches, stride=None, predict=None):
+    """Per-utterance logits of a ``mode="ctc"`` dataset, cut to each one's output frames.
+
+    Returns:
+        ``(logits, references)``: a list of ``(T_i, classes)`` float32 arrays and the
+        transcripts, in the batches' order (what
+        :func:`keras_topomap.language_model.decode_with_lm` decodes).
+    """
+    from keras_topomap.datasets import labels_to_text, unpack_ctc_targets
+
+    stride = models_lib.total_stride(model) if stride is None else stride
+    logits_list, references = [], []
+    for index in range(len(batches)):
+        features, packed = batches[index]
+        logits = model.predict_on_batch(features) if predict is None else predict(model, features)
+        logits = np.asarray(keras.ops.convert_to_numpy(logits), dtype=np.float32)
+        frames, label_lengths, labels = unpack_ctc_targets(np.asarray(packed))
+        for row, n, text, n_labels in zip(logits, ctc.output_lengths(frames, stride), labels,
+                                          label_lengths):
+            logits_list.append(row[: int(n)])
+            references.append(labels_to_text(text[:n_labels]))
+    return logits_list, references
 
 
 class ValidationCER(keras.callbacks.Callback):

@@ -18,6 +18,7 @@ from keras_topomap.datasets import (
     text_to_labels,
     unpack_ctc_targets,
 )
+from keras_topomap.language_model import CharNGramLM
 from tests.faults import Crash, crash_before_write
 
 WORDS = "the cat sat on a mat dog ran far away in park".split()
@@ -238,6 +239,12 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert 0 <= metrics["test"]["cer"] and metrics["training_seconds"] > 0
     activity = metrics["activity"]["conv_1"]
     assert 0 <= activity["dead_share"] <= 1 and activity["curve"]["distance"][0] == 1
+    # the test split decoded again with a character LM of the training transcripts
+    lm = metrics["test"]["language_model"]
+    assert lm["order"] == 6 and 0 <= lm["cer"] and lm["n_sentences"] == 6
+    assert [lm["lm_weight"], lm["length_bonus"], lm["validation_cer"]] in lm["tuning_grid"]
+    assert "character LM" in printed
+    assert CharNGramLM.load(out / "lm.json").n_sentences_ == 6
     assert train.load_feature_config(out) == FeatureConfig()
     model = keras.saving.load_model(out / "model.keras")
     assert isinstance(ctc.transcribe(model, load_tts_corpus("test")[0]), str)
