@@ -301,7 +301,8 @@ def tune_weights(logits_list, references, lm, lm_weights=LM_WEIGHTS,
         logits_list: one ``(T_i, classes)`` logits array per utterance (valid frames only).
         references: their transcripts.
         lm: a fitted :class:`CharNGramLM` (fitted on *other* utterances).
-        lm_weights, length_bonuses: the grid.
+        lm_weights: the grid's LM weights.
+        length_bonuses: the grid's length bonuses.
 
     Returns:
         ``{"lm_weight", "length_bonus", "cer", "grid": [[weight, bonus, cer], ...]}``.
