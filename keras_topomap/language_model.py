@@ -39,7 +39,8 @@ import numpy as np
 
 from keras_topomap import checks
 
-__all__ = ["END", "CharNGramLM", "prefix_beam_search", "tune_weights"]
+__all__ = ["END", "LENGTH_BONUSES", "LM_WEIGHTS", "CharNGramLM", "decode_with_lm",
+           "prefix_beam_search", "tune_weights"]
 
 #: The end-of-sentence symbol of :class:`CharNGramLM` (scored once a hypothesis is complete).
 END = "$"
