@@ -26,8 +26,8 @@ One run does what the paper did, at laptop scale, and writes everything to ``--o
 
 Training stops at the time limit (``--minutes``, default 10) at the latest; on busy cores it cuts
 training short and the rest still runs. Run times are in ``docs/benchmarks.md``; the measured
-default run (two quiet cores, JAX): 80 epochs in the 10 minutes, test CER 0.337 (0.286 decoded
-with the run's character language model, :mod:`keras_topomap.language_model`), 15.6 minutes
+default run (two quiet cores, JAX): 72 epochs in the 10 minutes, test CER 0.345 (0.287 decoded
+with the run's character language model, :mod:`keras_topomap.language_model`), 16.7 minutes
 in all.
 ``--synthetic`` runs the older synthetic demo (:mod:`keras_topomap.synthetic_demo`) instead.
 
