@@ -32,12 +32,15 @@ def analyse_run(run_dir, order=6):
     saved = json.loads((run_dir / "config.json").read_text())["train"]
     fields = train.TrainConfig.__dataclass_fields__
     config = train.TrainConfig(**{k: v for k, v in saved.items() if k in fields})
-    config = train.TrainConfig(**{**config.to_dict(), "lm_order": order})
     train_set, val_set, test_set = train.load_data(config)
     model = keras.saving.load_model(run_dir / "model.keras")
-    result = train._decode_with_language_model(
-        model, train_set, train._eval_batches(val_set, config),
-        train._eval_batches(test_set, config), config, total_stride(model), None, None)
+    stride = total_stride(model)
+    _, val_logits = train.evaluate(model, train._eval_batches(val_set, config), stride,
+                                   return_logits=True)
+    _, test_logits = train.evaluate(model, train._eval_batches(test_set, config), stride,
+                                    return_logits=True)
+    result = train.decode_with_language_model(train_set.transcripts, val_logits, test_logits,
+                                              order, config.beam_width)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     result.update(run=str(run_dir), seconds=time.perf_counter() - start,
                   greedy_cer=metrics["test"]["cer"], greedy_wer=metrics["test"]["wer"],

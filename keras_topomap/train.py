@@ -87,7 +87,6 @@ from keras_topomap.training_callbacks import (
     optimizer_steps,
     set_rng_states,
     settle_checkpoint,
-    utterance_logits,
 )
 from keras_topomap.training_callbacks import rng_states as rng_states
 
@@ -97,6 +96,7 @@ __all__ = [
     "TrainConfig",
     "TrainingCheckpoint",
     "ValidationCER",
+    "decode_with_language_model",
     "evaluate",
     "load_data",
     "settle_checkpoint",
@@ -812,15 +812,16 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
     if restored:
         model.load_weights(best)
     strategies = ("greedy", "beam_search") if config.beam_width > 0 else ("greedy",)
-    test = evaluate(
+    test, test_logits = evaluate(
         model, _eval_batches(test_set, config), predict=predict, strategies=strategies,
-        beam_width=config.beam_width or 100,
+        beam_width=config.beam_width or 100, return_logits=True,
     )
-    validation = evaluate(model, val_batches, stride, predict=predict)
+    validation, val_logits = evaluate(model, val_batches, stride, predict=predict,
+                                      return_logits=True)
     if config.lm_order > 0 and config.beam_width > 0 and val_prefix == "val" and len(val_set):
-        test["language_model"] = _decode_with_language_model(
-            model, train_set, val_batches, _eval_batches(test_set, config), config, stride,
-            predict, write_dir if context.is_chief else None)
+        test["language_model"] = decode_with_language_model(
+            train_set.transcripts, val_logits, test_logits, config.lm_order, config.beam_width,
+            write_dir if context.is_chief else None)
     grids = models_lib.layer_grids(config.config)
     topography = layer_topography(model, grids, config.n_permutations, config.seed)
     activity = layer_activity(
@@ -871,25 +872,44 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
     return results
 
 
-def _decode_with_language_model(model, train_set, val_batches, test_batches, config, stride,
-                                predict, write_dir):
-    """Test-split rates of prefix beam search with a character n-gram LM of the training
-    transcripts, its weights tuned on the validation split; writes ``lm.json``."""
+def decode_with_language_model(train_texts, validation, test, order=6, beam_width=16,
+                               write_dir=None):
+    """The test split decoded with a character n-gram LM of the training transcripts.
+
+    The :class:`~keras_topomap.language_model.CharNGramLM` is fitted on ``train_texts``, its
+    weight and length bonus are tuned on the validation utterances, and the test utterances
+    are decoded with the chosen pair (what ``keras-topomap train`` reports as
+    ``test.language_model``).
+
+    Args:
+        train_texts: the training transcripts.
+        validation: ``(logits, transcripts)`` of the validation utterances, the logits one
+            ``(T_i, classes)`` array per utterance (what ``evaluate(..., return_logits=True)``
+            returns second).
+        test: the same for the test utterances.
+        order: the LM's order.
+        beam_width: beams of the prefix beam search.
+        write_dir: where to save the LM as ``lm.json`` (None: not saved).
+
+    Returns:
+        dict with the test split's ``cer``, ``wer`` and ``examples``, the LM's ``order`` and
+        ``n_sentences``, the chosen ``lm_weight`` and ``length_bonus``, their
+        ``validation_cer`` and the whole ``tuning_grid``.
+    """
     from keras_topomap import language_model as lm_lib
 
-    lm = lm_lib.CharNGramLM(order=config.lm_order).fit(train_set.transcripts)
-    val_logits, val_texts = utterance_logits(model, val_batches, stride, predict)
-    tuned = lm_lib.tune_weights(val_logits, val_texts, lm, beam_width=config.beam_width)
-    test_logits, test_texts = utterance_logits(model, test_batches, stride, predict)
+    lm = lm_lib.CharNGramLM(order=order).fit(train_texts)
+    tuned = lm_lib.tune_weights(*validation, lm, beam_width=beam_width)
+    test_logits, test_texts = test
+    test_texts = list(test_texts)
     hypotheses = lm_lib.decode_with_lm(test_logits, None, lm, tuned["lm_weight"],
-                                       tuned["length_bonus"], beam_width=config.beam_width)
+                                       tuned["length_bonus"], beam_width=beam_width)
     if write_dir is not None:
-        lm.save(write_dir / "lm.json")
+        lm.save(Path(write_dir) / "lm.json")
     return {
         **ctc.error_rates(test_texts, hypotheses),
         "examples": list(zip(test_texts[:5], hypotheses[:5])),
-        "order": config.lm_order, "beam_width": config.beam_width,
-        "n_sentences": lm.n_sentences_,
+        "order": order, "beam_width": beam_width, "n_sentences": lm.n_sentences_,
         "lm_weight": tuned["lm_weight"], "length_bonus": tuned["length_bonus"],
         "validation_cer": tuned["cer"], "tuning_grid": tuned["grid"],
     }

@@ -50,12 +50,11 @@ __all__ = [
     "rng_states",
     "set_rng_states",
     "settle_checkpoint",
-    "utterance_logits",
 ]
 
 
 def evaluate(model, batches, stride=None, strategy="greedy", predict=None, strategies=None,
-             beam_width=100):
+             beam_width=100, return_logits=False):
     """Decode every batch of a ``mode="ctc"`` dataset: CER, WER and mean CTC loss.
 
     Args:
@@ -70,18 +69,23 @@ def evaluate(model, batches, stride=None, strategy="greedy", predict=None, strat
             the first fills the top-level keys, every other one adds ``{name: {"cer", "wer",
             "examples"}}`` (overrides ``strategy``).
         beam_width: beams for ``"beam_search"``.
+        return_logits: also return every utterance's logits, cut to its output frames, for
+            decodings of their own (e.g. :func:`keras_topomap.language_model.decode_with_lm`)
+            without a second pass of the model.
 
     Returns:
         dict with ``cer``, ``wer``, ``loss`` (mean CTC loss per utterance, no regularizer),
         ``n_utterances``, ``decoding`` (the strategy of the top-level rates), and ``examples``
-        (the first 5 ``(reference, hypothesis)`` pairs).
+        (the first 5 ``(reference, hypothesis)`` pairs); with ``return_logits``, the pair
+        ``(that dict, (logits, references))``: a ``(T_i, classes)`` float32 array and the
+        transcript of every utterance, in the batches' order.
     """
     from keras_topomap.datasets import labels_to_text, unpack_ctc_targets
 
     strategies = tuple(strategies) if strategies else (strategy,)
     stride = models_lib.total_stride(model) if stride is None else stride
     loss_fn = ctc.CTCLoss(stride=stride, reduction="sum")
-    references, total_loss = [], 0.0
+    references, total_loss, kept = [], 0.0, []
     hypotheses = {name: [] for name in strategies}
     for index in range(len(batches)):
         features, packed = batches[index]
@@ -89,6 +93,9 @@ def evaluate(model, batches, stride=None, strategy="greedy", predict=None, strat
         total_loss += float(keras.ops.convert_to_numpy(loss_fn(packed, logits)))
         frames, label_lengths, labels = unpack_ctc_targets(np.asarray(packed))
         lengths = ctc.output_lengths(frames, stride)
+        if return_logits:
+            rows = np.asarray(keras.ops.convert_to_numpy(logits), dtype=np.float32)
+            kept += [row[: int(n)] for row, n in zip(rows, lengths)]
         for name in strategies:
             hypotheses[name] += ctc.decode_texts(
                 logits, lengths, strategy=name, beam_width=beam_width
@@ -109,31 +116,7 @@ def evaluate(model, batches, stride=None, strategy="greedy", predict=None, strat
         }
         if name == "beam_search":
             result[name]["beam_width"] = int(beam_width)
-    return result
-
-
-def utterance_logits(model, batches, stride=None, predict=None):
-    """Per-utterance logits of a ``mode="ctc"`` dataset, cut to each one's output frames.
-
-    Returns:
-        ``(logits, references)``: a list of ``(T_i, classes)`` float32 arrays and the
-        transcripts, in the batches' order (what
-        :func:`keras_topomap.language_model.decode_with_lm` decodes).
-    """
-    from keras_topomap.datasets import labels_to_text, unpack_ctc_targets
-
-    stride = models_lib.total_stride(model) if stride is None else stride
-    logits_list, references = [], []
-    for index in range(len(batches)):
-        features, packed = batches[index]
-        logits = model.predict_on_batch(features) if predict is None else predict(model, features)
-        logits = np.asarray(keras.ops.convert_to_numpy(logits), dtype=np.float32)
-        frames, label_lengths, labels = unpack_ctc_targets(np.asarray(packed))
-        for row, n, text, n_labels in zip(logits, ctc.output_lengths(frames, stride), labels,
-                                          label_lengths):
-            logits_list.append(row[: int(n)])
-            references.append(labels_to_text(text[:n_labels]))
-    return logits_list, references
+    return (result, (kept, references)) if return_logits else result
 
 
 class ValidationCER(keras.callbacks.Callback):

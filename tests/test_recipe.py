@@ -8,7 +8,7 @@ import pytest
 from keras_topomap import ctc, models
 from keras_topomap.augment import SpecAugment
 from keras_topomap.datasets import FeatureConfig, FeatureSet, SpeechBatches
-from keras_topomap.datasets.batches import bucket_edges
+from keras_topomap.datasets.batches import bucket_edges, unpack_ctc_targets
 from keras_topomap.schedules import WarmupCosineDecay
 from keras_topomap.train import TrainConfig, build_parser, evaluate, learning_rate_of
 
@@ -233,6 +233,21 @@ def test_evaluate_reports_greedy_and_beam_search():
     assert beam["beam_width"] == 4 and 0 <= beam["cer"] and len(beam["examples"]) == 5
     alone = evaluate(model, batches, strategy="beam_search", beam_width=4)
     assert alone["cer"] == beam["cer"] and alone["decoding"] == "beam_search"
+
+
+def test_evaluate_returns_each_utterances_logits_cut_to_its_frames():
+    model = models.wav2letter("tiny", seed=0)
+    batches = [_ctc_batch(seed=s) for s in range(2)]
+    plain = evaluate(model, batches)
+    result, (logits, references) = evaluate(model, batches, return_logits=True)
+    assert result == plain and len(logits) == len(references) == 8
+    frames, _, _ = unpack_ctc_targets(np.asarray(batches[0][1]))
+    full = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batches[0][0])))
+    for k, n in enumerate(ctc.output_lengths(frames, 2)):
+        assert logits[k].shape == (n, full.shape[-1])
+        np.testing.assert_allclose(logits[k], full[k, :n], rtol=1e-5, atol=1e-5)
+    greedy = [ctc.decode_texts(x[None])[0] for x in logits]
+    assert [tuple(pair) for pair in result["examples"]] == list(zip(references, greedy))[:5]
 
 
 @pytest.mark.backend
