@@ -61,8 +61,10 @@ class CharNGramLM:
         discount: subtracted from every seen count, in ``(0, 1)``; the mass freed goes to the
             next lower order.
 
-    Attributes (after :meth:`fit`):
+    Attributes:
         symbols: the characters it scores (``a``-``z``, space, apostrophe) and :data:`END`.
+
+    Attributes (after :meth:`fit`):
         n_sentences_: sentences it was fitted on.
         n_characters_: characters counted (end symbols included).
 
@@ -229,8 +231,15 @@ def prefix_beam_search(log_probs, lm=None, lm_weight=0.5, length_bonus=1.0, beam
                          f"{len(CHARACTERS)}). Received: shape={lp.shape}")
     if not np.isfinite(lp).all():
         raise ValueError("prefix_beam_search: log_probs hold NaN or inf values.")
-    beam_width = checks.positive_int(beam_width, "beam_width", owner="prefix_beam_search")
-    weight = float(lm_weight) if lm is not None else 0.0
+    owner = "prefix_beam_search"
+    beam_width = checks.positive_int(beam_width, "beam_width", owner=owner)
+    weight = checks.number(lm_weight, "lm_weight", minimum=0, owner=owner)
+    length_bonus = checks.number(length_bonus, "length_bonus", owner=owner)
+    prune = checks.number(prune, "prune", owner=owner)
+    if lm is not None and not isinstance(lm, CharNGramLM):
+        raise ValueError(f"{owner}: lm must be a fitted CharNGramLM or None. Received: "
+                         f"{type(lm).__name__}")
+    weight = float(weight) if lm is not None else 0.0
     # prefix -> [log P(prefix, path ends in blank), log P(prefix, ends in its last char), LM+bonus]
     beams = {"": [0.0, -math.inf, 0.0]}
     for row in lp:
@@ -284,7 +293,12 @@ def decode_with_lm(logits, lengths, lm, lm_weight=0.5, length_bonus=1.0, beam_wi
         items = [np.asarray(x, dtype=np.float64) for x in logits]
     else:
         logits = np.asarray(logits, dtype=np.float64)
-        items = [logits[i, : int(n)] for i, n in enumerate(np.asarray(lengths).reshape(-1))]
+        lengths = np.asarray(lengths).reshape(-1)
+        if logits.ndim != 3 or len(lengths) != logits.shape[0]:
+            raise ValueError(
+                f"decode_with_lm needs (batch, T, classes) logits and one length per sample. "
+                f"Received: logits of shape {logits.shape}, {len(lengths)} lengths")
+        items = [logits[i, : int(n)] for i, n in enumerate(lengths)]
     return [prefix_beam_search(_log_softmax(x), lm, lm_weight, length_bonus, beam_width, prune)
             for x in items]
 

@@ -19,8 +19,8 @@ found.
 
 Which start to take: a layer trained without a topographic constraint has an arbitrary order,
 and the spectral start is the better one. A layer trained *with* one (e.g. the activity
-regularizer) already has a layout that orders its activity; starting from it keeps much of that
-order while the swaps make the fitted maps smoother (docs/results.md measures both).
+regularizer) already has a layout that orders its activity; starting from it keeps a little more
+of that order, at slightly less smooth maps (docs/results.md measures both).
 
 A fitted layout is fitted to its data: maps of the *same* profiles are smooth by
 construction. Fit it on training data (e.g. GradNAP of the training split) and read, and test

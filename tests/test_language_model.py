@@ -142,11 +142,25 @@ def test_the_language_model_fixes_an_ambiguous_letter():
     assert prefix_beam_search(lp, lm, lm_weight=1.0, length_bonus=0.0) == "the"
 
 
-def test_bad_log_probs_are_refused():
+def test_bad_log_probs_and_arguments_are_refused():
     with pytest.raises(ValueError, match="shape"):
         prefix_beam_search(np.zeros((4, 5)))
     with pytest.raises(ValueError, match="NaN"):
         prefix_beam_search(np.full((3, len(CHARACTERS)), np.nan))
+    lp = _log_probs([{"a": 1}])
+    lm = CharNGramLM(order=2).fit(["a"])
+    with pytest.raises(ValueError, match="lm_weight"):
+        prefix_beam_search(lp, lm, lm_weight=float("nan"))
+    with pytest.raises(ValueError, match="lm_weight"):
+        prefix_beam_search(lp, lm, lm_weight=-1.0)
+    with pytest.raises(ValueError, match="length_bonus"):
+        prefix_beam_search(lp, lm, length_bonus=float("inf"))
+    with pytest.raises(ValueError, match="CharNGramLM"):
+        prefix_beam_search(lp, lm={"order": 2})
+    with pytest.raises(ValueError, match="not fitted"):
+        prefix_beam_search(lp, CharNGramLM())
+    with pytest.raises(ValueError, match="one length per sample"):
+        lm_lib.decode_with_lm(lp[None], [1, 1], lm)
 
 
 def test_decode_and_tune_on_a_batch():
