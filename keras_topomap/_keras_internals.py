@@ -35,6 +35,7 @@ PRIVATE_SYMBOLS = (
     ("Model", "_symbolic_build"),
     ("Model on TensorFlow", "_maybe_symbolic_build"),
     ("Optimizer", "_clip_gradients"),
+    ("Optimizer", "_model_variables_moving_average"),
 )
 
 #: Keras versions (``(major, minor)``, both ends included) whose TensorFlow ``fit`` needs the
@@ -296,6 +297,15 @@ def replace_symbolic_build(model, build):
 def gradient_clipping(optimizer):
     """The function ``grads -> grads`` by which ``optimizer`` clips its gradients."""
     return optimizer._clip_gradients
+
+
+def moving_averages(optimizer):
+    """The optimizer's moving averages of the model's trainable variables (``use_ema=True``),
+    in the order of the variables it was built with; ``None`` without EMA or before it is
+    built."""
+    if optimizer is None or not getattr(optimizer, "use_ema", False):
+        return None
+    return getattr(optimizer, "_model_variables_moving_average", None) or None
 
 
 def replace_gradient_clipping(optimizer, clip):

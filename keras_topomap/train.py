@@ -84,6 +84,7 @@ from keras_topomap.training_callbacks import (
     TrainingCheckpoint,
     ValidationCER,
     evaluate,
+    keep_averaged_weights,
     optimizer_steps,
     set_rng_states,
     settle_checkpoint,
@@ -147,6 +148,9 @@ class TrainConfig:
             the number of replicas).
         learning_rate: Adam's learning rate.
         clipnorm: gradient norm clipping (``None``: none).
+        ema_momentum: keep an exponential moving average of the weights with this momentum
+            (Keras' ``use_ema``; e.g. 0.998 averages over about 500 steps); the run is
+            validated, kept and tested with the averaged weights (``None``: no averaging).
         seed: seeds weights, the validation hold-out, subsets and batch shuffling.
         out: output folder.
         data: ``"bundled"`` (sentence hold-out split of the bundled corpus),
@@ -217,6 +221,7 @@ class TrainConfig:
     batch_size: int = 16
     learning_rate: float = 1e-3
     clipnorm: float | None = 10.0
+    ema_momentum: float | None = None
     seed: int = 0
     out: str = "runs/wav2letter"
     data: str = "bundled"
@@ -283,6 +288,7 @@ class TrainConfig:
         checks.positive_number(self.max_minutes, "max_minutes", allow_none=True)
         checks.non_negative_int(self.patience, "patience")
         checks.positive_number(self.learning_rate, "learning_rate")
+        checks.number(self.ema_momentum, "ema_momentum", above=0, below=1, allow_none=True)
         checks.integer(self.n_permutations, "n_permutations", minimum=2)
 
     @property
@@ -489,8 +495,11 @@ def _build(config, n_features, steps_per_epoch):
         norm=config.norm,
         augment=augment,
     )
+    averaging = {}
+    if config.ema_momentum is not None:
+        averaging = {"use_ema": True, "ema_momentum": config.ema_momentum}
     optimizer = keras.optimizers.Adam(
-        learning_rate_of(config, steps_per_epoch), clipnorm=config.clipnorm
+        learning_rate_of(config, steps_per_epoch), clipnorm=config.clipnorm, **averaging
     )
     model.compile(optimizer=optimizer, loss=ctc.CTCLoss(stride=models_lib.total_stride(model)))
     return model
@@ -809,6 +818,9 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
     if not best.is_file() and write_dir != out and (out / "best.keras").is_file():
         best = out / "best.keras"  # a resumed run with no better epoch since: the chief's file
     restored = best.is_file()
+    # With EMA: the averaged weights (fit puts them in at its end, sharing their buffers on
+    # JAX; a finished run resumed without a best.keras has the raw ones). No-op without EMA.
+    keep_averaged_weights(model)
     if restored:
         model.load_weights(best)
     strategies = ("greedy", "beam_search") if config.beam_width > 0 else ("greedy",)
@@ -960,6 +972,9 @@ def build_parser():
                    help="Adam learning rate")
     p.add_argument("--clipnorm", type=float, default=defaults.clipnorm,
                    help="clip each gradient to this norm")
+    p.add_argument("--ema-momentum", type=float, default=defaults.ema_momentum,
+                   help="validate, keep and test a moving average of the weights with this "
+                        "momentum, e.g. 0.998 (default: none)")
     p.add_argument("--seed", type=int, default=defaults.seed,
                    help="seed of the weights, the split and the batch order")
     p.add_argument("--out", default=defaults.out, help="output folder")

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -40,6 +41,8 @@ from keras_topomap.run_io import write_run_json
 
 __all__ = [
     "EpochAdvance",
+    "averaged_weights",
+    "keep_averaged_weights",
     "ResumableEarlyStopping",
     "TimeBudget",
     "TrainingCheckpoint",
@@ -119,8 +122,65 @@ def evaluate(model, batches, stride=None, strategy="greedy", predict=None, strat
     return (result, (kept, references)) if return_logits else result
 
 
+@contextlib.contextmanager
+def averaged_weights(model):
+    """Within the block, ``model``'s trainable weights are its optimizer's moving averages.
+
+    For an optimizer made with ``use_ema=True`` (``TrainConfig.ema_momentum``): the weights a
+    run is validated and kept with are the averages, while training goes on from the raw
+    weights, which are put back on leaving the block (also after an error). Without EMA, or
+    before the optimizer is built, the block runs on the weights as they are.
+
+    Example:
+
+    >>> with averaged_weights(model):
+    ...     result = evaluate(model, val_batches, stride=2)
+    """
+    averages = internals.moving_averages(getattr(model, "optimizer", None))
+    variables = list(model.trainable_variables)
+    if averages is None:
+        yield model
+        return
+    if len(averages) != len(variables):
+        raise ValueError(
+            f"The optimizer of model {model.name!r} averages {len(averages)} variables but the "
+            f"model has {len(variables)} trainable ones: was it built for another model?"
+        )
+    raw = [keras.ops.convert_to_numpy(v) for v in variables]
+    for variable, average in zip(variables, averages):
+        if average is not None:
+            # A copy, not the average's own buffer: JAX's predict donates the weights' buffers.
+            variable.assign(keras.ops.convert_to_numpy(average))
+    try:
+        yield model
+    finally:
+        for variable, value in zip(variables, raw):
+            variable.assign(value)
+
+
+def keep_averaged_weights(model):
+    """Puts the optimizer's moving averages in ``model`` for good (``use_ema=True``; else does
+    nothing). Returns whether it did.
+
+    Keras' ``fit`` does this at its end too, but on JAX it leaves each weight sharing its
+    average's buffer, so the next call that donates the weights (a ``predict``, another
+    training step) deletes the averages; this assigns copies.
+    """
+    averages = internals.moving_averages(getattr(model, "optimizer", None))
+    if averages is None:
+        return False
+    for variable, average in zip(model.trainable_variables, averages):
+        if average is not None:
+            variable.assign(keras.ops.convert_to_numpy(average))
+    return True
+
+
 class ValidationCER(keras.callbacks.Callback):
     """Adds ``val_cer`` and ``val_wer`` (greedy decoding) to the logs at every epoch end.
+
+    With an optimizer that keeps moving averages of the weights (``use_ema=True``) it
+    validates the averaged weights (:func:`averaged_weights`), the ones ``fit`` leaves in the
+    model at its end.
 
     Place it before callbacks that read these logs (early stopping, checkpoints, TensorBoard).
 
@@ -144,7 +204,8 @@ class ValidationCER(keras.callbacks.Callback):
         self.predict = predict
 
     def on_epoch_end(self, epoch, logs=None):
-        result = evaluate(self.model, self.batches, self.stride, predict=self.predict)
+        with averaged_weights(self.model):
+            result = evaluate(self.model, self.batches, self.stride, predict=self.predict)
         if logs is not None:
             logs[f"{self.prefix}_cer"] = result["cer"]
             logs[f"{self.prefix}_wer"] = result["wer"]
@@ -221,7 +282,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     Writes ``checkpoint.keras`` (weights and optimizer state) and ``state.json`` (epochs done,
     history, training seconds, early-stopping and time-budget state, the optimizer's step
-    count); ``best.keras`` whenever ``monitor`` improves (equal values: when the ``tiebreak``
+    count); ``best.keras`` whenever ``monitor`` improves (with an EMA optimizer: the averaged
+    weights, as validated) (equal values: when the ``tiebreak``
     log, by default the matching CTC loss, is lower).
 
     The three files change as one: the model files of epoch ``N`` are first written under
@@ -267,7 +329,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         ):
             state["best"], state["best_epoch"] = float(value), epoch + 1
             state["best_tiebreak"] = tiebreak if math.isfinite(tiebreak) else None
-            self.model.save(_pending_path(self.out, "best", epoch + 1))
+            with averaged_weights(self.model):  # the weights ValidationCER measured
+                self.model.save(_pending_path(self.out, "best", epoch + 1))
         if self.early_stopping is not None:
             state["early_stopping"] = self.early_stopping.state()
         if self.budget is not None:

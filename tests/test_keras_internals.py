@@ -21,13 +21,15 @@ def _objects():
     outputs = keras.layers.Conv1D(2, 3, padding="same", name="conv")(inputs)
     functional = keras.Model(inputs, outputs)
     sequential = keras.Sequential([keras.Input((None, 3)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.SGD(use_ema=True)  # built: its moving averages exist
+    optimizer.build(functional.trainable_variables)
     return {
         "Sequential": sequential,
         "Functional": functional,
         "KerasTensor": outputs,
         "Layer": functional.get_layer("conv"),
         "Model": functional,
-        "Optimizer": keras.optimizers.SGD(),
+        "Optimizer": optimizer,
     }
 
 
