@@ -1,6 +1,8 @@
 """Training with a moving average of the weights (``TrainConfig.ema_momentum``): the run is
 validated, kept and tested with the averages while training goes on from the raw weights."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -98,3 +100,15 @@ def test_ema_momentum_is_checked_and_reaches_the_optimizer():
     model = train._build(train.TrainConfig(config="tiny", ema_momentum=0.95), 40, 10)
     assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.95
     assert not train._build(train.TrainConfig(config="tiny"), 40, 10).optimizer.use_ema
+
+
+def test_the_demo_trains_with_the_average_unless_told_not_to(monkeypatch):
+    from keras_topomap import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: seen.append(kwargs))
+    assert demo.main(["--out", "unused"]) == 0
+    assert demo.main(["--out", "unused", "--ema-momentum", "0"]) == 0
+    assert [s["ema_momentum"] for s in seen] == [0.995, None]
+    monkeypatch.undo()
+    assert inspect.signature(demo.run_demo).parameters["ema_momentum"].default == 0.995
