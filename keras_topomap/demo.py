@@ -26,9 +26,10 @@ One run does what the paper did, at laptop scale, and writes everything to ``--o
 
 Training stops at the time limit (``--minutes``, default 10) at the latest; on busy cores it cuts
 training short and the rest still runs. Run times are in ``docs/benchmarks.md``; the measured
-default run (two quiet cores, JAX): 72 epochs in the 10 minutes, test CER 0.345 (0.287 decoded
-with the run's character language model, :mod:`keras_topomap.language_model`), 16.7 minutes
-in all.
+default run (two cores, JAX, with the moving average of the weights): 55 epochs in the 10
+minutes, test CER 0.340 (0.294 decoded with the run's character language model,
+:mod:`keras_topomap.language_model`), 17.9 minutes in all; the same recipe run to 80 epochs
+reaches 0.320 (0.276).
 ``--synthetic`` runs the older synthetic demo (:mod:`keras_topomap.synthetic_demo`) instead.
 
 Example (command line)::

@@ -112,3 +112,11 @@ def test_the_demo_trains_with_the_average_unless_told_not_to(monkeypatch):
     assert [s["ema_momentum"] for s in seen] == [0.995, None]
     monkeypatch.undo()
     assert inspect.signature(demo.run_demo).parameters["ema_momentum"].default == 0.995
+
+
+def test_the_overhead_benchmark_runs(capsys):
+    from benchmarks import ema_overhead
+
+    ema_overhead.main(["--config", "tiny", "--rounds", "1", "--steps", "1", "--frames", "64"])
+    out = capsys.readouterr().out
+    assert "ratio EMA / raw" in out and "swap in and out" in out
