@@ -147,10 +147,7 @@ def averaged_weights(model):
             f"model has {len(variables)} trainable ones: was it built for another model?"
         )
     raw = [keras.ops.convert_to_numpy(v) for v in variables]
-    for variable, average in zip(variables, averages):
-        if average is not None:
-            # A copy, not the average's own buffer: JAX's predict donates the weights' buffers.
-            variable.assign(keras.ops.convert_to_numpy(average))
+    _assign_copies(variables, averages)
     try:
         yield model
     finally:
@@ -169,10 +166,16 @@ def keep_averaged_weights(model):
     averages = internals.moving_averages(getattr(model, "optimizer", None))
     if averages is None:
         return False
-    for variable, average in zip(model.trainable_variables, averages):
+    _assign_copies(model.trainable_variables, averages)
+    return True
+
+
+def _assign_copies(variables, averages):
+    # Copies, not the averages' own buffers: JAX's predict and train step donate the buffers
+    # of the weights they are given, which would delete the averages with them.
+    for variable, average in zip(variables, averages):
         if average is not None:
             variable.assign(keras.ops.convert_to_numpy(average))
-    return True
 
 
 class ValidationCER(keras.callbacks.Callback):
@@ -282,9 +285,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     Writes ``checkpoint.keras`` (weights and optimizer state) and ``state.json`` (epochs done,
     history, training seconds, early-stopping and time-budget state, the optimizer's step
-    count); ``best.keras`` whenever ``monitor`` improves (with an EMA optimizer: the averaged
-    weights, as validated) (equal values: when the ``tiebreak``
-    log, by default the matching CTC loss, is lower).
+    count); ``best.keras`` whenever ``monitor`` improves (equal values: when the ``tiebreak``
+    log, by default the matching CTC loss, is lower). With an EMA optimizer ``best.keras``
+    holds the averaged weights, the ones :class:`ValidationCER` measured, and
+    ``checkpoint.keras`` the raw ones with the averages in the optimizer state.
 
     The three files change as one: the model files of epoch ``N`` are first written under
     hidden names tagged with ``N``, then ``state.json`` is replaced (the commit), then the
