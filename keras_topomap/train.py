@@ -975,7 +975,7 @@ def build_parser():
                    help="clip each gradient to this norm")
     p.add_argument("--ema-momentum", type=float, default=defaults.ema_momentum,
                    help="validate, keep and test a moving average of the weights with this "
-                        "momentum, e.g. 0.995 (default: none)")
+                        "momentum, e.g. 0.995 (none: the raw weights)")
     p.add_argument("--seed", type=int, default=defaults.seed,
                    help="seed of the weights, the split and the batch order")
     p.add_argument("--out", default=defaults.out, help="output folder")
