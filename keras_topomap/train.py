@@ -819,11 +819,12 @@ def _fit_and_report(config, data, callbacks, context, out, write_dir, state):
     if not best.is_file() and write_dir != out and (out / "best.keras").is_file():
         best = out / "best.keras"  # a resumed run with no better epoch since: the chief's file
     restored = best.is_file()
-    # With EMA: the averaged weights (fit puts them in at its end, sharing their buffers on
-    # JAX; a finished run resumed without a best.keras has the raw ones). No-op without EMA.
-    keep_averaged_weights(model)
     if restored:
         model.load_weights(best)
+    else:
+        # With EMA, the averaged weights: fit puts them in at its end, but sharing their
+        # buffers on JAX, and a finished run resumed here has the raw ones. No-op without EMA.
+        keep_averaged_weights(model)
     strategies = ("greedy", "beam_search") if config.beam_width > 0 else ("greedy",)
     test, test_logits = evaluate(
         model, _eval_batches(test_set, config), predict=predict, strategies=strategies,
